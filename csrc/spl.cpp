@@ -1,0 +1,41 @@
+// The spl extension: the Python module stub and the one library that holds every schema.
+// Kernels register themselves per backend in ops/cpu/*_kernel.cpp and ops/cuda/*_kernel.cu, so a
+// build without CUDA simply has no CUDA kernels.
+#include <Python.h>
+#include <torch/library.h>
+
+#ifdef WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+// `import spl._C` only has to load this library so the registrations below run; the module has no
+// Python functions of its own. (PyMODINIT_FUNC exports the symbol despite -fvisibility=hidden.)
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+namespace spl {
+namespace {
+
+// CUDA runtime version the extension was compiled with (e.g. 13000), or 0 for a CPU-only build.
+int64_t cuda_version() {
+#ifdef WITH_CUDA
+  return CUDART_VERSION;
+#else
+  return 0;
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY(spl, m) {
+  m.def("_cuda_version() -> int", &cuda_version);
+  m.def(
+      "slic(Tensor image, int n_segments, float compactness, int max_num_iter, bool convert2lab, "
+      "bool enforce_connectivity, float min_size_factor, float[] spacing, Tensor? mask) "
+      "-> (Tensor labels, Tensor counts)");
+  m.def("enforce_connectivity(Tensor labels, int min_size) -> (Tensor labels, Tensor counts)");
+}
+
+}  // namespace spl
