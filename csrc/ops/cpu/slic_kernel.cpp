@@ -1,0 +1,599 @@
+// SLIC on the CPU. The structure mirrors the CUDA kernel (ops/cuda/slic_kernel.cu):
+//   1. features: image -> fixed-point int32 planes (CIELAB for RGB), stored cell by cell so that
+//      the pixels of a grid cell are contiguous;
+//   2. seeds: one centre per grid cell;
+//   3. iterations: every cell assigns its pixels to the best of the 9 surrounding centres and
+//      writes exact integer statistics per (cell, slot); every centre then sums the 9 cells that
+//      can reach it and takes the mean. The last iteration writes labels instead;
+//   4. labels: connectivity enforcement (or a plain renumbering) gives labels 0..n-1.
+// Threads take whole images when there are enough images, else the cells of one image; integer
+// statistics make the result independent of that choice.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <atomic>
+#include <limits>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "ops/cpu/connectivity_kernel.h"
+#include "ops/slic.h"
+#include "ops/slic_common.h"
+
+// The hot loops are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time. The
+// arithmetic is the same in every clone (no FMA contraction), so the labels are too.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define SPL_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SPL_TARGET_CLONES
+#endif
+
+namespace spl {
+namespace {
+
+using namespace spl::slic_math;
+
+// Pixels of a cell are processed in chunks of at most this many, so per-chunk int32 sums of
+// 22-bit fixed-point values cannot overflow (256 * 2^22 = 2^30).
+constexpr int64_t kChunk = 256;
+
+// ------------------------------------------------------------------------------------------------
+// Cell-major layout: the pixels of cell (cy, cx) are stored contiguously, in raster order within
+// the cell, starting at pixel offset y0 * W + (y1 - y0) * x0.
+struct Cell {
+  int64_t y0, y1, x0, x1;
+  int64_t width() const { return x1 - x0; }
+  int64_t size() const { return (y1 - y0) * (x1 - x0); }
+  int64_t offset(int64_t image_width) const { return y0 * image_width + (y1 - y0) * x0; }
+};
+
+Cell cell_at(const Grid& g, int64_t cy, int64_t cx) {
+  return {cell_begin(cy, g.cells_y, g.height), cell_begin(cy + 1, g.cells_y, g.height),
+          cell_begin(cx, g.cells_x, g.width), cell_begin(cx + 1, g.cells_x, g.width)};
+}
+
+// Calls f(i, y, x, len) for the row segments of the cell's pixels [start, start + n), where i is
+// the position in that range and (y, x) the first pixel of the segment.
+template <typename F>
+inline void for_segments(const Cell& cell, int64_t start, int64_t n, F&& f) {
+  const int64_t w = cell.width();
+  int64_t y = cell.y0 + start / w, x = cell.x0 + start % w;
+  for (int64_t i = 0; i < n;) {
+    const int64_t len = std::min(cell.x1 - x, n - i);
+    f(i, y, x, len);
+    i += len;
+    x = cell.x0;
+    ++y;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Scratch memory reused from call to call. Fresh pages cost a page fault and zeroing each (about a
+// millisecond per 512x512 image here), more than a SLIC iteration; so each calling thread keeps
+// its buffers, unless they grew beyond kMaxKeptBytes.
+constexpr size_t kMaxKeptBytes = size_t{256} << 20;
+
+template <typename T>
+struct Buffer {
+  std::unique_ptr<T[]> data;
+  size_t capacity = 0;
+  T* get(int64_t n) {
+    if (static_cast<size_t>(n) > capacity) data.reset(new T[n]), capacity = static_cast<size_t>(n);
+    return data.get();
+  }
+  size_t bytes() const { return capacity * sizeof(T); }
+  void release() { data.reset(), capacity = 0; }
+};
+
+struct Workspace {
+  Buffer<int32_t> q, labels;
+  Buffer<int64_t> stats;
+  Buffer<int8_t> slots;
+  void release_if_large() {
+    if (q.bytes() + labels.bytes() + stats.bytes() + slots.bytes() > kMaxKeptBytes) {
+      q.release(), labels.release(), stats.release(), slots.release();
+    }
+  }
+};
+
+Workspace& thread_workspace() {
+  thread_local Workspace workspace;
+  return workspace;
+}
+
+// ------------------------------------------------------------------------------------------------
+// 1. Features.
+
+template <typename scalar_t>
+float to_float(scalar_t v) {
+  return static_cast<float>(v);
+}
+
+C10_ALWAYS_INLINE int32_t quantize(float v, float scale) { return static_cast<int32_t>(std::nearbyint(v * scale)); }
+
+// Linear RGB -> fixed-point L*a*b* (the arithmetic vectorises; the table lookups before it do not).
+SPL_TARGET_CLONES
+void lab_from_linear(int64_t n, const float* __restrict r, const float* __restrict g, const float* __restrict b,
+                     int32_t* __restrict L, int32_t* __restrict A, int32_t* __restrict B) {
+  for (int64_t i = 0; i < n; ++i) {
+    float l, a, bb;
+    linear_rgb_to_lab(r[i], g[i], b[i], &l, &a, &bb);
+    L[i] = quantize(l, kLabScale);
+    A[i] = quantize(a, kLabScale);
+    B[i] = quantize(bb, kLabScale);
+  }
+}
+
+// True if every value of the image that a pixel inside the mask uses is finite.
+template <typename scalar_t>
+bool all_finite(const scalar_t* img, const bool* mask, int64_t B, int64_t C, int64_t HW) {
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const scalar_t* p = img + bc * HW;
+      const bool* m = mask ? mask + (bc / C) * HW : nullptr;
+      bool good = true;
+      for (int64_t i = 0; i < HW; ++i) good &= (m && !m[i]) || std::isfinite(to_float(p[i]));
+      if (!good) ok = false;
+    }
+  });
+  return ok;
+}
+
+// Fixed-point scales [B, C]: CIELAB and uint8 have fixed ranges; other floats are scaled by the
+// largest magnitude of their channel (inside the mask).
+template <typename scalar_t>
+void feature_scales(const SlicConfig& cfg, const scalar_t* img, const bool* mask, float* scales) {
+  const int64_t B = cfg.batch, C = cfg.channels, HW = cfg.grid.height * cfg.grid.width;
+  if (cfg.lab || std::is_same<scalar_t, uint8_t>::value) {
+    std::fill(scales, scales + B * C, cfg.lab ? kLabScale : kUnitScale);
+    return;
+  }
+  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const scalar_t* src = img + bc * HW;
+      const bool* m = mask ? mask + (bc / C) * HW : nullptr;
+      float max_abs = 0.0f;
+      for (int64_t i = 0; i < HW; ++i) {
+        if (!m || m[i]) max_abs = std::max(max_abs, std::abs(to_float(src[i])));
+      }
+      scales[bc] = scale_for_max_abs(max_abs);
+    }
+  });
+}
+
+// Converts the pixels of one cell to fixed-point features q [C][HW] (cell-major). Pixels outside
+// the mask get 0: they may hold anything, even NaN, and are never used.
+template <typename scalar_t>
+void convert_cell(const SlicConfig& cfg, const Cell& cell, const scalar_t* img, const bool* mask, const float* scales,
+                  const SrgbTable& table, int32_t* q) {
+  const int64_t C = cfg.channels, W = cfg.grid.width, HW = cfg.grid.height * W;
+  const int64_t base = cell.offset(W);
+  float lin[3][kChunk];
+  for (int64_t start = 0; start < cell.size(); start += kChunk) {
+    const int64_t n = std::min(kChunk, cell.size() - start);
+    int32_t* out = q + base + start;
+    if (cfg.lab) {
+      for_segments(cell, start, n, [&](int64_t i, int64_t y, int64_t x, int64_t len) {
+        for (int64_t c = 0; c < 3; ++c) {
+          const scalar_t* src = img + c * HW + y * W + x;
+          for (int64_t j = 0; j < len; ++j) {
+            if constexpr (std::is_same<scalar_t, uint8_t>::value) {
+              lin[c][i + j] = table.value[src[j]];
+            } else {
+              lin[c][i + j] = srgb_to_linear(to_float(src[j]));
+            }
+          }
+        }
+      });
+      lab_from_linear(n, lin[0], lin[1], lin[2], out, out + HW, out + 2 * HW);
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        const float scale = scales[c];
+        for_segments(cell, start, n, [&](int64_t i, int64_t y, int64_t x, int64_t len) {
+          const scalar_t* src = img + c * HW + y * W + x;
+          for (int64_t j = 0; j < len; ++j) {
+            const float v = std::is_same<scalar_t, uint8_t>::value ? to_float(src[j]) / 255.0f : to_float(src[j]);
+            out[c * HW + i + j] = quantize(v, scale);
+          }
+        });
+      }
+    }
+    if (mask) {
+      for_segments(cell, start, n, [&](int64_t i, int64_t y, int64_t x, int64_t len) {
+        for (int64_t j = 0; j < len; ++j) {
+          if (!mask[y * W + x + j]) {
+            for (int64_t c = 0; c < C; ++c) out[c * HW + i + j] = 0;
+          }
+        }
+      });
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// 2. Seeds. The seed of a cell is its middle pixel; with a mask, the pixel of the cell inside the
+// mask nearest to the middle (ties: first in raster order); a cell without one has no centre.
+void init_centres(const SlicConfig& cfg, const Cell& cell, int64_t cy, int64_t cx, const int32_t* q,
+                  const float* scales, const bool* mask, float* centre, uint8_t* alive) {
+  const Grid& g = cfg.grid;
+  const int64_t C = cfg.channels, HW = g.height * g.width;
+  const int64_t my = cell_seed(cy, g.cells_y, g.height), mx = cell_seed(cx, g.cells_x, g.width);
+  int64_t sy = my, sx = mx;
+  bool found = !mask || mask[sy * g.width + sx];
+  if (!found) {
+    int64_t best = std::numeric_limits<int64_t>::max();
+    for (int64_t y = cell.y0; y < cell.y1; ++y) {
+      for (int64_t x = cell.x0; x < cell.x1; ++x) {
+        const int64_t d = (y - my) * (y - my) + (x - mx) * (x - mx);
+        if (mask[y * g.width + x] && d < best) best = d, sy = y, sx = x, found = true;
+      }
+    }
+  }
+  *alive = found;
+  const int64_t at = cell.offset(g.width) + (sy - cell.y0) * cell.width() + (sx - cell.x0);
+  for (int64_t c = 0; c < C; ++c) centre[c] = found ? static_cast<float>(q[c * HW + at]) / scales[c] : INFINITY;
+  centre[C] = found ? static_cast<float>(sy) : INFINITY;
+  centre[C + 1] = found ? static_cast<float>(sx) : INFINITY;
+}
+
+// ------------------------------------------------------------------------------------------------
+// 3. Assignment. The candidates of a cell are its 9 neighbouring centres, [9][C+2] parameters; a
+// missing one (outside the grid, or without a seed) has all parameters +inf, so its distance is
+// +inf. Finds for each pixel of a chunk the candidate with the smallest distance (ties: lower slot).
+
+// Few channels: pixels outermost, the 9 candidates unrolled, so the pixel loop vectorises.
+// (ys, xs) are the pixels' scaled positions; cand holds [features, scaled y, scaled x].
+template <int kC>
+SPL_TARGET_CLONES void assign_chunk_unrolled(int64_t n, const int32_t* const* planes, const float* inv_scale,
+                                             const float* __restrict ys, const float* __restrict xs,
+                                             const float* __restrict cand, int32_t* __restrict best_slot) {
+  const int32_t* __restrict p[kC];
+  float inv[kC];
+  for (int c = 0; c < kC; ++c) p[c] = planes[c], inv[c] = inv_scale[c];
+  for (int64_t i = 0; i < n; ++i) {
+    float v[kC];
+    for (int c = 0; c < kC; ++c) v[c] = static_cast<float>(p[c][i]) * inv[c];
+    float best = std::numeric_limits<float>::infinity();
+    int32_t slot = kOwnSlot;
+    SPL_UNROLL
+    for (int s = 0; s < kSlots; ++s) {
+      const float d = slic_distance<kC>(v, cand + s * (kC + 2), ys[i], xs[i]);
+      const bool better = d < best;
+      best = better ? d : best;
+      slot = better ? s : slot;
+    }
+    best_slot[i] = slot;
+  }
+}
+
+// Any channel count: candidates outermost, the colour term accumulated plane by plane (the same
+// operations, in the same order, as slic_distance_dyn).
+SPL_TARGET_CLONES
+void assign_chunk_planes(int64_t n, int64_t C, const int32_t* const* planes, const float* inv_scale,
+                         const float* __restrict ys, const float* __restrict xs, const float* __restrict cand,
+                         float* __restrict best, float* __restrict dist, int32_t* __restrict best_slot) {
+  for (int64_t i = 0; i < n; ++i) best[i] = std::numeric_limits<float>::infinity(), best_slot[i] = kOwnSlot;
+  for (int s = 0; s < kSlots; ++s) {
+    const float* centre = cand + s * (C + 2);
+    {
+      const int32_t* __restrict p0 = planes[0];
+      const float inv = inv_scale[0], cc = centre[0];
+      for (int64_t i = 0; i < n; ++i) {
+        const float t = static_cast<float>(p0[i]) * inv - cc;
+        dist[i] = t * t;
+      }
+    }
+    for (int64_t c = 1; c < C; ++c) {
+      const int32_t* __restrict pc = planes[c];
+      const float inv = inv_scale[c], cc = centre[c];
+      for (int64_t i = 0; i < n; ++i) {
+        const float t = static_cast<float>(pc[i]) * inv - cc;
+        dist[i] = fused_multiply_add(t, t, dist[i]);
+      }
+    }
+    const float cy = centre[C], cx = centre[C + 1];
+    for (int64_t i = 0; i < n; ++i) {
+      const float d = add_position_distance(dist[i], ys[i], xs[i], cy, cx);
+      const bool better = d < best[i];
+      best[i] = better ? d : best[i];
+      best_slot[i] = better ? s : best_slot[i];
+    }
+  }
+}
+
+// Adds the statistics of the chunk's pixels assigned to `slot` to stats[0..C+3): feature sums,
+// y sum, x sum, count. Per-chunk int32 sums cannot overflow (kChunk * 2^22).
+template <int kC>
+SPL_TARGET_CLONES void accumulate_slot(int64_t n, int64_t channels, const int32_t* const* planes,
+                                       const int32_t* __restrict ys, const int32_t* __restrict xs,
+                                       const int32_t* __restrict best_slot, int slot, int64_t* stats) {
+  const int64_t C = kC > 0 ? kC : channels;
+  int32_t count = 0, sy = 0, sx = 0;
+  if (kC > 0) {
+    constexpr int kN = kC > 0 ? kC : 1;
+    const int32_t* __restrict p[kN];
+    int32_t sum[kN] = {};
+    for (int c = 0; c < kN; ++c) p[c] = planes[c];
+    for (int64_t i = 0; i < n; ++i) {
+      const bool hit = best_slot[i] == slot;
+      count += hit ? 1 : 0;
+      sy += hit ? ys[i] : 0;
+      sx += hit ? xs[i] : 0;
+      for (int c = 0; c < kN; ++c) sum[c] += hit ? p[c][i] : 0;
+    }
+    for (int c = 0; c < kN; ++c) stats[c] += sum[c];
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const bool hit = best_slot[i] == slot;
+      count += hit ? 1 : 0;
+      sy += hit ? ys[i] : 0;
+      sx += hit ? xs[i] : 0;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const int32_t* __restrict pc = planes[c];
+      int32_t sum = 0;
+      for (int64_t i = 0; i < n; ++i) sum += best_slot[i] == slot ? pc[i] : 0;
+      stats[c] += sum;
+    }
+  }
+  stats[C] += sy;
+  stats[C + 1] += sx;
+  stats[C + 2] += count;
+}
+
+struct Scratch {
+  std::vector<const int32_t*> planes;
+  std::vector<float> cand;  // 9 * (C + 2)
+  float ys[kChunk], xs[kChunk];  // scaled positions of the chunk's pixels
+  float best[kChunk], dist[kChunk];
+  int32_t yi[kChunk], xi[kChunk], best_slot[kChunk], inside[kChunk], moved[kChunk];
+  std::vector<int32_t> row_xi;
+  std::vector<float> row_xs;
+  explicit Scratch(int64_t C) : planes(C), cand(kSlots * (C + 2)) {}
+};
+
+// What process_cell does with the assignment of its pixels.
+enum class CellOutput {
+  kFirstStats,  // the statistics of every slot, from scratch; remembers each pixel's slot
+  kStats,       // updates the statistics with the pixels whose slot changed since last time
+  kLabels,      // the centre index of every pixel (-1 outside the mask), in raster order
+};
+
+// The image a thread works on: features, centres and statistics of one image.
+struct ImageState {
+  const int32_t* q;        // [C][HW] cell-major fixed-point features
+  const float* scales;     // [C]
+  const float* inv_scales; // [C]
+  const bool* mask;        // [H, W] or null
+  float* centres;          // [K][C+2]
+  const uint8_t* alive;    // [K]
+  int64_t* stats;          // [K][9][C+3]
+  int8_t* slots;           // [HW] cell-major: each pixel's slot in the previous iteration
+  int32_t* labels;         // [H, W]
+};
+
+// One cell, one iteration: assigns the cell's pixels to the 9 candidate centres and writes labels
+// or the exact (integer) statistics of each slot. After the first iteration only a few pixels
+// change slot, so the statistics are updated by moving those pixels alone.
+template <int kC>
+SPL_TARGET_CLONES void process_cell(const SlicConfig& cfg, int64_t k, const ImageState& im, CellOutput output,
+                                    Scratch& s) {
+  const Grid& g = cfg.grid;
+  const int64_t C = cfg.channels, D = cfg.centre_dims(), S = cfg.stat_dims(), HW = g.height * g.width;
+  const int64_t cy = k / g.cells_x, cx = k % g.cells_x;
+  const Cell cell = cell_at(g, cy, cx);
+  int64_t centre_of_slot[kSlots];
+  for (int slot = 0; slot < kSlots; ++slot) {
+    const int64_t ny = cy + slot / 3 - 1, nx = cx + slot % 3 - 1;
+    const bool valid = ny >= 0 && ny < g.cells_y && nx >= 0 && nx < g.cells_x && im.alive[ny * g.cells_x + nx];
+    centre_of_slot[slot] = valid ? ny * g.cells_x + nx : -1;
+    float* cand = s.cand.data() + slot * D;
+    const float* centre = im.centres + (valid ? centre_of_slot[slot] : 0) * D;
+    for (int64_t j = 0; j < D; ++j) cand[j] = valid ? centre[j] : INFINITY;
+    cand[C] *= cfg.position_scale_y;
+    cand[C + 1] *= cfg.position_scale_x;
+  }
+  int64_t* stats = im.stats + k * kSlots * S;
+  if (output == CellOutput::kFirstStats) std::fill(stats, stats + kSlots * S, int64_t{0});
+
+  const int64_t base = cell.offset(g.width);
+  // The column coordinates of one row of the cell, reused for every row.
+  s.row_xi.resize(cell.width());
+  s.row_xs.resize(cell.width());
+  for (int64_t j = 0; j < cell.width(); ++j) {
+    s.row_xi[j] = static_cast<int32_t>(cell.x0 + j);
+    s.row_xs[j] = static_cast<float>(cell.x0 + j) * cfg.position_scale_x;
+  }
+  for (int64_t start = 0; start < cell.size(); start += kChunk) {
+    const int64_t n = std::min(kChunk, cell.size() - start);
+    for (int64_t c = 0; c < C; ++c) s.planes[c] = im.q + c * HW + base + start;
+    const int32_t* const* planes = s.planes.data();
+    for_segments(cell, start, n, [&](int64_t i, int64_t y, int64_t x, int64_t len) {
+      const float sy = static_cast<float>(y) * cfg.position_scale_y;
+      const int32_t yy = static_cast<int32_t>(y);
+      const int32_t* row_xi = s.row_xi.data() + (x - cell.x0);
+      const float* row_xs = s.row_xs.data() + (x - cell.x0);
+      for (int64_t j = 0; j < len; ++j) {
+        s.yi[i + j] = yy;
+        s.ys[i + j] = sy;
+        s.xi[i + j] = row_xi[j];
+        s.xs[i + j] = row_xs[j];
+      }
+      if (im.mask) {
+        for (int64_t j = 0; j < len; ++j) s.inside[i + j] = im.mask[y * g.width + x + j];
+      }
+    });
+    if constexpr (kC > 0) {
+      assign_chunk_unrolled<kC>(n, s.planes.data(), im.inv_scales, s.ys, s.xs, s.cand.data(), s.best_slot);
+    } else {
+      assign_chunk_planes(n, C, s.planes.data(), im.inv_scales, s.ys, s.xs, s.cand.data(), s.best, s.dist,
+                          s.best_slot);
+    }
+    if (im.mask) {
+      for (int64_t i = 0; i < n; ++i) s.best_slot[i] = s.inside[i] ? s.best_slot[i] : -1;
+    }
+    if (output == CellOutput::kLabels) {
+      for_segments(cell, start, n, [&](int64_t i, int64_t y, int64_t x, int64_t len) {
+        int32_t* row = im.labels + y * g.width + x;
+        for (int64_t j = 0; j < len; ++j) {
+          const int32_t slot = s.best_slot[i + j];
+          row[j] = slot < 0 ? -1 : static_cast<int32_t>(centre_of_slot[slot]);
+        }
+      });
+      continue;
+    }
+    int8_t* previous = im.slots + base + start;
+    if (output == CellOutput::kFirstStats) {
+      uint32_t present = 0;
+      for (int64_t i = 0; i < n; ++i) present |= s.best_slot[i] >= 0 ? (1u << s.best_slot[i]) : 0u;
+      for (int slot = 0; slot < kSlots; ++slot) {
+        if (present & (1u << slot)) {
+          accumulate_slot<kC>(n, C, s.planes.data(), s.yi, s.xi, s.best_slot, slot, stats + slot * S);
+        }
+      }
+      for (int64_t i = 0; i < n; ++i) previous[i] = static_cast<int8_t>(s.best_slot[i]);
+      continue;
+    }
+    // Pixels outside the mask keep slot -1 and never move. Compacting the changed pixels first
+    // (no branches) is cheaper than testing each pixel: changes are few but scattered.
+    for (int64_t block = 0; block < n; block += 64) {
+      const int64_t len = std::min<int64_t>(64, n - block);
+      uint64_t changed = 0;
+      for (int64_t j = 0; j < len; ++j) {
+        changed |= static_cast<uint64_t>(previous[block + j] != s.best_slot[block + j]) << j;
+      }
+      for (; changed; changed &= changed - 1) {
+      const int64_t i = block + __builtin_ctzll(changed);
+      const int32_t from = previous[i], to = s.best_slot[i];
+      int64_t* out = stats + from * S;
+      int64_t* in = stats + to * S;
+      const int64_t channels = kC > 0 ? kC : C;  // a constant when the channel count is
+      for (int64_t c = 0; c < channels; ++c) out[c] -= planes[c][i], in[c] += planes[c][i];
+      out[channels] -= s.yi[i], in[channels] += s.yi[i];
+      out[channels + 1] -= s.xi[i], in[channels + 1] += s.xi[i];
+      out[channels + 2] -= 1, in[channels + 2] += 1;
+      previous[i] = static_cast<int8_t>(to);
+      }
+    }
+  }
+}
+
+// All iterations for one image. With parallel_cells, the cells of each iteration are shared among
+// threads; otherwise the calling thread does everything.
+template <int kC>
+void slic_image(const SlicConfig& cfg, const ImageState& im, bool parallel_cells) {
+  const int64_t K = cfg.num_centres();
+  auto over_range = [&](int64_t n, int64_t grain, auto&& f) {
+    if (parallel_cells) at::parallel_for(0, n, grain, f);
+    else f(0, n);
+  };
+  for (int64_t it = 0; it < cfg.iterations; ++it) {
+    const bool last = it + 1 == cfg.iterations;
+    const CellOutput output = last ? CellOutput::kLabels : (it == 0 ? CellOutput::kFirstStats : CellOutput::kStats);
+    over_range(K, 8, [&](int64_t begin, int64_t end) {
+      Scratch scratch(cfg.channels);
+      for (int64_t k = begin; k < end; ++k) process_cell<kC>(cfg, k, im, output, scratch);
+    });
+    if (!last) {
+      over_range(K, 256, [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) {
+          if (im.alive[k]) {
+            update_centre(im.stats, cfg.grid.cells_y, cfg.grid.cells_x, k, cfg.channels, im.scales,
+                          im.centres + k * cfg.centre_dims());
+          }
+        }
+      });
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> slic_cpu(const at::Tensor& image, int64_t n_segments, double compactness,
+                                            int64_t max_num_iter, bool convert2lab, bool enforce_connectivity,
+                                            double min_size_factor, at::ArrayRef<double> spacing,
+                                            const std::optional<at::Tensor>& mask) {
+  const SlicConfig cfg = check_slic_args(image, n_segments, compactness, max_num_iter, convert2lab,
+                                         enforce_connectivity, min_size_factor, spacing, mask);
+  const Grid& g = cfg.grid;
+  const int64_t B = cfg.batch, C = cfg.channels, H = g.height, W = g.width, HW = H * W, K = cfg.num_centres();
+  const int64_t D = cfg.centre_dims(), S = cfg.stat_dims();
+  const auto long_opts = image.options().dtype(at::kLong);
+  at::Tensor out = at::empty({B, H, W}, long_opts);
+  at::Tensor counts = at::empty({B}, long_opts);
+  if (B == 0) return {out, counts};
+
+  const at::Tensor img = image.contiguous();
+  const at::Tensor m = mask.has_value() ? mask->contiguous() : at::Tensor();
+  const bool* mask_ptr = m.defined() ? m.const_data_ptr<bool>() : nullptr;
+  Workspace& ws = thread_workspace();
+  int32_t* q = ws.q.get(B * C * HW);
+  int32_t* labels = ws.labels.get(B * HW);
+  int64_t* stats = ws.stats.get(B * K * kSlots * S);
+  int8_t* slots = ws.slots.get(B * HW);
+  std::vector<float> scales(B * C), inv_scales(B * C), centres(B * K * D);
+  std::vector<uint8_t> alive(B * K);
+
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kByte, at::kHalf, at::kBFloat16, img.scalar_type(), "slic_cpu", [&] {
+    const scalar_t* src = img.const_data_ptr<scalar_t>();
+    if (!std::is_same<scalar_t, uint8_t>::value) {
+      TORCH_CHECK_VALUE(all_finite(src, mask_ptr, B, C, HW),
+                        "slic: image contains NaN or infinite values (at pixels inside the mask)");
+    }
+    feature_scales<scalar_t>(cfg, src, mask_ptr, scales.data());
+    const SrgbTable table = make_srgb_table();
+    at::parallel_for(0, B * K, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t bk = begin; bk < end; ++bk) {
+        const int64_t b = bk / K, k = bk % K;
+        const Cell cell = cell_at(g, k / g.cells_x, k % g.cells_x);
+        const bool* mb = mask_ptr ? mask_ptr + b * HW : nullptr;
+        convert_cell<scalar_t>(cfg, cell, src + b * C * HW, mb, scales.data() + b * C, table, q + b * C * HW);
+        init_centres(cfg, cell, k / g.cells_x, k % g.cells_x, q + b * C * HW, scales.data() + b * C, mb,
+                     centres.data() + bk * D, alive.data() + bk);
+      }
+    });
+  });
+  for (int64_t i = 0; i < B * C; ++i) inv_scales[i] = 1.0f / scales[i];
+
+  auto state = [&](int64_t b) {
+    return ImageState{q + b * C * HW, scales.data() + b * C, inv_scales.data() + b * C,
+                      mask_ptr ? mask_ptr + b * HW : nullptr, centres.data() + b * K * D, alive.data() + b * K,
+                      stats + b * K * kSlots * S, slots + b * HW, labels + b * HW};
+  };
+  auto run = [&](auto kc) {
+    constexpr int kC = decltype(kc)::value;
+    if (B >= at::get_num_threads()) {
+      at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) slic_image<kC>(cfg, state(b), false);
+      });
+    } else {
+      for (int64_t b = 0; b < B; ++b) slic_image<kC>(cfg, state(b), true);
+    }
+  };
+  if (C == 3) run(std::integral_constant<int, 3>());
+  else if (C == 1) run(std::integral_constant<int, 1>());
+  else run(std::integral_constant<int, 0>());
+
+  int64_t* out_ptr = out.mutable_data_ptr<int64_t>();
+  int64_t* counts_ptr = counts.mutable_data_ptr<int64_t>();
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      counts_ptr[b] = cfg.connect
+                          ? cpu::connect_regions<int32_t>(labels + b * HW, H, W, cfg.min_size, out_ptr + b * HW)
+                          : cpu::renumber_by_first_pixel(labels + b * HW, K, HW, out_ptr + b * HW);
+    }
+  });
+  ws.release_if_large();
+  return {out, counts};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(spl, CPU, m) { m.impl("slic", &slic_cpu); }
+
+}  // namespace spl
