@@ -1,0 +1,20 @@
+"""spl: superpixels for weakly supervised semantic segmentation, as PyTorch custom ops.
+
+Batched SLIC superpixels on the CPU and CUDA (``spl.slic``), connectivity enforcement
+(``spl.enforce_connectivity``), and superpixel quality metrics (``spl.metrics``). Every op is a
+real ``torch.ops.spl.*`` custom op with a pure-PyTorch reference in ``spl.reference``.
+"""
+import torch  # noqa: F401  (the extension links against torch's libraries)
+
+from . import _C  # noqa: F401  (loads the library that registers torch.ops.spl.*)
+from . import metrics, reference
+from .ops import enforce_connectivity, has_cuda_kernels, slic
+
+__version__ = "0.1.0"
+
+__all__ = ["slic", "enforce_connectivity", "has_cuda_kernels", "metrics", "reference", "cuda_version"]
+
+
+def cuda_version() -> int:
+    """CUDA runtime version spl's kernels were compiled with (e.g. 13000), or 0 for a CPU build."""
+    return int(torch.ops.spl._cuda_version())

@@ -1,0 +1,50 @@
+"""The ``spl`` command line: ``spl <subcommand> ...`` (also ``python -m spl``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    import spl
+
+    print(f"spl {spl.__version__}")
+    print(f"torch {torch.__version__}")
+    cuda = spl.cuda_version()
+    print(f"CUDA kernels: {'built with CUDA ' + str(cuda // 1000) + '.' + str(cuda % 1000 // 10) if cuda else 'not built'}")
+    print(f"GPU available: {torch.cuda.is_available()}"
+          + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(out_dir=args.out, device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    sub.required = True
+
+    p = sub.add_parser("info", help="print versions and which kernels this build has")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("demo", help="SLIC on scikit-image's sample images; writes overlay PNGs")
+    p.add_argument("--out", default="spl-out/demo", help="output folder (default: spl-out/demo)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

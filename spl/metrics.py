@@ -1,0 +1,151 @@
+"""Quality metrics for superpixels against a ground-truth segmentation.
+
+All functions take label maps as tensors or NumPy arrays, ``[H, W]`` (one image: a float is
+returned) or ``[B, H, W]`` (a float64 tensor of one value per image is returned). Labels are any
+integers; pixels whose ground truth equals ``ignore_index`` (if given) are left out.
+
+- boundary recall (BR): the fraction of ground-truth boundary pixels within ``tolerance`` pixels
+  (Chebyshev distance) of a superpixel boundary pixel. Higher is better.
+- undersegmentation error (UE, Neubert & Protzel 2012): ``(1/N) sum_G sum_{S meets G}
+  min(|S & G|, |S - G|)``: how much superpixels leak across ground-truth regions. Lower is better.
+- achievable segmentation accuracy (ASA): ``(1/N) sum_S max_G |S & G|``, the accuracy of the best
+  labelling that is constant on each superpixel. Higher is better.
+
+References: P. Neubert and P. Protzel, "Superpixel Benchmark and Comparison", Forum Bildverarbeitung
+2012; D. Stutz et al., "Superpixels: An Evaluation of the State-of-the-Art", CVIU 2018.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "boundary_map",
+    "boundary_recall",
+    "undersegmentation_error",
+    "achievable_segmentation_accuracy",
+    "number_of_segments",
+    "superpixel_scores",
+]
+
+Labels = Union[torch.Tensor, np.ndarray]
+
+
+def _as_batch(labels: Labels, name: str) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(labels)) if isinstance(labels, np.ndarray) else labels
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor or array, got {type(labels).__name__}")
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{name} must hold integer labels, got {t.dtype}")
+    if t.dim() == 2:
+        t = t.unsqueeze(0)
+    if t.dim() != 3:
+        raise ValueError(f"{name} must have shape [H, W] or [B, H, W], got {list(t.shape)}")
+    return t.long()
+
+
+def _pair(superpixels: Labels, ground_truth: Labels):
+    single = (superpixels.ndim if isinstance(superpixels, np.ndarray) else superpixels.dim()) == 2
+    sp = _as_batch(superpixels, "superpixels")
+    gt = _as_batch(ground_truth, "ground_truth").to(sp.device)
+    if sp.shape != gt.shape:
+        raise ValueError(f"superpixels {list(sp.shape)} and ground_truth {list(gt.shape)} differ in shape")
+    if sp.numel() == 0:
+        raise ValueError("superpixels must have at least one pixel")
+    return sp, gt, single
+
+
+def _result(values: torch.Tensor, single: bool):
+    values = values.double().cpu()
+    return float(values[0]) if single else values
+
+
+def boundary_map(labels: Labels) -> torch.Tensor:
+    """Bool ``[B, H, W]``: pixels whose label differs from the pixel right of or below them."""
+    t = _as_batch(labels, "labels")
+    edge = torch.zeros_like(t, dtype=torch.bool)
+    edge[:, :, :-1] |= t[:, :, 1:] != t[:, :, :-1]
+    edge[:, :-1, :] |= t[:, 1:, :] != t[:, :-1, :]
+    return edge
+
+
+def boundary_recall(superpixels: Labels, ground_truth: Labels, tolerance: int = 2,
+                    ignore_index: Optional[int] = None):
+    """Fraction of ground-truth boundary pixels within ``tolerance`` px of a superpixel boundary.
+
+    An image without ground-truth boundaries has recall 1."""
+    sp, gt, single = _pair(superpixels, ground_truth)
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    gt_edge = boundary_map(gt)
+    if ignore_index is not None:
+        gt_edge &= gt != ignore_index
+    sp_edge = boundary_map(sp).float().unsqueeze(1)
+    near = F.max_pool2d(sp_edge, 2 * tolerance + 1, stride=1, padding=tolerance).squeeze(1) > 0
+    hits = (gt_edge & near).flatten(1).sum(1)
+    total = gt_edge.flatten(1).sum(1)
+    return _result(torch.where(total > 0, hits / total.clamp_min(1), torch.ones_like(hits, dtype=torch.float)), single)
+
+
+def _overlaps(sp: torch.Tensor, gt: torch.Tensor, ignore_index: Optional[int]):
+    """Per image: the overlap counts |S & G| of every (superpixel, ground-truth) pair that meets,
+    the superpixel of each pair, and the number of pixels counted."""
+    keep = torch.ones_like(gt, dtype=torch.bool) if ignore_index is None else gt != ignore_index
+    out = []
+    for b in range(sp.shape[0]):
+        s, g = sp[b][keep[b]], gt[b][keep[b]]
+        _, s_id = torch.unique(s, return_inverse=True)
+        _, g_id = torch.unique(g, return_inverse=True)
+        n_g = int(g_id.max()) + 1 if g_id.numel() else 1
+        pair, count = torch.unique(s_id * n_g + g_id, return_counts=True)
+        out.append((pair // n_g, count, s.numel()))
+    return out
+
+
+def undersegmentation_error(superpixels: Labels, ground_truth: Labels, ignore_index: Optional[int] = None):
+    """Undersegmentation error of Neubert & Protzel (lower is better)."""
+    sp, gt, single = _pair(superpixels, ground_truth)
+    values = []
+    for s_of_pair, count, n in _overlaps(sp, gt, ignore_index):
+        size = torch.zeros(int(s_of_pair.max()) + 1 if n else 1, dtype=torch.long).index_add_(0, s_of_pair, count)
+        leak = torch.minimum(count, size[s_of_pair] - count).sum()
+        values.append(leak / max(n, 1))
+    return _result(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]), single)
+
+
+def achievable_segmentation_accuracy(superpixels: Labels, ground_truth: Labels,
+                                     ignore_index: Optional[int] = None):
+    """Achievable segmentation accuracy (higher is better)."""
+    sp, gt, single = _pair(superpixels, ground_truth)
+    values = []
+    for s_of_pair, count, n in _overlaps(sp, gt, ignore_index):
+        best = torch.zeros(int(s_of_pair.max()) + 1 if n else 1, dtype=torch.long).scatter_reduce(
+            0, s_of_pair, count, "amax")
+        values.append(best.sum() / max(n, 1))
+    return _result(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]), single)
+
+
+def number_of_segments(superpixels: Labels):
+    """Number of distinct labels (>= 0) per image."""
+    single = (superpixels.ndim if isinstance(superpixels, np.ndarray) else superpixels.dim()) == 2
+    sp = _as_batch(superpixels, "superpixels")
+    counts = torch.tensor([torch.unique(sp[b][sp[b] >= 0]).numel() for b in range(sp.shape[0])])
+    return int(counts[0]) if single else counts
+
+
+def superpixel_scores(superpixels: Labels, ground_truth: Labels, tolerance: int = 2,
+                      ignore_index: Optional[int] = None) -> Dict[str, float]:
+    """BR, UE, ASA and the number of segments, averaged over the images of the batch."""
+    def mean(v):
+        return float(v) if isinstance(v, (float, int)) else float(v.double().mean())
+
+    return {
+        "boundary_recall": mean(boundary_recall(superpixels, ground_truth, tolerance, ignore_index)),
+        "undersegmentation_error": mean(undersegmentation_error(superpixels, ground_truth, ignore_index)),
+        "achievable_segmentation_accuracy": mean(
+            achievable_segmentation_accuracy(superpixels, ground_truth, ignore_index)),
+        "segments": mean(number_of_segments(superpixels)),
+    }

@@ -1,0 +1,264 @@
+"""Typed Python wrappers over ``torch.ops.spl.*``: the only module that calls them.
+
+Each public function validates its arguments (``ValueError`` / ``TypeError`` naming the argument),
+accepts the layouts users have (batched or single tensors, NumPy arrays in scikit-image's layout),
+and calls one custom op. Fake (meta) kernels registered here let ``torch.compile(fullgraph=True)``
+trace the ops.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+__all__ = ["slic", "enforce_connectivity", "has_cuda_kernels"]
+
+ArrayLike = Union[torch.Tensor, np.ndarray]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# CUDA kernels index the pixels of a batch with int32.
+_MAX_BATCH_PIXELS = 2**31 - 1
+
+
+def has_cuda_kernels() -> bool:
+    """True if this build of spl has CUDA kernels (it may still run on a machine without a GPU)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("spl::slic", "CUDA")
+
+
+def _check_device(t: torch.Tensor, fn: str) -> None:
+    if t.device.type == "cuda" and not has_cuda_kernels():
+        raise RuntimeError(
+            f"{fn}: got a CUDA tensor, but this build of spl has no CUDA kernels. Rebuild it on a "
+            "machine with nvcc and a CUDA build of torch (see README, 'Building for CUDA')."
+        )
+    if t.device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"{fn}: tensors must be on a CPU or CUDA device, got {t.device}")
+
+
+def _as_bool_mask(mask, batch: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+    if isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(np.ascontiguousarray(mask))
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"slic: mask must be a bool tensor or array, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"slic: mask must be a bool tensor, got dtype {mask.dtype}")
+    if mask.dim() == 2:
+        mask = mask.unsqueeze(0).expand(batch, -1, -1)
+    if mask.dim() != 3 or tuple(mask.shape) != (batch, height, width):
+        raise ValueError(
+            f"slic: mask must have shape [B, H, W] = [{batch}, {height}, {width}] (or [H, W]), "
+            f"got {list(mask.shape)}"
+        )
+    if mask.device != device:
+        raise ValueError(f"slic: mask is on {mask.device} but image is on {device}")
+    return mask
+
+
+def slic(
+    image: ArrayLike,
+    n_segments: int = 400,
+    compactness: float = 10.0,
+    max_num_iter: int = 10,
+    *,
+    convert2lab: Optional[bool] = None,
+    enforce_connectivity: bool = True,
+    min_size_factor: float = 0.25,
+    spacing: Optional[Sequence[float]] = None,
+    mask: Optional[ArrayLike] = None,
+    return_counts: bool = False,
+):
+    """SLIC superpixels of a batch of images, on the CPU or a CUDA GPU.
+
+    k-means in colour and image space, each pixel comparing only the centres of the 3x3 grid
+    cells around it (Achanta et al., 2012; the grid as in gSLICr). Deterministic: the same input
+    gives the same labels on every run, and the CPU and CUDA kernels give the same labels.
+
+    Args:
+        image (Tensor[B, C, H, W] or Tensor[C, H, W], or ndarray[H, W, C] or ndarray[H, W]):
+            uint8 (0..255) or floating point (0..1) images, any number of channels C >= 1
+            (grayscale, RGB, or feature maps). A NumPy array uses scikit-image's layout and gives
+            a NumPy result.
+        n_segments (int): the number of superpixels to aim for, in [1, H*W]. The grid has
+            ``round(H/S) x round(W/S)`` cells with ``S = sqrt(H*W / n_segments)``. Default 400.
+        compactness (float): weight of the spatial distance against the colour distance:
+            ``D = |c_p - c_k|^2 + (compactness / S)^2 |xy_p - xy_k|^2``, colours in CIELAB for RGB
+            images and in the image's units (uint8 scaled to 0..1) otherwise. Default 10.
+        max_num_iter (int): assignment/update rounds. Default 10.
+        convert2lab (bool, optional): convert sRGB to CIELAB (D65) inside the kernel. Defaults to
+            True when C == 3. Float RGB values are clamped to [0, 1] for the conversion.
+        enforce_connectivity (bool): make every label one 4-connected region, merging regions
+            smaller than ``min_size_factor * H*W / n_segments`` pixels into the neighbour with
+            which they share the longest border (ties: the smaller label). Default True.
+        min_size_factor (float): see ``enforce_connectivity``. Default 0.25.
+        spacing (sequence of 2 floats, optional): pixel spacing (y, x) weighting the spatial
+            distance. Default (1, 1).
+        mask (Tensor[B, H, W] or Tensor[H, W] of bool, optional): pixels outside the mask get
+            label -1 and take no part.
+        return_counts (bool): also return the number of superpixels of each image.
+
+    Returns:
+        Tensor[B, H, W] (or [H, W], or ndarray[H, W]) of int64 labels ``0..n_b-1``, numbered in
+        raster order of each superpixel's first pixel; with ``return_counts``, also the counts
+        ``n_b`` (Tensor[B], or a 0-d tensor / int for a single image).
+
+    Raises:
+        TypeError: image is neither uint8 nor floating point; mask is not bool.
+        ValueError: wrong rank or empty image, n_segments outside [1, H*W], compactness <= 0,
+            max_num_iter < 1, convert2lab with C != 3, wrong mask shape, NaN or infinite values
+            in the image (inside the mask).
+
+    Example:
+        >>> import torch, spl
+        >>> image = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+        >>> image[:, :, :, 32:] = 255
+        >>> labels, counts = spl.slic(image, n_segments=4, return_counts=True)
+        >>> labels.shape, counts.tolist()
+        (torch.Size([1, 64, 64]), [4])
+
+    References:
+        R. Achanta et al., "SLIC Superpixels Compared to State-of-the-Art Superpixel Methods",
+        TPAMI 2012; scikit-image ``skimage.segmentation.slic``.
+    """
+    numpy_in = isinstance(image, np.ndarray)
+    if numpy_in:
+        if image.ndim not in (2, 3):
+            raise ValueError(f"slic: a NumPy image must have shape (H, W) or (H, W, C), got {image.shape}")
+        arr = image[..., None] if image.ndim == 2 else image
+        image_t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+    elif isinstance(image, torch.Tensor):
+        image_t = image
+    else:
+        raise TypeError(f"slic: image must be a torch.Tensor or numpy.ndarray, got {type(image).__name__}")
+
+    if image_t.dtype != torch.uint8 and image_t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"slic: image must be uint8 (0..255) or floating point (0..1), got {image_t.dtype}; "
+            "convert it first, e.g. image.float() / 65535 for uint16 data"
+        )
+    batched = image_t.dim() == 4
+    if image_t.dim() == 3:
+        image_t = image_t.unsqueeze(0)
+    elif not batched:
+        raise ValueError(
+            f"slic: image must have shape [B, C, H, W] or [C, H, W], got {list(image_t.shape)}"
+        )
+    B, C, H, W = image_t.shape
+    if C < 1 or H < 1 or W < 1:
+        raise ValueError(f"slic: image must have at least one channel and one pixel, got shape {list(image_t.shape)}")
+    _check_device(image_t, "slic")
+
+    if isinstance(n_segments, bool) or not isinstance(n_segments, (int, np.integer)):
+        raise TypeError(f"slic: n_segments must be an int, got {type(n_segments).__name__}")
+    if not 1 <= n_segments <= H * W:
+        raise ValueError(f"slic: n_segments must be in [1, H*W] = [1, {H * W}], got {n_segments}")
+    compactness = float(compactness)
+    if not (np.isfinite(compactness) and 0.0 < compactness <= 1e6):
+        raise ValueError(f"slic: compactness must be in (0, 1e6], got {compactness}")
+    if isinstance(max_num_iter, bool) or not isinstance(max_num_iter, (int, np.integer)):
+        raise TypeError(f"slic: max_num_iter must be an int, got {type(max_num_iter).__name__}")
+    if not 1 <= max_num_iter <= 10000:
+        raise ValueError(f"slic: max_num_iter must be in [1, 10000], got {max_num_iter}")
+    if convert2lab is None:
+        convert2lab = C == 3
+    elif convert2lab and C != 3:
+        raise ValueError(f"slic: convert2lab=True needs 3 (RGB) channels, got {C}")
+    min_size_factor = float(min_size_factor)
+    if not (np.isfinite(min_size_factor) and min_size_factor >= 0):
+        raise ValueError(f"slic: min_size_factor must be a finite number >= 0, got {min_size_factor}")
+    if spacing is None:
+        spacing = (1.0, 1.0)
+    spacing = [float(s) for s in spacing]
+    if len(spacing) != 2 or not all(np.isfinite(s) and 1e-3 <= s <= 1e3 for s in spacing):
+        raise ValueError(f"slic: spacing must be 2 numbers (y, x) in [1e-3, 1e3], got {spacing}")
+    if mask is not None:
+        mask = _as_bool_mask(mask, B, H, W, image_t.device)
+
+    def run(img, msk):
+        return torch.ops.spl.slic(
+            img, int(n_segments), compactness, int(max_num_iter), bool(convert2lab),
+            bool(enforce_connectivity), min_size_factor, spacing, msk,
+        )
+
+    per_call = max(1, _MAX_BATCH_PIXELS // (H * W))
+    if image_t.device.type == "cuda" and B > per_call:
+        parts = [
+            run(image_t[i:i + per_call], None if mask is None else mask[i:i + per_call])
+            for i in range(0, B, per_call)
+        ]
+        labels = torch.cat([p[0] for p in parts])
+        counts = torch.cat([p[1] for p in parts])
+    else:
+        labels, counts = run(image_t, mask)
+
+    if not batched:
+        labels, counts = labels[0], counts[0]
+    if numpy_in:
+        labels = labels.numpy()
+        counts = int(counts)
+    return (labels, counts) if return_counts else labels
+
+
+def enforce_connectivity(labels: ArrayLike, min_size: int = 0, *, return_counts: bool = False):
+    """Relabels a label map into 4-connected regions, merging the small ones.
+
+    Every 4-connected region of equal labels becomes one label; a region smaller than
+    ``min_size`` pixels is merged into the neighbour with which it shares the longest border
+    (ties: the smaller label), in rounds until no small region has a neighbour. ``spl.slic`` uses
+    this with ``min_size = min_size_factor * H*W / n_segments``.
+
+    Args:
+        labels (Tensor[B, H, W] or Tensor[H, W] of int64, or ndarray[H, W]): any integer labels;
+            -1 marks pixels outside every region.
+        min_size (int): regions smaller than this are merged. 0 or 1 only splits labels into
+            connected regions.
+        return_counts (bool): also return the number of regions of each image.
+
+    Returns:
+        int64 labels ``0..n-1`` of the same shape, numbered in raster order of each region's first
+        pixel (-1 stays -1); with ``return_counts`` also the counts.
+
+    Raises:
+        TypeError: labels are not integers.
+        ValueError: wrong rank, labels below -1, min_size < 0.
+    """
+    numpy_in = isinstance(labels, np.ndarray)
+    t = torch.from_numpy(np.ascontiguousarray(labels)) if numpy_in else labels
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"enforce_connectivity: labels must be a tensor or array, got {type(labels).__name__}")
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"enforce_connectivity: labels must be an integer tensor, got {t.dtype}")
+    batched = t.dim() == 3
+    if t.dim() == 2:
+        t = t.unsqueeze(0)
+    elif not batched:
+        raise ValueError(f"enforce_connectivity: labels must have shape [B, H, W] or [H, W], got {list(t.shape)}")
+    _check_device(t, "enforce_connectivity")
+    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
+        raise ValueError(f"enforce_connectivity: min_size must be an int >= 0, got {min_size!r}")
+    out, counts = torch.ops.spl.enforce_connectivity(t.long(), int(min_size))
+    if not batched:
+        out, counts = out[0], counts[0]
+    if numpy_in:
+        out, counts = out.numpy(), int(counts)
+    return (out, counts) if return_counts else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake kernels: output shapes follow from input shapes alone.
+
+@torch.library.register_fake("spl::slic")
+def _slic_fake(image, n_segments, compactness, max_num_iter, convert2lab, enforce_connectivity,
+               min_size_factor, spacing, mask):
+    torch._check(image.dim() == 4, lambda: "slic: image must have shape [B, C, H, W]")
+    B, _, H, W = image.shape
+    return (
+        image.new_empty((B, H, W), dtype=torch.int64),
+        image.new_empty((B,), dtype=torch.int64),
+    )
+
+
+@torch.library.register_fake("spl::enforce_connectivity")
+def _enforce_connectivity_fake(labels, min_size):
+    torch._check(labels.dim() == 3, lambda: "enforce_connectivity: labels must have shape [B, H, W]")
+    return torch.empty_like(labels), labels.new_empty((labels.shape[0],))

@@ -1,0 +1,268 @@
+"""Pure-PyTorch references of every spl op: slow, obviously correct, runs on any device.
+
+The kernels in ``torch.ops.spl`` are tested against these, and ``spl bench`` times them side by
+side. They follow SPEC.md directly, vectorised over whole tensors, with no attempt at speed beyond
+that. Where the kernels use tricks (fixed-point sums, cell-major layouts, run-length connectivity),
+these functions use the plain formula, in float64 by default.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["slic", "enforce_connectivity", "rgb_to_lab", "slic_grid"]
+
+# --------------------------------------------------------------------------------------------------
+# SLIC (SPEC section 1)
+
+
+def slic_grid(height: int, width: int, n_segments: int) -> Tuple[int, int, float]:
+    """Grid of SPEC section 1: ``(cells_y, cells_x, step)``, ``step = sqrt(H*W / n_segments)``."""
+    step = math.sqrt(height * width / n_segments)
+    cells_y = min(max(math.floor(height / step + 0.5), 1), height)
+    cells_x = min(max(math.floor(width / step + 0.5), 1), width)
+    return cells_y, cells_x, step
+
+
+def _cell_begin(cell, cells: int, extent: int):
+    return (cell * extent + cells - 1) // cells
+
+
+def _cell_seed(cell: torch.Tensor, cells: int, extent: int) -> torch.Tensor:
+    lo = _cell_begin(cell, cells, extent)
+    hi = _cell_begin(cell + 1, cells, extent) - 1
+    return torch.minimum(torch.maximum(((2 * cell + 1) * extent) // (2 * cells), lo), hi)
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB in [0, 1] (``[B, 3, H, W]``, values clamped) to CIELAB (D65), scikit-image's constants."""
+    c = rgb.clamp(0, 1)
+    lin = torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    r, g, b = lin[:, 0], lin[:, 1], lin[:, 2]
+    x = (0.412453 * r + 0.357580 * g + 0.180423 * b) / 0.95047
+    y = 0.212671 * r + 0.715160 * g + 0.072169 * b
+    z = (0.019334 * r + 0.119193 * g + 0.950227 * b) / 1.08883
+
+    def f(t):
+        return torch.where(t > 0.008856, t.clamp_min(1e-12) ** (1.0 / 3.0), 7.787 * t + 16.0 / 116.0)
+
+    fx, fy, fz = f(x), f(y), f(z)
+    return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)
+
+
+def _features(image: torch.Tensor, convert2lab: bool, dtype: torch.dtype) -> torch.Tensor:
+    x = image.to(dtype)
+    if image.dtype == torch.uint8:
+        x = x / 255.0
+    return rgb_to_lab(x) if convert2lab else x
+
+
+def slic(
+    image: torch.Tensor,
+    n_segments: int = 400,
+    compactness: float = 10.0,
+    max_num_iter: int = 10,
+    *,
+    convert2lab: Optional[bool] = None,
+    enforce_connectivity: bool = True,
+    min_size_factor: float = 0.25,
+    spacing: Optional[Sequence[float]] = None,
+    mask: Optional[torch.Tensor] = None,
+    return_counts: bool = False,
+    dtype: torch.dtype = torch.float64,
+):
+    """Reference SLIC of ``spl.slic`` for ``image`` ``[B, C, H, W]`` (same arguments)."""
+    B, C, H, W = image.shape
+    dev = image.device
+    convert2lab = (C == 3) if convert2lab is None else convert2lab
+    gy, gx, step = slic_grid(H, W, n_segments)
+    K = gy * gx
+    sy, sx = (1.0, 1.0) if spacing is None else (float(spacing[0]), float(spacing[1]))
+    weight_y = (compactness / step * sy) ** 2
+    weight_x = (compactness / step * sx) ** 2
+    feat = _features(image, convert2lab, dtype)  # [B, C, H, W]
+    inside = torch.ones(B, H, W, dtype=torch.bool, device=dev) if mask is None else mask.to(dev).bool()
+    feat = torch.where(inside[:, None], feat, torch.zeros((), dtype=dtype, device=dev))
+
+    ys = torch.arange(H, device=dev)
+    xs = torch.arange(W, device=dev)
+    cell_y = ys * gy // H  # cell row of each image row
+    cell_x = xs * gx // W
+
+    # Seeds: the middle pixel of each cell; with a mask, the nearest pixel of the cell inside it.
+    ky = torch.arange(gy, device=dev)
+    kx = torch.arange(gx, device=dev)
+    seed_y = _cell_seed(ky, gy, H)[:, None].expand(gy, gx).reshape(K)
+    seed_x = _cell_seed(kx, gx, W)[None, :].expand(gy, gx).reshape(K)
+    pixel_cell = (cell_y[:, None] * gx + cell_x[None, :]).reshape(-1)  # [H*W]
+    d2 = (ys[:, None] - seed_y.view(gy, gx)[cell_y][:, cell_x]) ** 2 + (
+        xs[None, :] - seed_x.view(gy, gx)[cell_y][:, cell_x]
+    ) ** 2  # [H, W]: distance of each pixel to its cell's middle
+    order = d2.reshape(-1).long() * (H * W) + torch.arange(H * W, device=dev)  # ties: raster order
+    key = torch.where(inside.reshape(B, -1), order[None], torch.full_like(order[None], 2**62))
+    best = torch.full((B, K), 2**62, dtype=torch.long, device=dev).scatter_reduce(
+        1, pixel_cell[None].expand(B, -1), key, "amin"
+    )
+    alive = best < 2**62
+    seed = torch.where(alive, best % (H * W), torch.zeros_like(best))  # [B, K] pixel index
+    flat = feat.reshape(B, C, H * W)
+    centres = torch.cat(
+        [
+            flat.gather(2, seed[:, None].expand(B, C, K)),
+            (seed // W).to(dtype)[:, None],
+            (seed % W).to(dtype)[:, None],
+        ],
+        dim=1,
+    ).transpose(1, 2)  # [B, K, C+2]
+
+    yy = ys.to(dtype)[:, None].expand(H, W)
+    xx = xs.to(dtype)[None, :].expand(H, W)
+    batch = torch.arange(B, device=dev)[:, None, None]
+    labels = None
+    for it in range(max_num_iter):
+        best_d = torch.full((B, H, W), math.inf, dtype=dtype, device=dev)
+        labels = torch.zeros((B, H, W), dtype=torch.long, device=dev)
+        for slot in range(9):
+            ny = cell_y[:, None] + slot // 3 - 1
+            nx = cell_x[None, :] + slot % 3 - 1
+            valid = (ny >= 0) & (ny < gy) & (nx >= 0) & (nx < gx)  # [H, W]
+            k = (ny.clamp(0, gy - 1) * gx + nx.clamp(0, gx - 1)).expand(H, W)
+            c = centres[batch, k[None]]  # [B, H, W, C+2]
+            d = ((feat.permute(0, 2, 3, 1) - c[..., :C]) ** 2).sum(-1)
+            d = d + weight_y * (yy - c[..., C]) ** 2 + weight_x * (xx - c[..., C + 1]) ** 2
+            d = torch.where(valid[None] & alive[batch, k[None]], d, torch.full_like(d, math.inf))
+            better = d < best_d
+            best_d = torch.where(better, d, best_d)
+            labels = torch.where(better, k[None].expand(B, H, W), labels)
+        labels = torch.where(inside, labels, torch.full_like(labels, -1))
+        if it + 1 == max_num_iter:
+            break
+        # Update: mean of the pixels of each centre; a centre without pixels stays.
+        g = (batch * K + labels).reshape(-1)
+        keep = inside.reshape(-1)
+        stats = torch.cat([feat.permute(0, 2, 3, 1), yy.expand(B, H, W)[..., None], xx.expand(B, H, W)[..., None]], -1)
+        sums = torch.zeros(B * K, C + 2, dtype=dtype, device=dev).index_add_(0, g[keep], stats.reshape(-1, C + 2)[keep])
+        counts = torch.zeros(B * K, dtype=dtype, device=dev).index_add_(
+            0, g[keep], torch.ones_like(g[keep], dtype=dtype)
+        )
+        new = sums / counts.clamp_min(1)[:, None]
+        centres = torch.where((counts > 0)[:, None], new, centres.reshape(B * K, C + 2)).view(B, K, C + 2)
+
+    if enforce_connectivity:
+        min_size = int(min_size_factor * H * W / n_segments)
+        out, n = _connect(labels, min_size)
+    else:
+        out, n = _renumber_by_first_pixel(labels)
+    return (out, n) if return_counts else out
+
+
+# --------------------------------------------------------------------------------------------------
+# Connectivity enforcement (the rule of csrc/ops/connectivity_common.h)
+
+
+def _rank_regions(region: torch.Tensor, inside: torch.Tensor):
+    """Labels 0..n-1 per image from region ids that are global pixel indices (first pixel of each
+    region, so the order of ids is raster order); returns (labels, counts)."""
+    B, H, W = region.shape
+    N = H * W
+    ids = torch.unique(region[inside])
+    pos = torch.searchsorted(ids, region.clamp_min(0))
+    base = torch.searchsorted(ids, torch.arange(B + 1, device=region.device) * N)
+    labels = torch.where(inside, pos - base[:-1, None, None], torch.full_like(region, -1))
+    return labels, base[1:] - base[:-1]
+
+
+def _renumber_by_first_pixel(labels: torch.Tensor):
+    B, H, W = labels.shape
+    N = H * W
+    inside = labels >= 0
+    pixel = torch.arange(B * N, device=labels.device).view(B, H, W)
+    # Make labels unique across the batch, then take each label's first pixel.
+    key = torch.where(inside, torch.arange(B, device=labels.device)[:, None, None] * (labels.max() + 1) + labels, 0)
+    _, inverse = torch.unique(key, return_inverse=True)
+    first = torch.full((inverse.max() + 1,), B * N, device=labels.device).scatter_reduce(
+        0, inverse[inside], pixel[inside], "amin"
+    )
+    region = torch.where(inside, first[inverse], torch.full_like(labels, -1))
+    return _rank_regions(region, inside)
+
+
+def _components(labels: torch.Tensor) -> torch.Tensor:
+    """4-connected components of equal labels: each pixel gets the global index of the first pixel
+    of its component (label propagation to the minimum, with pointer jumping); -1 outside."""
+    B, H, W = labels.shape
+    inside = labels >= 0
+    big = B * H * W
+    comp = torch.where(inside, torch.arange(big, device=labels.device).view(B, H, W), torch.full_like(labels, big))
+    same_right = inside[:, :, 1:] & inside[:, :, :-1] & (labels[:, :, 1:] == labels[:, :, :-1])
+    same_down = inside[:, 1:, :] & inside[:, :-1, :] & (labels[:, 1:, :] == labels[:, :-1, :])
+    while True:
+        new = comp.clone()
+        new[:, :, 1:] = torch.where(same_right, torch.minimum(new[:, :, 1:], comp[:, :, :-1]), new[:, :, 1:])
+        new[:, :, :-1] = torch.where(same_right, torch.minimum(new[:, :, :-1], comp[:, :, 1:]), new[:, :, :-1])
+        new[:, 1:, :] = torch.where(same_down, torch.minimum(new[:, 1:, :], comp[:, :-1, :]), new[:, 1:, :])
+        new[:, :-1, :] = torch.where(same_down, torch.minimum(new[:, :-1, :], comp[:, 1:, :]), new[:, :-1, :])
+        flat = torch.cat([new.reshape(-1), torch.tensor([big], device=labels.device)])
+        new = flat[flat[:-1]].view(B, H, W)  # pointer jumping: a pixel takes its root's root
+        if torch.equal(new, comp):
+            break
+        comp = new
+    return torch.where(inside, comp, torch.full_like(comp, -1))
+
+
+def _connect(labels: torch.Tensor, min_size: int):
+    B, H, W = labels.shape
+    T = B * H * W
+    dev = labels.device
+    inside = labels >= 0
+    comp = _components(labels)
+    regions = torch.unique(comp[inside])
+    size = torch.zeros(T, dtype=torch.long, device=dev).index_add_(0, comp[inside], torch.ones_like(comp[inside]))
+    rep = torch.arange(T, device=dev)
+    if min_size > 1 and regions.numel() > 0:
+        # Directed borders between regions: one per 4-adjacent pixel pair and direction.
+        a = torch.cat([comp[:, :, :-1].reshape(-1), comp[:, :-1, :].reshape(-1)])
+        b = torch.cat([comp[:, :, 1:].reshape(-1), comp[:, 1:, :].reshape(-1)])
+        keep = (a >= 0) & (b >= 0) & (a != b)
+        src = torch.cat([a[keep], b[keep]])
+        dst = torch.cat([b[keep], a[keep]])
+        key, border = torch.unique(src * T + dst, return_counts=True)
+        src, dst = key // T, key % T
+        while True:
+            gsize = torch.zeros(T, dtype=torch.long, device=dev).index_add_(0, rep[regions], size[regions])
+            gs, gd = rep[src], rep[dst]
+            keep = (gs != gd) & (gsize[gs] < min_size)
+            if not bool(keep.any()):
+                break
+            pair, inverse = torch.unique(gs[keep] * T + gd[keep], return_inverse=True)
+            total = torch.zeros(pair.numel(), dtype=torch.long, device=dev).index_add_(0, inverse, border[keep])
+            ps, pd = pair // T, pair % T
+            # 1. the neighbour with the longest border; ties: the smaller id
+            score = total * T + (T - 1 - pd)
+            best = torch.full((T,), -1, dtype=torch.long, device=dev).scatter_reduce(0, ps, score, "amax")
+            sources = torch.unique(ps)
+            target = torch.arange(T, device=dev)
+            target[sources] = T - 1 - best[sources] % T
+            # 2. a pair that chose each other joins under the smaller id
+            t = target[sources]
+            mutual = (target[t] == sources) & (sources < t)
+            target[sources[mutual]] = sources[mutual]
+            # 3. follow chains; each merged group takes its smallest member id
+            while True:
+                jumped = target[target]
+                if torch.equal(jumped, target):
+                    break
+                target = jumped
+            ids = torch.arange(T, device=dev)
+            canon = ids.clone().scatter_reduce(0, target, ids, "amin")
+            rep = canon[target[rep]]
+    region = torch.where(inside, rep[comp.clamp_min(0)], torch.full_like(comp, -1))
+    return _rank_regions(region, inside)
+
+
+def enforce_connectivity(labels: torch.Tensor, min_size: int = 0, *, return_counts: bool = False):
+    """Reference of ``spl.enforce_connectivity`` for int64 ``labels`` ``[B, H, W]``."""
+    out, counts = _connect(labels.long(), int(min_size))
+    return (out, counts) if return_counts else out
