@@ -7,6 +7,7 @@ trace the ops.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -153,7 +154,7 @@ def slic(
     if not 1 <= n_segments <= H * W:
         raise ValueError(f"slic: n_segments must be in [1, H*W] = [1, {H * W}], got {n_segments}")
     compactness = float(compactness)
-    if not (np.isfinite(compactness) and 0.0 < compactness <= 1e6):
+    if not (math.isfinite(compactness) and 0.0 < compactness <= 1e6):
         raise ValueError(f"slic: compactness must be in (0, 1e6], got {compactness}")
     if isinstance(max_num_iter, bool) or not isinstance(max_num_iter, (int, np.integer)):
         raise TypeError(f"slic: max_num_iter must be an int, got {type(max_num_iter).__name__}")
@@ -164,12 +165,12 @@ def slic(
     elif convert2lab and C != 3:
         raise ValueError(f"slic: convert2lab=True needs 3 (RGB) channels, got {C}")
     min_size_factor = float(min_size_factor)
-    if not (np.isfinite(min_size_factor) and min_size_factor >= 0):
+    if not (math.isfinite(min_size_factor) and min_size_factor >= 0):
         raise ValueError(f"slic: min_size_factor must be a finite number >= 0, got {min_size_factor}")
     if spacing is None:
         spacing = (1.0, 1.0)
     spacing = [float(s) for s in spacing]
-    if len(spacing) != 2 or not all(np.isfinite(s) and 1e-3 <= s <= 1e3 for s in spacing):
+    if len(spacing) != 2 or not all(math.isfinite(s) and 1e-3 <= s <= 1e3 for s in spacing):
         raise ValueError(f"slic: spacing must be 2 numbers (y, x) in [1e-3, 1e3], got {spacing}")
     if mask is not None:
         mask = _as_bool_mask(mask, B, H, W, image_t.device)

@@ -173,10 +173,12 @@ inline SrgbTable make_srgb_table() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The SLIC distance D = |v - c|^2 + (m/S)^2 |xy - xy_c|^2. Positions enter pre-multiplied by
-// m/S * spacing ("scaled positions"), so the spatial term costs what two more channels cost.
-// Fused multiply-adds are explicit (correctly rounded on every device, vectorised on the CPU);
-// the order of operations is part of the contract between the CPU and CUDA kernels.
+// The SLIC distance D = |v - c|^2 + (m/S)^2 |xy - xy_c|^2, written as
+// |v - c|^2 + ((y - y_c) * scale_y)^2 + ((x - x_c) * scale_x)^2 with scale = m/S * spacing.
+// Differences are taken before scaling, so two centres at the same distance from a pixel give
+// exactly the same D (the tie then goes to the lower slot, as in the reference). Fused
+// multiply-adds are explicit (correctly rounded on every device, vectorised on the CPU); the
+// order of operations is part of the contract between the CPU and CUDA kernels.
 
 C10_HOST_DEVICE inline float fused_multiply_add(float a, float b, float c) {
 #ifdef __CUDA_ARCH__
@@ -186,17 +188,19 @@ C10_HOST_DEVICE inline float fused_multiply_add(float a, float b, float c) {
 #endif
 }
 
-// Adds a pixel's scaled position term to a colour distance d.
-C10_HOST_DEVICE inline float add_position_distance(float d, float py, float px, float cy, float cx) {
-  const float ty = py - cy;
+// Adds the position term of pixel (y, x) and centre (cy, cx) to a colour distance d.
+C10_HOST_DEVICE inline float add_position_distance(float d, float y, float x, float cy, float cx, float scale_y,
+                                                   float scale_x) {
+  const float ty = (y - cy) * scale_y;
   d = fused_multiply_add(ty, ty, d);
-  const float tx = px - cx;
+  const float tx = (x - cx) * scale_x;
   return fused_multiply_add(tx, tx, d);
 }
 
-// centre: [C features, scaled y, scaled x]; (py, px): the pixel's scaled position.
+// centre: [C features, y, x].
 template <int C>
-C10_HOST_DEVICE inline float slic_distance(const float* v, const float* centre, float py, float px) {
+C10_HOST_DEVICE inline float slic_distance(const float* v, const float* centre, float y, float x, float scale_y,
+                                           float scale_x) {
   float t = v[0] - centre[0];
   float d = t * t;
   SPL_UNROLL
@@ -204,18 +208,7 @@ C10_HOST_DEVICE inline float slic_distance(const float* v, const float* centre, 
     t = v[c] - centre[c];
     d = fused_multiply_add(t, t, d);
   }
-  return add_position_distance(d, py, px, centre[C], centre[C + 1]);
-}
-
-C10_HOST_DEVICE inline float slic_distance_dyn(const float* v, const float* centre, int channels, float py,
-                                               float px) {
-  float t = v[0] - centre[0];
-  float d = t * t;
-  for (int c = 1; c < channels; ++c) {
-    t = v[c] - centre[c];
-    d = fused_multiply_add(t, t, d);
-  }
-  return add_position_distance(d, py, px, centre[channels], centre[channels + 1]);
+  return add_position_distance(d, y, x, centre[C], centre[C + 1], scale_y, scale_x);
 }
 
 // Mean of a fixed-point sum, rounded once: the same double division on CPU and GPU.

@@ -249,11 +249,12 @@ void init_centres(const SlicConfig& cfg, const Cell& cell, int64_t cy, int64_t c
 // +inf. Finds for each pixel of a chunk the candidate with the smallest distance (ties: lower slot).
 
 // Few channels: pixels outermost, the 9 candidates unrolled, so the pixel loop vectorises.
-// (ys, xs) are the pixels' scaled positions; cand holds [features, scaled y, scaled x].
+// (ys, xs) are the pixels' positions; cand holds [features, y, x] of each candidate.
 template <int kC>
 SPL_TARGET_CLONES void assign_chunk_unrolled(int64_t n, const int32_t* const* planes, const float* inv_scale,
                                              const float* __restrict ys, const float* __restrict xs,
-                                             const float* __restrict cand, int32_t* __restrict best_slot) {
+                                             const float* __restrict cand, float scale_y, float scale_x,
+                                             int32_t* __restrict best_slot) {
   const int32_t* __restrict p[kC];
   float inv[kC];
   for (int c = 0; c < kC; ++c) p[c] = planes[c], inv[c] = inv_scale[c];
@@ -264,7 +265,7 @@ SPL_TARGET_CLONES void assign_chunk_unrolled(int64_t n, const int32_t* const* pl
     int32_t slot = kOwnSlot;
     SPL_UNROLL
     for (int s = 0; s < kSlots; ++s) {
-      const float d = slic_distance<kC>(v, cand + s * (kC + 2), ys[i], xs[i]);
+      const float d = slic_distance<kC>(v, cand + s * (kC + 2), ys[i], xs[i], scale_y, scale_x);
       const bool better = d < best;
       best = better ? d : best;
       slot = better ? s : slot;
@@ -274,11 +275,12 @@ SPL_TARGET_CLONES void assign_chunk_unrolled(int64_t n, const int32_t* const* pl
 }
 
 // Any channel count: candidates outermost, the colour term accumulated plane by plane (the same
-// operations, in the same order, as slic_distance_dyn).
+// operations, in the same order, as slic_distance).
 SPL_TARGET_CLONES
 void assign_chunk_planes(int64_t n, int64_t C, const int32_t* const* planes, const float* inv_scale,
                          const float* __restrict ys, const float* __restrict xs, const float* __restrict cand,
-                         float* __restrict best, float* __restrict dist, int32_t* __restrict best_slot) {
+                         float scale_y, float scale_x, float* __restrict best, float* __restrict dist,
+                         int32_t* __restrict best_slot) {
   for (int64_t i = 0; i < n; ++i) best[i] = std::numeric_limits<float>::infinity(), best_slot[i] = kOwnSlot;
   for (int s = 0; s < kSlots; ++s) {
     const float* centre = cand + s * (C + 2);
@@ -300,7 +302,7 @@ void assign_chunk_planes(int64_t n, int64_t C, const int32_t* const* planes, con
     }
     const float cy = centre[C], cx = centre[C + 1];
     for (int64_t i = 0; i < n; ++i) {
-      const float d = add_position_distance(dist[i], ys[i], xs[i], cy, cx);
+      const float d = add_position_distance(dist[i], ys[i], xs[i], cy, cx, scale_y, scale_x);
       const bool better = d < best[i];
       best[i] = better ? d : best[i];
       best_slot[i] = better ? s : best_slot[i];
@@ -351,7 +353,7 @@ SPL_TARGET_CLONES void accumulate_slot(int64_t n, int64_t channels, const int32_
 struct Scratch {
   std::vector<const int32_t*> planes;
   std::vector<float> cand;  // 9 * (C + 2)
-  float ys[kChunk], xs[kChunk];  // scaled positions of the chunk's pixels
+  float ys[kChunk], xs[kChunk];  // positions of the chunk's pixels
   float best[kChunk], dist[kChunk];
   int32_t yi[kChunk], xi[kChunk], best_slot[kChunk], inside[kChunk], moved[kChunk];
   std::vector<int32_t> row_xi;
@@ -397,8 +399,6 @@ SPL_TARGET_CLONES void process_cell(const SlicConfig& cfg, int64_t k, const Imag
     float* cand = s.cand.data() + slot * D;
     const float* centre = im.centres + (valid ? centre_of_slot[slot] : 0) * D;
     for (int64_t j = 0; j < D; ++j) cand[j] = valid ? centre[j] : INFINITY;
-    cand[C] *= cfg.position_scale_y;
-    cand[C + 1] *= cfg.position_scale_x;
   }
   int64_t* stats = im.stats + k * kSlots * S;
   if (output == CellOutput::kFirstStats) std::fill(stats, stats + kSlots * S, int64_t{0});
@@ -409,14 +409,14 @@ SPL_TARGET_CLONES void process_cell(const SlicConfig& cfg, int64_t k, const Imag
   s.row_xs.resize(cell.width());
   for (int64_t j = 0; j < cell.width(); ++j) {
     s.row_xi[j] = static_cast<int32_t>(cell.x0 + j);
-    s.row_xs[j] = static_cast<float>(cell.x0 + j) * cfg.position_scale_x;
+    s.row_xs[j] = static_cast<float>(cell.x0 + j);
   }
   for (int64_t start = 0; start < cell.size(); start += kChunk) {
     const int64_t n = std::min(kChunk, cell.size() - start);
     for (int64_t c = 0; c < C; ++c) s.planes[c] = im.q + c * HW + base + start;
     const int32_t* const* planes = s.planes.data();
     for_segments(cell, start, n, [&](int64_t i, int64_t y, int64_t x, int64_t len) {
-      const float sy = static_cast<float>(y) * cfg.position_scale_y;
+      const float sy = static_cast<float>(y);
       const int32_t yy = static_cast<int32_t>(y);
       const int32_t* row_xi = s.row_xi.data() + (x - cell.x0);
       const float* row_xs = s.row_xs.data() + (x - cell.x0);
@@ -431,10 +431,11 @@ SPL_TARGET_CLONES void process_cell(const SlicConfig& cfg, int64_t k, const Imag
       }
     });
     if constexpr (kC > 0) {
-      assign_chunk_unrolled<kC>(n, s.planes.data(), im.inv_scales, s.ys, s.xs, s.cand.data(), s.best_slot);
+      assign_chunk_unrolled<kC>(n, s.planes.data(), im.inv_scales, s.ys, s.xs, s.cand.data(), cfg.position_scale_y,
+                                cfg.position_scale_x, s.best_slot);
     } else {
-      assign_chunk_planes(n, C, s.planes.data(), im.inv_scales, s.ys, s.xs, s.cand.data(), s.best, s.dist,
-                          s.best_slot);
+      assign_chunk_planes(n, C, s.planes.data(), im.inv_scales, s.ys, s.xs, s.cand.data(), cfg.position_scale_y,
+                          cfg.position_scale_x, s.best, s.dist, s.best_slot);
     }
     if (im.mask) {
       for (int64_t i = 0; i < n; ++i) s.best_slot[i] = s.inside[i] ? s.best_slot[i] : -1;

@@ -142,17 +142,14 @@ __global__ void __launch_bounds__(kCellThreads)
   const int64_t bk = blockIdx.x, b = bk / K, k = bk % K, cy = k / g.cells_x, cx = k % g.cells_x;
   extern __shared__ int64_t shared[];
   int64_t* acc = shared;                                        // [9][S]
-  float* cand = reinterpret_cast<float*>(acc + kSlots * S);     // [9][D], scaled positions
+  float* cand = reinterpret_cast<float*>(acc + kSlots * S);     // [9][D]
   __shared__ int32_t centre_of_slot[kSlots];
 
   for (int64_t t = threadIdx.x; t < kSlots * D; t += blockDim.x) {
     const int64_t slot = t / D, j = t % D;
     const int64_t ny = cy + slot / 3 - 1, nx = cx + slot % 3 - 1;
     const bool valid = ny >= 0 && ny < g.cells_y && nx >= 0 && nx < g.cells_x && alive[b * K + ny * g.cells_x + nx];
-    float value = valid ? centres[(b * K + ny * g.cells_x + nx) * D + j] : INFINITY;
-    if (j == C) value *= position_scale_y;
-    if (j == C + 1) value *= position_scale_x;
-    cand[t] = value;
+    cand[t] = valid ? centres[(b * K + ny * g.cells_x + nx) * D + j] : INFINITY;
     if (j == 0) centre_of_slot[slot] = valid ? static_cast<int32_t>(ny * g.cells_x + nx) : -1;
   }
   if (!kLast) {
@@ -172,8 +169,7 @@ __global__ void __launch_bounds__(kCellThreads)
     const int64_t y = y0 + i / w, x = x0 + i % w, p = y * g.width + x;
     int slot = -1;
     if (i < n && (!mask || mask[b * pixels + p])) {
-      const float py = static_cast<float>(y) * position_scale_y;
-      const float px = static_cast<float>(x) * position_scale_x;
+      const float py = static_cast<float>(y), px = static_cast<float>(x);
       float best = INFINITY;
       slot = kOwnSlot;
       if constexpr (kC > 0) {
@@ -182,7 +178,7 @@ __global__ void __launch_bounds__(kCellThreads)
         for (int c = 0; c < kC; ++c) v[c] = static_cast<float>(qb[c * pixels + p]) * inv[c];
         SPL_UNROLL
         for (int s = 0; s < kSlots; ++s) {
-          const float d = slic_distance<kC>(v, cand + s * D, py, px);
+          const float d = slic_distance<kC>(v, cand + s * D, py, px, position_scale_y, position_scale_x);
           if (d < best) best = d, slot = s;
         }
       } else {
@@ -194,7 +190,7 @@ __global__ void __launch_bounds__(kCellThreads)
             t = static_cast<float>(qb[c * pixels + p]) * inv[c] - centre[c];
             d = fused_multiply_add(t, t, d);
           }
-          d = add_position_distance(d, py, px, centre[C], centre[C + 1]);
+          d = add_position_distance(d, py, px, centre[C], centre[C + 1], position_scale_y, position_scale_x);
           if (d < best) best = d, slot = s;
         }
       }
