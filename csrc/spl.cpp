@@ -1,7 +1,6 @@
 // The spl extension: the Python module stub and the one library that holds every schema.
 // Kernels register themselves per backend in ops/cpu/*_kernel.cpp and ops/cuda/*_kernel.cu, so a
 // build without CUDA simply has no CUDA kernels.
-#include <Python.h>
 #include <torch/library.h>
 
 #ifdef WITH_CUDA
@@ -10,10 +9,14 @@
 
 // `import spl._C` only has to load this library so the registrations below run; the module has no
 // Python functions of its own. (PyMODINIT_FUNC exports the symbol despite -fvisibility=hidden.)
+// The CMake build (a plain libtorch library, no Python) leaves it out.
+#ifndef SPL_NO_PYTHON_MODULE
+#include <Python.h>
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
+#endif
 
 namespace spl {
 namespace {

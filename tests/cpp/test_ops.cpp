@@ -1,0 +1,85 @@
+// C++ test of the spl library through its C++ API (the dispatcher), without Python.
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cstdio>
+#include <functional>
+#include <string>
+
+#include "ops/connectivity.h"
+#include "ops/slic.h"
+
+namespace {
+
+int failures = 0;
+
+void check(bool ok, const std::string& what) {
+  std::printf("%s  %s\n", ok ? "ok  " : "FAIL", what.c_str());
+  if (!ok) ++failures;
+}
+
+bool throws_value_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const c10::ValueError&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+  return false;
+}
+
+void test_slic_quadrants(const at::Device& device) {
+  // Four coloured quadrants and 4 segments: labels are the quadrants, in raster order.
+  at::Tensor image = at::zeros({1, 3, 64, 64}, at::kByte);
+  image.index_put_({0, 0, at::indexing::Slice(0, 32), at::indexing::Slice(0, 32)}, 255);
+  image.index_put_({0, 1, at::indexing::Slice(0, 32), at::indexing::Slice(32, 64)}, 255);
+  image.index_put_({0, 2, at::indexing::Slice(32, 64), at::indexing::Slice(0, 32)}, 255);
+  image.index_put_({0, at::indexing::Slice(0, 2), at::indexing::Slice(32, 64), at::indexing::Slice(32, 64)}, 255);
+  const std::vector<double> spacing{1.0, 1.0};
+  auto [labels, counts] = spl::slic(image.to(device), 4, 10.0, 10, true, true, 0.25, spacing, std::nullopt);
+  labels = labels.cpu();
+  at::Tensor expected = at::empty({1, 64, 64}, at::kLong);
+  expected.index_put_({0, at::indexing::Slice(0, 32), at::indexing::Slice(0, 32)}, 0);
+  expected.index_put_({0, at::indexing::Slice(0, 32), at::indexing::Slice(32, 64)}, 1);
+  expected.index_put_({0, at::indexing::Slice(32, 64), at::indexing::Slice(0, 32)}, 2);
+  expected.index_put_({0, at::indexing::Slice(32, 64), at::indexing::Slice(32, 64)}, 3);
+  const std::string on = " on " + device.str();
+  check(labels.equal(expected), "slic labels the four quadrants" + on);
+  check(counts.cpu().item<int64_t>() == 4, "slic counts 4 segments" + on);
+  check(throws_value_error([&] {
+          spl::slic(image.to(device), 0, 10.0, 10, true, true, 0.25, spacing, std::nullopt);
+        }),
+        "slic rejects n_segments = 0 with a ValueError" + on);
+}
+
+void test_connectivity(const at::Device& device) {
+  // 1 1 2 1      0 0 1 2
+  // 1 2 2 1  ->  0 1 1 2   (min_size 0: the two pieces of label 1 split)
+  // 3 3 3 3      3 3 3 3
+  at::Tensor labels = at::tensor({1, 1, 2, 1, 1, 2, 2, 1, 3, 3, 3, 3}, at::kLong).view({1, 3, 4});
+  at::Tensor expected = at::tensor({0, 0, 1, 2, 0, 1, 1, 2, 3, 3, 3, 3}, at::kLong).view({1, 3, 4});
+  auto [out, counts] = spl::enforce_connectivity(labels.to(device), 0);
+  const std::string on = " on " + device.str();
+  check(out.cpu().equal(expected), "enforce_connectivity splits a label into its regions" + on);
+  check(counts.cpu().item<int64_t>() == 4, "enforce_connectivity counts 4 regions" + on);
+  // min_size 4: region 2 (the two right-hand pixels) borders region 1 along 2 pixel pairs and
+  // region 3 along 1, so it joins region 1.
+  auto merged = std::get<0>(spl::enforce_connectivity(labels.to(device), 4)).cpu();
+  check(merged[0][0][3].item<int64_t>() == merged[0][0][2].item<int64_t>(), "small region merges along the longest border" + on);
+  check(throws_value_error([&] { spl::enforce_connectivity(at::full({1, 2, 2}, -3, at::kLong).to(device), 0); }),
+        "enforce_connectivity rejects labels below -1" + on);
+}
+
+}  // namespace
+
+int main() {
+  test_slic_quadrants(at::kCPU);
+  test_connectivity(at::kCPU);
+  if (at::hasCUDA()) {
+    test_slic_quadrants(at::Device(at::kCUDA, 0));
+    test_connectivity(at::Device(at::kCUDA, 0));
+  }
+  std::printf("%d failure(s)\n", failures);
+  return failures == 0 ? 0 : 1;
+}
