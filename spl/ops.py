@@ -105,7 +105,8 @@ def slic(
 
     Raises:
         TypeError: image is neither uint8 nor floating point; mask is not bool.
-        ValueError: wrong rank or empty image, n_segments outside [1, H*W], compactness <= 0,
+        ValueError: wrong rank or empty image, n_segments outside [1, H*W], compactness outside
+            [1e-6, 1e6],
             max_num_iter < 1, convert2lab with C != 3, wrong mask shape, NaN or infinite values
             in the image (inside the mask).
 
@@ -154,8 +155,8 @@ def slic(
     if not 1 <= n_segments <= H * W:
         raise ValueError(f"slic: n_segments must be in [1, H*W] = [1, {H * W}], got {n_segments}")
     compactness = float(compactness)
-    if not (math.isfinite(compactness) and 0.0 < compactness <= 1e6):
-        raise ValueError(f"slic: compactness must be in (0, 1e6], got {compactness}")
+    if not (math.isfinite(compactness) and 1e-6 <= compactness <= 1e6):
+        raise ValueError(f"slic: compactness must be in [1e-6, 1e6], got {compactness}")
     if isinstance(max_num_iter, bool) or not isinstance(max_num_iter, (int, np.integer)):
         raise TypeError(f"slic: max_num_iter must be an int, got {type(max_num_iter).__name__}")
     if not 1 <= max_num_iter <= 10000:

@@ -311,6 +311,8 @@ def test_non_finite_image(value):
         ({"n_segments": 257}, ValueError, "n_segments"),
         ({"n_segments": 4.5}, TypeError, "n_segments"),
         ({"compactness": 0.0}, ValueError, "compactness"),
+        ({"compactness": 1e-9}, ValueError, "compactness"),
+        ({"compactness": 2e6}, ValueError, "compactness"),
         ({"compactness": float("nan")}, ValueError, "compactness"),
         ({"max_num_iter": 0}, ValueError, "max_num_iter"),
         ({"convert2lab": True, "image": torch.zeros(1, 2, 16, 16)}, ValueError, "convert2lab"),

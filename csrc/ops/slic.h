@@ -49,8 +49,8 @@ inline SlicConfig check_slic_args(const at::Tensor& image, int64_t n_segments, d
   TORCH_CHECK_VALUE(H * W < (int64_t{1} << 31), "slic: images of 2^31 pixels or more are not supported");
   TORCH_CHECK_VALUE(n_segments >= 1 && n_segments <= H * W, "slic: n_segments must be in [1, H*W] = [1, ", H * W,
                     "], got ", n_segments);
-  TORCH_CHECK_VALUE(std::isfinite(compactness) && compactness > 0.0 && compactness <= 1e6,
-                    "slic: compactness must be in (0, 1e6], got ", compactness);
+  TORCH_CHECK_VALUE(std::isfinite(compactness) && compactness >= 1e-6 && compactness <= 1e6,
+                    "slic: compactness must be in [1e-6, 1e6], got ", compactness);
   TORCH_CHECK_VALUE(max_num_iter >= 1 && max_num_iter <= 10000, "slic: max_num_iter must be in [1, 10000], got ",
                     max_num_iter);
   TORCH_CHECK_VALUE(!convert2lab || C == 3, "slic: convert2lab needs 3 (RGB) channels, got ", C);

@@ -39,22 +39,23 @@ struct GridArgs {
 // Largest magnitude of each (image, channel) inside the mask, as float bits (non-negative floats
 // order like their bits), and whether any value there is not finite.
 template <typename scalar_t>
-__global__ void channel_stats_kernel(const scalar_t* image, const bool* mask, int64_t channels, int64_t pixels,
-                                     unsigned* max_bits, int* not_finite) {
-  const int64_t bc = blockIdx.y;
-  const scalar_t* plane = image + bc * pixels;
-  const bool* m = mask ? mask + (bc / channels) * pixels : nullptr;
-  float local = 0.0f;
-  bool bad = false;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < pixels;
-       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    if (m && !m[i]) continue;
-    const float v = static_cast<float>(plane[i]);
-    bad |= !isfinite(v);
-    local = fmaxf(local, fabsf(v));
+__global__ void channel_stats_kernel(const scalar_t* image, const bool* mask, int64_t planes, int64_t channels,
+                                     int64_t pixels, unsigned* max_bits, int* not_finite) {
+  for (int64_t bc = blockIdx.y; bc < planes; bc += gridDim.y) {  // gridDim.y is at most 65535
+    const scalar_t* plane = image + bc * pixels;
+    const bool* m = mask ? mask + (bc / channels) * pixels : nullptr;
+    float local = 0.0f;
+    bool bad = false;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < pixels;
+         i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+      if (m && !m[i]) continue;
+      const float v = static_cast<float>(plane[i]);
+      bad |= !isfinite(v);
+      local = fmaxf(local, fabsf(v));
+    }
+    if (bad) atomicExch(not_finite, 1);
+    if (isfinite(local) && local > 0.0f) atomicMax(max_bits + bc, __float_as_uint(local));
   }
-  if (bad) atomicExch(not_finite, 1);
-  if (isfinite(local) && local > 0.0f) atomicMax(max_bits + bc, __float_as_uint(local));
 }
 
 template <typename scalar_t, bool kLab>
@@ -303,9 +304,10 @@ std::tuple<at::Tensor, at::Tensor> slic_cuda(const at::Tensor& image, int64_t n_
     at::Tensor stats = at::zeros({B * C + 1}, int_opts);
     unsigned* max_bits = reinterpret_cast<unsigned*>(stats.data_ptr<int32_t>());
     int* not_finite = stats.data_ptr<int32_t>() + B * C;
-    const dim3 blocks(static_cast<unsigned>(std::min<int64_t>(ceil_div(HW, kThreads), 64)), static_cast<unsigned>(B * C));
-    channel_stats_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(img.const_data_ptr<scalar_t>(), mask_ptr, C, HW,
-                                                                    max_bits, not_finite);
+    const dim3 blocks(static_cast<unsigned>(std::min<int64_t>(ceil_div(HW, kThreads), 64)),
+                      static_cast<unsigned>(std::min<int64_t>(B * C, 65535)));
+    channel_stats_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(img.const_data_ptr<scalar_t>(), mask_ptr, B * C,
+                                                                    C, HW, max_bits, not_finite);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const at::Tensor host = stats.cpu();
     TORCH_CHECK_VALUE(host.const_data_ptr<int32_t>()[B * C] == 0,
