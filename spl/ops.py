@@ -106,9 +106,8 @@ def slic(
     Raises:
         TypeError: image is neither uint8 nor floating point; mask is not bool.
         ValueError: wrong rank or empty image, n_segments outside [1, H*W], compactness outside
-            [1e-6, 1e6],
-            max_num_iter < 1, convert2lab with C != 3, wrong mask shape, NaN or infinite values
-            in the image (inside the mask).
+            [1e-6, 1e6], max_num_iter < 1, convert2lab with C != 3, wrong mask shape, NaN or
+            infinite values in the image (inside the mask).
 
     Example:
         >>> import torch, spl
