@@ -374,3 +374,10 @@ def test_cuda_input_without_cuda_kernels_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(fake.__class__, "device", property(lambda self: torch.device("cuda")), raising=False)
     with pytest.raises(RuntimeError, match="no CUDA kernels"):
         spl.ops._check_device(fake, "slic")
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(spl.ops, verbose=False)
+    assert result.attempted > 0 and result.failed == 0
