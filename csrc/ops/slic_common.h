@@ -122,8 +122,8 @@ C10_HOST_DEVICE inline float bits_float(uint32_t u) {
 }
 
 // Cube root of t > 0.008856 by Newton iterations on t^(-1/3), multiplications only, so it is the
-// same on every device and vectorises on the CPU. Three steps from the bit-trick seed reach
-// float precision for t in (0.0088, 2).
+// same on every device and vectorises on the CPU. Three steps from the bit-trick seed are within
+// 5e-7 relative error (a few ulp) for t in (0.0088, 2): far below a uint8 colour step.
 C10_HOST_DEVICE inline float cbrt_positive(float t) {
   float y = bits_float(0x54a2fa8cu - float_bits(t) / 3u);
   for (int i = 0; i < 3; ++i) {
