@@ -23,7 +23,7 @@ struct SlicConfig {
   slic_math::Grid grid;
   int64_t batch = 0, channels = 0;
   int64_t iterations = 0;
-  float position_scale_y = 0.0f, position_scale_x = 0.0f;  // compactness / S * spacing
+  float weight_y = 0.0f, weight_x = 0.0f;  // (compactness / S * spacing)^2
   bool lab = false;
   bool connect = false;
   int64_t min_size = 0;
@@ -75,8 +75,10 @@ inline SlicConfig check_slic_args(const at::Tensor& image, int64_t n_segments, d
   cfg.batch = B;
   cfg.channels = C;
   cfg.iterations = max_num_iter;
-  cfg.position_scale_y = static_cast<float>(compactness / cfg.grid.step * spacing[0]);
-  cfg.position_scale_x = static_cast<float>(compactness / cfg.grid.step * spacing[1]);
+  const double scale_y = compactness / cfg.grid.step * spacing[0];
+  const double scale_x = compactness / cfg.grid.step * spacing[1];
+  cfg.weight_y = static_cast<float>(scale_y * scale_y);
+  cfg.weight_x = static_cast<float>(scale_x * scale_x);
   cfg.lab = convert2lab;
   cfg.connect = enforce_connectivity;
   cfg.min_size = static_cast<int64_t>(min_size_factor * static_cast<double>(H * W) / static_cast<double>(n_segments));

@@ -139,9 +139,10 @@ C10_HOST_DEVICE inline float lab_f(float t) {
 // Linear RGB in [0, 1] -> L*a*b*.
 C10_HOST_DEVICE inline void linear_rgb_to_lab(float r, float g, float b, float* L, float* A,
                                               float* B) {
-  const float x = (0.412453f * r + 0.357580f * g + 0.180423f * b) / 0.95047f;
+  // x / 0.95047 and z / 1.08883 (the D65 white), as multiplications by the rounded reciprocals.
+  const float x = (0.412453f * r + 0.357580f * g + 0.180423f * b) * 1.05211106f;
   const float y = 0.212671f * r + 0.715160f * g + 0.072169f * b;
-  const float z = (0.019334f * r + 0.119193f * g + 0.950227f * b) / 1.08883f;
+  const float z = (0.019334f * r + 0.119193f * g + 0.950227f * b) * 0.91841702f;
   const float fx = lab_f(x), fy = lab_f(y), fz = lab_f(z);
   *L = 116.0f * fy - 16.0f;
   *A = 500.0f * (fx - fy);
@@ -173,12 +174,17 @@ inline SrgbTable make_srgb_table() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The SLIC distance D = |v - c|^2 + (m/S)^2 |xy - xy_c|^2, written as
-// |v - c|^2 + ((y - y_c) * scale_y)^2 + ((x - x_c) * scale_x)^2 with scale = m/S * spacing.
-// Differences are taken before scaling, so two centres at the same distance from a pixel give
-// exactly the same D (the tie then goes to the lower slot, as in the reference). Fused
-// multiply-adds are explicit (correctly rounded on every device, vectorised on the CPU); the
-// order of operations is part of the contract between the CPU and CUDA kernels.
+// The SLIC distance D = |v - c|^2 + wy (y - cy)^2 + wx (x - cx)^2, with w = (m/S * spacing)^2.
+//
+// The argmin over candidates does not change when a term that is the same for every candidate is
+// dropped, so the kernels evaluate D minus the pixel's own |v'|^2 + wy y'^2 + wx x'^2:
+//     D'(p, k) = K_k + sum_j v'_j a_kj + y' b_ky + x' b_kx
+// with K_k = |c'_k|^2 + wy cy'_k^2 + wx cx'_k^2, a = -2 c', b = -2 w c' (positions): C + 2 fused
+// multiply-adds per pixel and candidate. Features are centred on the cell's own centre and
+// positions taken from the cell's first pixel (the primes), which keeps every magnitude at the
+// scale of the local spread, so the expansion loses no useful precision. Fused multiply-adds are
+// correctly rounded on every device and the order of operations is fixed, so the CPU and CUDA
+// kernels compute identical values. A missing candidate has K = +inf and zero coefficients.
 
 C10_HOST_DEVICE inline float fused_multiply_add(float a, float b, float c) {
 #ifdef __CUDA_ARCH__
@@ -188,27 +194,43 @@ C10_HOST_DEVICE inline float fused_multiply_add(float a, float b, float c) {
 #endif
 }
 
-// Adds the position term of pixel (y, x) and centre (cy, cx) to a colour distance d.
-C10_HOST_DEVICE inline float add_position_distance(float d, float y, float x, float cy, float cx, float scale_y,
-                                                   float scale_x) {
-  const float ty = (y - cy) * scale_y;
-  d = fused_multiply_add(ty, ty, d);
-  const float tx = (x - cx) * scale_x;
-  return fused_multiply_add(tx, tx, d);
+// Number of coefficients of an expanded candidate: a (C), b_y, b_x, K.
+C10_HOST_DEVICE inline int64_t expanded_size(int64_t channels) { return channels + 3; }
+
+// Coefficients of centre [C features, y, x] for the pixels of a cell whose first pixel is
+// (y0, x0) and whose features are centred on `reference` (the cell's own centre).
+C10_HOST_DEVICE inline void expand_candidate(const float* centre, bool alive, const float* reference, int64_t y0,
+                                             int64_t x0, float weight_y, float weight_x, int64_t channels,
+                                             float* out) {
+  if (!alive) {
+    for (int64_t j = 0; j < channels + 2; ++j) out[j] = 0.0f;
+    out[channels + 2] = INFINITY;
+    return;
+  }
+  float k = 0.0f;
+  for (int64_t j = 0; j < channels; ++j) {
+    const float c = centre[j] - reference[j];
+    out[j] = -2.0f * c;
+    k = j == 0 ? c * c : fused_multiply_add(c, c, k);
+  }
+  const float cy = centre[channels] - static_cast<float>(y0);
+  const float cx = centre[channels + 1] - static_cast<float>(x0);
+  const float wcy = weight_y * cy, wcx = weight_x * cx;
+  k = fused_multiply_add(wcy, cy, k);
+  k = fused_multiply_add(wcx, cx, k);
+  out[channels] = -2.0f * wcy;
+  out[channels + 1] = -2.0f * wcx;
+  out[channels + 2] = k;
 }
 
-// centre: [C features, y, x].
+// D' of a pixel with centred features v' and cell-relative position (y', x').
 template <int C>
-C10_HOST_DEVICE inline float slic_distance(const float* v, const float* centre, float y, float x, float scale_y,
-                                           float scale_x) {
-  float t = v[0] - centre[0];
-  float d = t * t;
+C10_HOST_DEVICE inline float expanded_distance(const float* v, float y, float x, const float* candidate) {
+  float d = candidate[C + 2];
   SPL_UNROLL
-  for (int c = 1; c < C; ++c) {
-    t = v[c] - centre[c];
-    d = fused_multiply_add(t, t, d);
-  }
-  return add_position_distance(d, y, x, centre[C], centre[C + 1], scale_y, scale_x);
+  for (int c = 0; c < C; ++c) d = fused_multiply_add(v[c], candidate[c], d);
+  d = fused_multiply_add(y, candidate[C], d);
+  return fused_multiply_add(x, candidate[C + 1], d);
 }
 
 // Mean of a fixed-point sum, rounded once: the same double division on CPU and GPU.
@@ -219,27 +241,38 @@ C10_HOST_DEVICE inline float fixed_mean(int64_t sum, int64_t count, float scale)
 
 // New centre k of one image: the mean of the pixels that chose it, from the exact statistics
 // stats[cell][slot][C+3] (feature sums, y sum, x sum, count) that the 9 cells around k wrote for
-// it. The centre stays where it was if no pixel chose it.
+// it. The centre stays where it was if no pixel chose it. Sums are integers, so the order of
+// additions does not matter.
+constexpr int64_t kUpdateChunk = 16;  // statistics summed per pass (a local array)
+
 C10_HOST_DEVICE inline void update_centre(const int64_t* stats, int64_t cells_y, int64_t cells_x, int64_t k,
                                           int64_t channels, const float* scales, float* centre) {
   const int64_t S = channels + 3;
   const int64_t ky = k / cells_x, kx = k % cells_x;
-  auto total = [&](int64_t j) {
-    int64_t sum = 0;
-    for (int64_t ny = ky - 1; ny <= ky + 1; ++ny) {
-      for (int64_t nx = kx - 1; nx <= kx + 1; ++nx) {
-        if (ny < 0 || ny >= cells_y || nx < 0 || nx >= cells_x) continue;
+  const int64_t ny0 = ky > 0 ? ky - 1 : 0, ny1 = ky + 1 < cells_y ? ky + 1 : ky;
+  const int64_t nx0 = kx > 0 ? kx - 1 : 0, nx1 = kx + 1 < cells_x ? kx + 1 : kx;
+  // Sums of statistics [first, first + n), from the cells that can reach centre k.
+  auto sum_range = [&](int64_t first, int64_t n, int64_t* out) {
+    for (int64_t j = 0; j < n; ++j) out[j] = 0;
+    for (int64_t ny = ny0; ny <= ny1; ++ny) {
+      for (int64_t nx = nx0; nx <= nx1; ++nx) {
         const int64_t slot = (ky - ny + 1) * 3 + (kx - nx + 1);  // k as seen from cell (ny, nx)
-        sum += stats[((ny * cells_x + nx) * kSlots + slot) * S + j];
+        const int64_t* st = stats + ((ny * cells_x + nx) * kSlots + slot) * S + first;
+        for (int64_t j = 0; j < n; ++j) out[j] += st[j];
       }
     }
-    return sum;
   };
-  const int64_t count = total(channels + 2);
+  int64_t sums[kUpdateChunk];
+  sum_range(channels, 3, sums);  // y, x, count
+  const int64_t count = sums[2];
   if (count == 0) return;
-  for (int64_t c = 0; c < channels; ++c) centre[c] = fixed_mean(total(c), count, scales[c]);
-  centre[channels] = fixed_mean(total(channels), count, 1.0f);
-  centre[channels + 1] = fixed_mean(total(channels + 1), count, 1.0f);
+  centre[channels] = fixed_mean(sums[0], count, 1.0f);
+  centre[channels + 1] = fixed_mean(sums[1], count, 1.0f);
+  for (int64_t first = 0; first < channels; first += kUpdateChunk) {
+    const int64_t n = channels - first < kUpdateChunk ? channels - first : kUpdateChunk;
+    sum_range(first, n, sums);
+    for (int64_t j = 0; j < n; ++j) centre[first + j] = fixed_mean(sums[j], count, scales[first + j]);
+  }
 }
 
 }  // namespace slic_math

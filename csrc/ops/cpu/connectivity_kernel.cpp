@@ -169,14 +169,20 @@ bool small_region_borders(int64_t min_size, Scratch& s) {
   }
   const size_t n = s.small_region.size();
   if (n == 0) return false;
-  // Counting sort of the borders by small source region.
+  // Counting sort, by small source region, of the borders that touch a small region (the others,
+  // between two large regions, are dropped on the way).
   s.begin.assign(n + 1, 0);
   const int32_t* small_index = s.small_index.data();
-  for (Border& e : s.borders) {
-    e.a = s.region[e.a], e.b = s.region[e.b];
-    if (small_index[e.a] >= 0) ++s.begin[small_index[e.a] + 1];
-    if (small_index[e.b] >= 0) ++s.begin[small_index[e.b] + 1];
+  size_t kept = 0;
+  for (const Border& run_border : s.borders) {
+    Border e{s.region[run_border.a], s.region[run_border.b], run_border.length};
+    const bool small_a = small_index[e.a] >= 0, small_b = small_index[e.b] >= 0;
+    if (!small_a && !small_b) continue;
+    if (small_a) ++s.begin[small_index[e.a] + 1];
+    if (small_b) ++s.begin[small_index[e.b] + 1];
+    s.borders[kept++] = e;
   }
+  s.borders.resize(kept);
   for (size_t i = 0; i < n; ++i) s.begin[i + 1] += s.begin[i];
   s.fill.assign(s.begin.begin(), s.begin.end() - 1);
   s.target.resize(s.begin.back());

@@ -117,7 +117,22 @@ float to_float(scalar_t v) {
 
 C10_ALWAYS_INLINE int32_t quantize(float v, float scale) { return static_cast<int32_t>(std::nearbyint(v * scale)); }
 
-// Linear RGB -> fixed-point L*a*b* (the arithmetic vectorises; the table lookups before it do not).
+// uint8 sRGB -> fixed-point L*a*b*. Indices are int32 so that the table lookups vectorise as
+// gathers (AVX2/AVX-512), in the same loop as the arithmetic.
+SPL_TARGET_CLONES
+void lab_from_uint8(int64_t n, const int32_t* __restrict r, const int32_t* __restrict g,
+                    const int32_t* __restrict b, const float* __restrict table, int32_t* __restrict L,
+                    int32_t* __restrict A, int32_t* __restrict B) {
+  for (int64_t i = 0; i < n; ++i) {
+    float l, a, bb;
+    linear_rgb_to_lab(table[r[i]], table[g[i]], table[b[i]], &l, &a, &bb);
+    L[i] = quantize(l, kLabScale);
+    A[i] = quantize(a, kLabScale);
+    B[i] = quantize(bb, kLabScale);
+  }
+}
+
+// Linear RGB -> fixed-point L*a*b* (float images: the sRGB curve is evaluated per pixel first).
 SPL_TARGET_CLONES
 void lab_from_linear(int64_t n, const float* __restrict r, const float* __restrict g, const float* __restrict b,
                      int32_t* __restrict L, int32_t* __restrict A, int32_t* __restrict B) {
@@ -176,6 +191,7 @@ void convert_cell(const SlicConfig& cfg, const Cell& cell, const scalar_t* img, 
   const int64_t C = cfg.channels, W = cfg.grid.width, HW = cfg.grid.height * W;
   const int64_t base = cell.offset(W);
   float lin[3][kChunk];
+  int32_t index[3][kChunk];
   for (int64_t start = 0; start < cell.size(); start += kChunk) {
     const int64_t n = std::min(kChunk, cell.size() - start);
     int32_t* out = q + base + start;
@@ -185,14 +201,18 @@ void convert_cell(const SlicConfig& cfg, const Cell& cell, const scalar_t* img, 
           const scalar_t* src = img + c * HW + y * W + x;
           for (int64_t j = 0; j < len; ++j) {
             if constexpr (std::is_same<scalar_t, uint8_t>::value) {
-              lin[c][i + j] = table.value[src[j]];
+              index[c][i + j] = src[j];
             } else {
               lin[c][i + j] = srgb_to_linear(to_float(src[j]));
             }
           }
         }
       });
-      lab_from_linear(n, lin[0], lin[1], lin[2], out, out + HW, out + 2 * HW);
+      if constexpr (std::is_same<scalar_t, uint8_t>::value) {
+        lab_from_uint8(n, index[0], index[1], index[2], table.value, out, out + HW, out + 2 * HW);
+      } else {
+        lab_from_linear(n, lin[0], lin[1], lin[2], out, out + HW, out + 2 * HW);
+      }
     } else {
       for (int64_t c = 0; c < C; ++c) {
         const float scale = scales[c];
@@ -244,28 +264,29 @@ void init_centres(const SlicConfig& cfg, const Cell& cell, int64_t cy, int64_t c
 }
 
 // ------------------------------------------------------------------------------------------------
-// 3. Assignment. The candidates of a cell are its 9 neighbouring centres, [9][C+2] parameters; a
-// missing one (outside the grid, or without a seed) has all parameters +inf, so its distance is
-// +inf. Finds for each pixel of a chunk the candidate with the smallest distance (ties: lower slot).
+// 3. Assignment. The candidates of a cell are its 9 neighbouring centres, expanded into
+// coefficients [9][C+3] (slic_common.h: expand_candidate); a missing one has distance +inf.
+// Finds for each pixel of a chunk the candidate with the smallest distance (ties: lower slot).
+// (ys, xs) are the pixels' positions relative to the cell's first pixel; `reference` is the cell's
+// own centre, on which features are centred.
 
 // Few channels: pixels outermost, the 9 candidates unrolled, so the pixel loop vectorises.
-// (ys, xs) are the pixels' positions; cand holds [features, y, x] of each candidate.
 template <int kC>
 SPL_TARGET_CLONES void assign_chunk_unrolled(int64_t n, const int32_t* const* planes, const float* inv_scale,
-                                             const float* __restrict ys, const float* __restrict xs,
-                                             const float* __restrict cand, float scale_y, float scale_x,
+                                             const float* reference, const float* __restrict ys,
+                                             const float* __restrict xs, const float* __restrict cand,
                                              int32_t* __restrict best_slot) {
   const int32_t* __restrict p[kC];
-  float inv[kC];
-  for (int c = 0; c < kC; ++c) p[c] = planes[c], inv[c] = inv_scale[c];
+  float inv[kC], ref[kC];
+  for (int c = 0; c < kC; ++c) p[c] = planes[c], inv[c] = inv_scale[c], ref[c] = reference[c];
   for (int64_t i = 0; i < n; ++i) {
     float v[kC];
-    for (int c = 0; c < kC; ++c) v[c] = static_cast<float>(p[c][i]) * inv[c];
+    for (int c = 0; c < kC; ++c) v[c] = static_cast<float>(p[c][i]) * inv[c] - ref[c];
     float best = std::numeric_limits<float>::infinity();
     int32_t slot = kOwnSlot;
     SPL_UNROLL
     for (int s = 0; s < kSlots; ++s) {
-      const float d = slic_distance<kC>(v, cand + s * (kC + 2), ys[i], xs[i], scale_y, scale_x);
+      const float d = expanded_distance<kC>(v, ys[i], xs[i], cand + s * (kC + 3));
       const bool better = d < best;
       best = better ? d : best;
       slot = better ? s : slot;
@@ -274,35 +295,27 @@ SPL_TARGET_CLONES void assign_chunk_unrolled(int64_t n, const int32_t* const* pl
   }
 }
 
-// Any channel count: candidates outermost, the colour term accumulated plane by plane (the same
-// operations, in the same order, as slic_distance).
+// Any channel count: candidates outermost, the sum accumulated plane by plane (the same
+// operations, in the same order, as expanded_distance).
 SPL_TARGET_CLONES
 void assign_chunk_planes(int64_t n, int64_t C, const int32_t* const* planes, const float* inv_scale,
-                         const float* __restrict ys, const float* __restrict xs, const float* __restrict cand,
-                         float scale_y, float scale_x, float* __restrict best, float* __restrict dist,
+                         const float* reference, const float* __restrict ys, const float* __restrict xs,
+                         const float* __restrict cand, float* __restrict best, float* __restrict dist,
                          int32_t* __restrict best_slot) {
   for (int64_t i = 0; i < n; ++i) best[i] = std::numeric_limits<float>::infinity(), best_slot[i] = kOwnSlot;
   for (int s = 0; s < kSlots; ++s) {
-    const float* centre = cand + s * (C + 2);
-    {
-      const int32_t* __restrict p0 = planes[0];
-      const float inv = inv_scale[0], cc = centre[0];
-      for (int64_t i = 0; i < n; ++i) {
-        const float t = static_cast<float>(p0[i]) * inv - cc;
-        dist[i] = t * t;
-      }
-    }
-    for (int64_t c = 1; c < C; ++c) {
+    const float* coeff = cand + s * (C + 3);
+    for (int64_t i = 0; i < n; ++i) dist[i] = coeff[C + 2];
+    for (int64_t c = 0; c < C; ++c) {
       const int32_t* __restrict pc = planes[c];
-      const float inv = inv_scale[c], cc = centre[c];
+      const float inv = inv_scale[c], ref = reference[c], a = coeff[c];
       for (int64_t i = 0; i < n; ++i) {
-        const float t = static_cast<float>(pc[i]) * inv - cc;
-        dist[i] = fused_multiply_add(t, t, dist[i]);
+        dist[i] = fused_multiply_add(static_cast<float>(pc[i]) * inv - ref, a, dist[i]);
       }
     }
-    const float cy = centre[C], cx = centre[C + 1];
+    const float by = coeff[C], bx = coeff[C + 1];
     for (int64_t i = 0; i < n; ++i) {
-      const float d = add_position_distance(dist[i], ys[i], xs[i], cy, cx, scale_y, scale_x);
+      const float d = fused_multiply_add(xs[i], bx, fused_multiply_add(ys[i], by, dist[i]));
       const bool better = d < best[i];
       best[i] = better ? d : best[i];
       best_slot[i] = better ? s : best_slot[i];
@@ -311,11 +324,12 @@ void assign_chunk_planes(int64_t n, int64_t C, const int32_t* const* planes, con
 }
 
 // Adds the statistics of the chunk's pixels assigned to `slot` to stats[0..C+3): feature sums,
-// y sum, x sum, count. Per-chunk int32 sums cannot overflow (kChunk * 2^22).
+// y sum, x sum, count; (ys, xs) are relative to (y0, x0). Per-chunk int32 sums cannot overflow
+// (kChunk * 2^22).
 template <int kC>
 SPL_TARGET_CLONES void accumulate_slot(int64_t n, int64_t channels, const int32_t* const* planes,
-                                       const int32_t* __restrict ys, const int32_t* __restrict xs,
-                                       const int32_t* __restrict best_slot, int slot, int64_t* stats) {
+                                       const int32_t* __restrict ys, const int32_t* __restrict xs, int64_t y0,
+                                       int64_t x0, const int32_t* __restrict best_slot, int slot, int64_t* stats) {
   const int64_t C = kC > 0 ? kC : channels;
   int32_t count = 0, sy = 0, sx = 0;
   if (kC > 0) {
@@ -345,20 +359,42 @@ SPL_TARGET_CLONES void accumulate_slot(int64_t n, int64_t channels, const int32_
       stats[c] += sum;
     }
   }
-  stats[C] += sy;
-  stats[C + 1] += sx;
+  stats[C] += sy + count * y0;
+  stats[C + 1] += sx + count * x0;
   stats[C + 2] += count;
 }
 
+// Positions of the pixels of a cell of a given shape relative to its first pixel, in cell-major
+// order: the same for every cell of that shape (an image has at most four shapes).
+struct CellCoordinates {
+  int64_t height = -1, width = -1;
+  std::vector<float> y, x;      // for distances
+  std::vector<int32_t> yi, xi;  // for statistics
+};
+
 struct Scratch {
   std::vector<const int32_t*> planes;
-  std::vector<float> cand;  // 9 * (C + 2)
-  float ys[kChunk], xs[kChunk];  // positions of the chunk's pixels
+  std::vector<float> cand;       // 9 * (C + 3) expanded candidates
+  std::vector<float> reference;  // C: the cell's own centre
   float best[kChunk], dist[kChunk];
-  int32_t yi[kChunk], xi[kChunk], best_slot[kChunk], inside[kChunk], moved[kChunk];
-  std::vector<int32_t> row_xi;
-  std::vector<float> row_xs;
-  explicit Scratch(int64_t C) : planes(C), cand(kSlots * (C + 2)) {}
+  int32_t best_slot[kChunk], inside[kChunk];
+  CellCoordinates shapes[4];
+  int next_shape = 0;
+  explicit Scratch(int64_t C) : planes(C), cand(kSlots * (C + 3)), reference(C) {}
+
+  const CellCoordinates& coordinates(int64_t height, int64_t width) {
+    for (const CellCoordinates& c : shapes) {
+      if (c.height == height && c.width == width) return c;
+    }
+    CellCoordinates& c = shapes[next_shape++ % 4];
+    c.height = height, c.width = width;
+    c.y.resize(height * width), c.x.resize(height * width), c.yi.resize(height * width), c.xi.resize(height * width);
+    for (int64_t i = 0; i < height * width; ++i) {
+      c.yi[i] = static_cast<int32_t>(i / width), c.xi[i] = static_cast<int32_t>(i % width);
+      c.y[i] = static_cast<float>(c.yi[i]), c.x[i] = static_cast<float>(c.xi[i]);
+    }
+    return c;
+  }
 };
 
 // What process_cell does with the assignment of its pixels.
@@ -391,51 +427,41 @@ SPL_TARGET_CLONES void process_cell(const SlicConfig& cfg, int64_t k, const Imag
   const int64_t C = cfg.channels, D = cfg.centre_dims(), S = cfg.stat_dims(), HW = g.height * g.width;
   const int64_t cy = k / g.cells_x, cx = k % g.cells_x;
   const Cell cell = cell_at(g, cy, cx);
+  // Features are centred on the cell's own centre (when it has none, the cell has no pixel to
+  // assign: every pixel is outside the mask).
+  for (int64_t j = 0; j < C; ++j) s.reference[j] = im.alive[k] ? im.centres[k * D + j] : 0.0f;
   int64_t centre_of_slot[kSlots];
   for (int slot = 0; slot < kSlots; ++slot) {
     const int64_t ny = cy + slot / 3 - 1, nx = cx + slot % 3 - 1;
     const bool valid = ny >= 0 && ny < g.cells_y && nx >= 0 && nx < g.cells_x && im.alive[ny * g.cells_x + nx];
     centre_of_slot[slot] = valid ? ny * g.cells_x + nx : -1;
-    float* cand = s.cand.data() + slot * D;
-    const float* centre = im.centres + (valid ? centre_of_slot[slot] : 0) * D;
-    for (int64_t j = 0; j < D; ++j) cand[j] = valid ? centre[j] : INFINITY;
+    expand_candidate(im.centres + (valid ? centre_of_slot[slot] : 0) * D, valid, s.reference.data(), cell.y0,
+                     cell.x0, cfg.weight_y, cfg.weight_x, C, s.cand.data() + slot * (C + 3));
   }
   int64_t* stats = im.stats + k * kSlots * S;
   if (output == CellOutput::kFirstStats) std::fill(stats, stats + kSlots * S, int64_t{0});
 
   const int64_t base = cell.offset(g.width);
-  // The column coordinates of one row of the cell, reused for every row.
-  s.row_xi.resize(cell.width());
-  s.row_xs.resize(cell.width());
-  for (int64_t j = 0; j < cell.width(); ++j) {
-    s.row_xi[j] = static_cast<int32_t>(cell.x0 + j);
-    s.row_xs[j] = static_cast<float>(cell.x0 + j);
-  }
+  const CellCoordinates& local = s.coordinates(cell.y1 - cell.y0, cell.width());
+  const int32_t y0 = static_cast<int32_t>(cell.y0), x0 = static_cast<int32_t>(cell.x0);
   for (int64_t start = 0; start < cell.size(); start += kChunk) {
     const int64_t n = std::min(kChunk, cell.size() - start);
     for (int64_t c = 0; c < C; ++c) s.planes[c] = im.q + c * HW + base + start;
     const int32_t* const* planes = s.planes.data();
-    for_segments(cell, start, n, [&](int64_t i, int64_t y, int64_t x, int64_t len) {
-      const float sy = static_cast<float>(y);
-      const int32_t yy = static_cast<int32_t>(y);
-      const int32_t* row_xi = s.row_xi.data() + (x - cell.x0);
-      const float* row_xs = s.row_xs.data() + (x - cell.x0);
-      for (int64_t j = 0; j < len; ++j) {
-        s.yi[i + j] = yy;
-        s.ys[i + j] = sy;
-        s.xi[i + j] = row_xi[j];
-        s.xs[i + j] = row_xs[j];
-      }
-      if (im.mask) {
+    const float* ys = local.y.data() + start;
+    const float* xs = local.x.data() + start;
+    const int32_t* yi = local.yi.data() + start;
+    const int32_t* xi = local.xi.data() + start;
+    if (im.mask) {
+      for_segments(cell, start, n, [&](int64_t i, int64_t y, int64_t x, int64_t len) {
         for (int64_t j = 0; j < len; ++j) s.inside[i + j] = im.mask[y * g.width + x + j];
-      }
-    });
+      });
+    }
     if constexpr (kC > 0) {
-      assign_chunk_unrolled<kC>(n, s.planes.data(), im.inv_scales, s.ys, s.xs, s.cand.data(), cfg.position_scale_y,
-                                cfg.position_scale_x, s.best_slot);
+      assign_chunk_unrolled<kC>(n, planes, im.inv_scales, s.reference.data(), ys, xs, s.cand.data(), s.best_slot);
     } else {
-      assign_chunk_planes(n, C, s.planes.data(), im.inv_scales, s.ys, s.xs, s.cand.data(), cfg.position_scale_y,
-                          cfg.position_scale_x, s.best, s.dist, s.best_slot);
+      assign_chunk_planes(n, C, planes, im.inv_scales, s.reference.data(), ys, xs, s.cand.data(), s.best, s.dist,
+                          s.best_slot);
     }
     if (im.mask) {
       for (int64_t i = 0; i < n; ++i) s.best_slot[i] = s.inside[i] ? s.best_slot[i] : -1;
@@ -456,7 +482,7 @@ SPL_TARGET_CLONES void process_cell(const SlicConfig& cfg, int64_t k, const Imag
       for (int64_t i = 0; i < n; ++i) present |= s.best_slot[i] >= 0 ? (1u << s.best_slot[i]) : 0u;
       for (int slot = 0; slot < kSlots; ++slot) {
         if (present & (1u << slot)) {
-          accumulate_slot<kC>(n, C, s.planes.data(), s.yi, s.xi, s.best_slot, slot, stats + slot * S);
+          accumulate_slot<kC>(n, C, planes, yi, xi, y0, x0, s.best_slot, slot, stats + slot * S);
         }
       }
       for (int64_t i = 0; i < n; ++i) previous[i] = static_cast<int8_t>(s.best_slot[i]);
@@ -477,8 +503,8 @@ SPL_TARGET_CLONES void process_cell(const SlicConfig& cfg, int64_t k, const Imag
       int64_t* in = stats + to * S;
       const int64_t channels = kC > 0 ? kC : C;  // a constant when the channel count is
       for (int64_t c = 0; c < channels; ++c) out[c] -= planes[c][i], in[c] += planes[c][i];
-      out[channels] -= s.yi[i], in[channels] += s.yi[i];
-      out[channels + 1] -= s.xi[i], in[channels + 1] += s.xi[i];
+      out[channels] -= y0 + yi[i], in[channels] += y0 + yi[i];
+      out[channels + 1] -= x0 + xi[i], in[channels + 1] += x0 + xi[i];
       out[channels + 2] -= 1, in[channels + 2] += 1;
       previous[i] = static_cast<int8_t>(to);
       }

@@ -132,34 +132,42 @@ __global__ void init_centres_kernel(const int32_t* q, const float* scales, const
 // ---- 3. Iterations ---------------------------------------------------------------------------
 
 // One block per (image, cell). kC: channels known at compile time (0: any). kLast: write labels
-// instead of statistics. Shared memory: statistics [9][C+3] (int64), candidates [9][C+2].
+// instead of statistics. Shared memory: statistics [9][C+3] (int64), expanded candidates [9][C+3]
+// and the cell's own centre [C] (slic_common.h: expand_candidate).
 template <int kC, bool kLast>
 __global__ void __launch_bounds__(kCellThreads)
     assign_kernel(const int32_t* q, const float* inv_scales, const bool* mask, const float* centres,
-                  const uint8_t* alive, GridArgs g, int64_t channels, float position_scale_y,
-                  float position_scale_x, int64_t* stats, int32_t* labels) {
-  const int64_t C = kC > 0 ? kC : channels, D = C + 2, S = C + 3;
+                  const uint8_t* alive, GridArgs g, int64_t channels, float weight_y, float weight_x,
+                  int64_t* stats, int32_t* labels) {
+  const int64_t C = kC > 0 ? kC : channels, D = C + 2, S = C + 3, E = C + 3;
   const int64_t K = g.cells_y * g.cells_x, pixels = g.height * g.width;
   const int64_t bk = blockIdx.x, b = bk / K, k = bk % K, cy = k / g.cells_x, cx = k % g.cells_x;
   extern __shared__ int64_t shared[];
-  int64_t* acc = shared;                                        // [9][S]
-  float* cand = reinterpret_cast<float*>(acc + kSlots * S);     // [9][D]
+  int64_t* acc = shared;                                            // [9][S]
+  float* cand = reinterpret_cast<float*>(acc + kSlots * S);         // [9][E]
+  float* reference = cand + kSlots * E;                             // [C]
   __shared__ int32_t centre_of_slot[kSlots];
 
-  for (int64_t t = threadIdx.x; t < kSlots * D; t += blockDim.x) {
-    const int64_t slot = t / D, j = t % D;
+  const int64_t y0 = cell_begin(cy, g.cells_y, g.height), y1 = cell_begin(cy + 1, g.cells_y, g.height);
+  const int64_t x0 = cell_begin(cx, g.cells_x, g.width), x1 = cell_begin(cx + 1, g.cells_x, g.width);
+  // Features are centred on the cell's own centre (when it has none, no pixel of the cell is
+  // inside the mask).
+  const bool own_alive = alive[bk];
+  for (int64_t j = threadIdx.x; j < C; j += blockDim.x) reference[j] = own_alive ? centres[bk * D + j] : 0.0f;
+  __syncthreads();
+  if (threadIdx.x < kSlots) {
+    const int slot = threadIdx.x;
     const int64_t ny = cy + slot / 3 - 1, nx = cx + slot % 3 - 1;
     const bool valid = ny >= 0 && ny < g.cells_y && nx >= 0 && nx < g.cells_x && alive[b * K + ny * g.cells_x + nx];
-    cand[t] = valid ? centres[(b * K + ny * g.cells_x + nx) * D + j] : INFINITY;
-    if (j == 0) centre_of_slot[slot] = valid ? static_cast<int32_t>(ny * g.cells_x + nx) : -1;
+    const int64_t nk = valid ? ny * g.cells_x + nx : 0;
+    expand_candidate(centres + (b * K + nk) * D, valid, reference, y0, x0, weight_y, weight_x, C, cand + slot * E);
+    centre_of_slot[slot] = valid ? static_cast<int32_t>(nk) : -1;
   }
   if (!kLast) {
     for (int64_t t = threadIdx.x; t < kSlots * S; t += blockDim.x) acc[t] = 0;
   }
   __syncthreads();
 
-  const int64_t y0 = cell_begin(cy, g.cells_y, g.height), y1 = cell_begin(cy + 1, g.cells_y, g.height);
-  const int64_t x0 = cell_begin(cx, g.cells_x, g.width), x1 = cell_begin(cx + 1, g.cells_x, g.width);
   const int64_t w = x1 - x0, n = (y1 - y0) * w;
   const int32_t* qb = q + b * C * pixels;
   const float* inv = inv_scales + b * C;
@@ -167,31 +175,29 @@ __global__ void __launch_bounds__(kCellThreads)
   // All threads run the same number of rounds: the warp sums below need every lane.
   for (int64_t base = 0; base < n; base += blockDim.x) {
     const int64_t i = base + threadIdx.x;
-    const int64_t y = y0 + i / w, x = x0 + i % w, p = y * g.width + x;
+    const int64_t ly = i / w, lx = i % w, y = y0 + ly, x = x0 + lx, p = y * g.width + x;
     int slot = -1;
     if (i < n && (!mask || mask[b * pixels + p])) {
-      const float py = static_cast<float>(y), px = static_cast<float>(x);
+      const float py = static_cast<float>(ly), px = static_cast<float>(lx);
       float best = INFINITY;
       slot = kOwnSlot;
       if constexpr (kC > 0) {
         float v[kC];
         SPL_UNROLL
-        for (int c = 0; c < kC; ++c) v[c] = static_cast<float>(qb[c * pixels + p]) * inv[c];
+        for (int c = 0; c < kC; ++c) v[c] = static_cast<float>(qb[c * pixels + p]) * inv[c] - reference[c];
         SPL_UNROLL
         for (int s = 0; s < kSlots; ++s) {
-          const float d = slic_distance<kC>(v, cand + s * D, py, px, position_scale_y, position_scale_x);
+          const float d = expanded_distance<kC>(v, py, px, cand + s * E);
           if (d < best) best = d, slot = s;
         }
       } else {
         for (int s = 0; s < kSlots; ++s) {
-          const float* centre = cand + s * D;
-          float t = static_cast<float>(qb[p]) * inv[0] - centre[0];
-          float d = t * t;
-          for (int64_t c = 1; c < C; ++c) {
-            t = static_cast<float>(qb[c * pixels + p]) * inv[c] - centre[c];
-            d = fused_multiply_add(t, t, d);
+          const float* coeff = cand + s * E;
+          float d = coeff[C + 2];
+          for (int64_t c = 0; c < C; ++c) {
+            d = fused_multiply_add(static_cast<float>(qb[c * pixels + p]) * inv[c] - reference[c], coeff[c], d);
           }
-          d = add_position_distance(d, py, px, centre[C], centre[C + 1], position_scale_y, position_scale_x);
+          d = fused_multiply_add(px, coeff[C + 1], fused_multiply_add(py, coeff[C], d));
           if (d < best) best = d, slot = s;
         }
       }
@@ -244,7 +250,7 @@ void launch_assign(const SlicConfig& cfg, size_t shared_bytes, cudaStream_t stre
                                         static_cast<int>(shared_bytes)));
   }
   kernel<<<static_cast<unsigned>(cfg.batch * cfg.num_centres()), kCellThreads, shared_bytes, stream>>>(
-      q, inv_scales, mask, centres, alive, g, cfg.channels, cfg.position_scale_y, cfg.position_scale_x, stats, labels);
+      q, inv_scales, mask, centres, alive, g, cfg.channels, cfg.weight_y, cfg.weight_x, stats, labels);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -278,7 +284,7 @@ std::tuple<at::Tensor, at::Tensor> slic_cuda(const at::Tensor& image, int64_t n_
   at::Tensor counts = at::zeros({B}, long_opts);
   if (B == 0) return {out, counts};
 
-  const size_t shared_bytes = sizeof(int64_t) * kSlots * (C + 3) + sizeof(float) * kSlots * (C + 2);
+  const size_t shared_bytes = sizeof(int64_t) * kSlots * (C + 3) + sizeof(float) * (kSlots * (C + 3) + C);
   int device_index = image.get_device(), optin = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_index));
   TORCH_CHECK_VALUE(shared_bytes <= static_cast<size_t>(optin), "slic: ", C,
