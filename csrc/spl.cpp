@@ -39,6 +39,18 @@ TORCH_LIBRARY(spl, m) {
       "bool enforce_connectivity, float min_size_factor, float[] spacing, Tensor? mask) "
       "-> (Tensor labels, Tensor counts)");
   m.def("enforce_connectivity(Tensor labels, int min_size) -> (Tensor labels, Tensor counts)");
+  // aux: counts [B, K] (int64) for "sum"/"mean", the argmax pixel [B, C, K] (int64, -1: empty) for "max".
+  m.def("superpixel_pool(Tensor x, Tensor labels, SymInt num_superpixels, str reduce) -> (Tensor output, Tensor aux)");
+  m.def(
+      "_superpixel_pool_backward(Tensor grad, Tensor labels, Tensor aux, SymInt height, SymInt width, str reduce) "
+      "-> Tensor");
+  m.def("superpixel_unpool(Tensor features, Tensor labels) -> Tensor");
+  m.def(
+      "superpixel_histogram(Tensor target, Tensor labels, SymInt num_superpixels, int num_classes, int ignore_index) "
+      "-> Tensor");
+  m.def(
+      "consistency_weights(Tensor target, Tensor labels, SymInt num_superpixels, int num_classes, float tau, "
+      "float gamma, int ignore_index) -> (Tensor weights, Tensor transformed)");
 }
 
 }  // namespace spl

@@ -1,0 +1,47 @@
+// superpixel_unpool on the CPU: out[b, c, p] = features[b, c, labels[b, p]] (0 where the label is -1).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "ops/cpu/superpixel_helpers.h"
+#include "ops/superpixel_pool.h"
+
+namespace spl {
+namespace cpu {
+namespace {
+
+at::Tensor superpixel_unpool_cpu(const at::Tensor& features, const at::Tensor& labels) {
+  const char* op = "superpixel_unpool";
+  check_features(op, features, 3);
+  TORCH_CHECK_VALUE(labels.dim() == 3, op, ": labels must have shape [B, H, W], got ", labels.sizes());
+  const int64_t B = features.size(0), C = features.size(1), K = features.size(2);
+  const int64_t H = labels.size(1), W = labels.size(2), HW = H * W;
+  check_labels(op, labels, B, H, W, features.device(), K);
+  const at::Tensor f = features.contiguous(), lc = labels.contiguous();
+  check_label_range(op, lc, K);
+  at::Tensor out = at::empty({B, C, H, W}, features.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "superpixel_unpool_cpu", [&] {
+    const scalar_t* fp = f.const_data_ptr<scalar_t>();
+    const int64_t* l = lc.const_data_ptr<int64_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bc = begin; bc < end; ++bc) {
+        const int64_t* lb = l + (bc / C) * HW;
+        const scalar_t* fk = fp + bc * K;
+        scalar_t* ob = o + bc * HW;
+        for (int64_t p = 0; p < HW; ++p) ob[p] = lb[p] >= 0 ? fk[lb[p]] : scalar_t(0);
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(spl, CPU, m) { m.impl("superpixel_unpool", &cpu::superpixel_unpool_cpu); }
+
+}  // namespace spl
