@@ -1,0 +1,60 @@
+// superpixel_unpool on the GPU: a gather, out[b, c, p] = features[b, c, labels[b, p]].
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include "ops/cuda/cuda_helpers.h"
+#include "ops/superpixel_pool.h"
+
+namespace spl {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename scalar_t>
+__global__ void unpool_kernel(const scalar_t* features, const int64_t* labels, int64_t batch, int64_t channels,
+                              int64_t pixels, int64_t K, scalar_t* out, int* error) {
+  SPL_CUDA_1D_LOOP(i, batch * channels * pixels) {
+    const int64_t bc = i / pixels, p = i % pixels;
+    const int64_t k = labels[(bc / channels) * pixels + p];
+    if (k < -1 || k >= K) {
+      atomicOr(error, 1);
+      out[i] = scalar_t(0);
+      continue;
+    }
+    out[i] = k < 0 ? scalar_t(0) : features[bc * K + k];
+  }
+}
+
+at::Tensor superpixel_unpool_cuda(const at::Tensor& features, const at::Tensor& labels) {
+  const char* op = "superpixel_unpool";
+  check_features(op, features, 3);
+  TORCH_CHECK_VALUE(labels.dim() == 3, op, ": labels must have shape [B, H, W], got ", labels.sizes());
+  const int64_t B = features.size(0), C = features.size(1), K = features.size(2);
+  const int64_t H = labels.size(1), W = labels.size(2), HW = H * W;
+  check_labels(op, labels, B, H, W, features.device(), K);
+  c10::cuda::CUDAGuard guard(features.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor f = features.contiguous(), lc = labels.contiguous();
+  at::Tensor out = at::empty({B, C, H, W}, features.options());
+  if (out.numel() == 0) return out;
+  at::Tensor error = at::zeros({1}, features.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "superpixel_unpool_cuda", [&] {
+    unpool_kernel<scalar_t><<<blocks_for(B * C * HW, kThreads), kThreads, 0, stream>>>(
+        f.const_data_ptr<scalar_t>(), lc.const_data_ptr<int64_t>(), B, C, HW, K, out.data_ptr<scalar_t>(),
+        error.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  TORCH_CHECK_VALUE(read_scalar(error.const_data_ptr<int>(), stream) == 0, op, ": ", label_range_message(),
+                    ", with num_superpixels = ", K);
+  return out;
+}
+
+}  // namespace
+}  // namespace cuda
+
+TORCH_LIBRARY_IMPL(spl, CUDA, m) { m.impl("superpixel_unpool", &cuda::superpixel_unpool_cuda); }
+
+}  // namespace spl
