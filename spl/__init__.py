@@ -1,18 +1,41 @@
 """spl: superpixels for weakly supervised semantic segmentation, as PyTorch custom ops.
 
 Batched SLIC superpixels on the CPU and CUDA (``spl.slic``), connectivity enforcement
-(``spl.enforce_connectivity``), and superpixel quality metrics (``spl.metrics``). Every op is a
+(``spl.enforce_connectivity``), superpixel pooling and the superpixel local-consistency loss
+(``spl.superpixel_pool``, ``spl.SuperpixelConsistencyLoss``, ...), and superpixel quality metrics
+(``spl.metrics``). Every op is a
 real ``torch.ops.spl.*`` custom op with a pure-PyTorch reference in ``spl.reference``.
 """
 import torch  # noqa: F401  (the extension links against torch's libraries)
 
 from . import _C  # noqa: F401  (loads the library that registers torch.ops.spl.*)
 from . import metrics, reference
-from .ops import enforce_connectivity, has_cuda_kernels, slic
+from .losses import SuperpixelConsistencyLoss
+from .ops import (
+    consistency_weights,
+    enforce_connectivity,
+    has_cuda_kernels,
+    slic,
+    superpixel_histogram,
+    superpixel_pool,
+    superpixel_unpool,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["slic", "enforce_connectivity", "has_cuda_kernels", "metrics", "reference", "cuda_version"]
+__all__ = [
+    "slic",
+    "enforce_connectivity",
+    "superpixel_pool",
+    "superpixel_unpool",
+    "superpixel_histogram",
+    "consistency_weights",
+    "SuperpixelConsistencyLoss",
+    "has_cuda_kernels",
+    "metrics",
+    "reference",
+    "cuda_version",
+]
 
 
 def cuda_version() -> int:

@@ -13,7 +13,15 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = ["slic", "enforce_connectivity", "has_cuda_kernels"]
+__all__ = [
+    "slic",
+    "enforce_connectivity",
+    "superpixel_pool",
+    "superpixel_unpool",
+    "superpixel_histogram",
+    "consistency_weights",
+    "has_cuda_kernels",
+]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -246,6 +254,214 @@ def enforce_connectivity(labels: ArrayLike, min_size: int = 0, *, return_counts:
 
 
 # ---------------------------------------------------------------------------------------------
+# Superpixel pooling (SPEC section 2)
+
+_FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_REDUCTIONS = ("sum", "mean", "max")
+
+
+def _check_num(name: str, fn: str, value, minimum: int = 0):
+    if isinstance(value, torch.SymInt):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_labels(fn: str, labels, batch_hw, device, name: str = "labels"):
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a tensor, got {type(labels).__name__}")
+    if labels.dtype != torch.int64:
+        raise TypeError(f"{fn}: {name} must be an int64 tensor, got {labels.dtype}")
+    if labels.dim() != 3 or tuple(labels.shape) != tuple(batch_hw):
+        raise ValueError(f"{fn}: {name} must have shape [B, H, W] = {list(batch_hw)}, got {list(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"{fn}: {name} are on {labels.device} but the input is on {device}")
+
+
+def _check_features(fn: str, x, dims: int, name: str = "x"):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a tensor, got {type(x).__name__}")
+    if x.dtype not in _FEATURE_DTYPES:
+        raise TypeError(f"{fn}: {name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if x.dim() != dims:
+        raise ValueError(f"{fn}: {name} must have {dims} dimensions, got shape {list(x.shape)}")
+    _check_device(x, fn)
+
+
+def superpixel_pool(x: torch.Tensor, labels: torch.Tensor, num_superpixels: int,
+                    reduce: str = "mean") -> torch.Tensor:
+    """Pools features over superpixels.
+
+    Args:
+        x (Tensor[B, C, H, W]): float16, bfloat16, float32 or float64 features.
+        labels (Tensor[B, H, W] of int64): superpixel of each pixel in [0, num_superpixels);
+            -1 leaves a pixel out.
+        num_superpixels (int): K, the number of superpixels per image (the output size).
+        reduce (str): "mean", "sum" or "max". Default "mean".
+
+    Returns:
+        Tensor[B, C, K], the dtype of x: the sum, mean or maximum of each superpixel's pixels;
+        0 for a superpixel without pixels. Sums are accumulated in float64 (CPU) or exact
+        fixed point (CUDA), so the result does not depend on thread order.
+
+    Gradients: to x for all three reductions (sum: the gradient of the superpixel, mean: divided
+    by its size, max: to the first pixel in raster order that reaches the maximum). They are
+    gathers or one-to-one scatters, hence deterministic too.
+
+    Raises:
+        TypeError: x is not floating point, labels are not int64.
+        ValueError: shapes or devices differ, labels outside [-1, K), unknown reduce.
+    """
+    fn = "superpixel_pool"
+    _check_features(fn, x, 4)
+    _check_labels(fn, labels, (x.shape[0], x.shape[2], x.shape[3]), x.device)
+    K = _check_num("num_superpixels", fn, num_superpixels)
+    if reduce not in _REDUCTIONS:
+        raise ValueError(f"{fn}: reduce must be one of {_REDUCTIONS}, got {reduce!r}")
+    return torch.ops.spl.superpixel_pool(x, labels, K, reduce)[0]
+
+
+def superpixel_unpool(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Spreads per-superpixel features back to the pixels: ``out[b, :, p] = features[b, :, labels[b, p]]``.
+
+    Args:
+        features (Tensor[B, C, K]): float16, bfloat16, float32 or float64.
+        labels (Tensor[B, H, W] of int64): in [0, K); -1 gives 0.
+
+    Returns:
+        Tensor[B, C, H, W]. The gradient to features is the scatter-sum (superpixel_pool "sum").
+    """
+    fn = "superpixel_unpool"
+    _check_features(fn, features, 3, "features")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 3:
+        raise ValueError(f"{fn}: labels must be a tensor of shape [B, H, W]")
+    _check_labels(fn, labels, (features.shape[0], labels.shape[1], labels.shape[2]), features.device)
+    return torch.ops.spl.superpixel_unpool(features, labels)
+
+
+def _check_target(fn: str, target, labels, num_classes, ignore_index):
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"{fn}: target must be a tensor, got {type(target).__name__}")
+    if target.dtype != torch.int64:
+        raise TypeError(f"{fn}: target must be an int64 tensor of class indices, got {target.dtype}")
+    if target.dim() != 3:
+        raise ValueError(f"{fn}: target must have shape [B, H, W], got {list(target.shape)}")
+    _check_device(target, fn)
+    _check_labels(fn, labels, tuple(target.shape), target.device)
+    _check_num("num_classes", fn, num_classes, 1)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise TypeError(f"{fn}: ignore_index must be an int, got {type(ignore_index).__name__}")
+
+
+def superpixel_histogram(target: torch.Tensor, labels: torch.Tensor, num_superpixels: int, num_classes: int,
+                         ignore_index: int = 255) -> torch.Tensor:
+    """Counts of pseudo-label classes inside each superpixel.
+
+    Args:
+        target (Tensor[B, H, W] of int64): classes in [0, num_classes), or ignore_index.
+        labels (Tensor[B, H, W] of int64): superpixels in [0, K); -1 leaves a pixel out.
+        num_superpixels (int): K. num_classes (int). ignore_index (int): default 255.
+
+    Returns:
+        Tensor[B, K, num_classes] of int64.
+    """
+    fn = "superpixel_histogram"
+    _check_target(fn, target, labels, num_classes, ignore_index)
+    K = _check_num("num_superpixels", fn, num_superpixels)
+    return torch.ops.spl.superpixel_histogram(target, labels, K, int(num_classes), int(ignore_index))
+
+
+def consistency_weights(target: torch.Tensor, labels: torch.Tensor, num_superpixels: int, num_classes: int,
+                        tau: float = 0.7, gamma: float = 1.0, ignore_index: int = 255):
+    """Local superpixel transformation of a pseudo-label and its consistency weights (SPEC section 2).
+
+    In each superpixel k with class histogram h_k and n_k labelled pixels: if the majority class
+    m_k = argmax h_k (ties: the smaller class) has h_k(m_k) >= tau * n_k, every labelled pixel
+    takes class m_k and weighs 1; otherwise the label stays and weighs h_k(Y_p) / n_k. Pixels with
+    ignore_index, or with superpixel -1, keep ignore_index and weigh 0. One fused kernel: a pass
+    to count, a pass to write.
+
+    Args:
+        target (Tensor[B, H, W] of int64): pseudo-labels in [0, num_classes), or ignore_index.
+        labels (Tensor[B, H, W] of int64): superpixels in [0, K); -1 leaves a pixel out.
+        num_superpixels (int): K. num_classes (int).
+        tau (float): majority share in [0, 1] above which a superpixel is relabelled. Default 0.7.
+        gamma (float): the weights are returned to this power (>= 0). Default 1.
+        ignore_index (int): default 255.
+
+    Returns:
+        (weights Tensor[B, H, W] of float32, transformed target Tensor[B, H, W] of int64).
+    """
+    fn = "consistency_weights"
+    _check_target(fn, target, labels, num_classes, ignore_index)
+    K = _check_num("num_superpixels", fn, num_superpixels)
+    tau, gamma = float(tau), float(gamma)
+    if not (math.isfinite(tau) and 0.0 <= tau <= 1.0):
+        raise ValueError(f"{fn}: tau must be in [0, 1], got {tau}")
+    if not (math.isfinite(gamma) and gamma >= 0.0):
+        raise ValueError(f"{fn}: gamma must be a finite number >= 0, got {gamma}")
+    return torch.ops.spl.consistency_weights(target, labels, K, int(num_classes), tau, gamma, int(ignore_index))
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd: pool -> _superpixel_pool_backward (which is itself differentiable, for double
+# backward); unpool -> pool "sum".
+
+def _pool_setup_context(ctx, inputs, output):
+    x, labels, num_superpixels, reduce = inputs
+    ctx.height, ctx.width, ctx.reduce = x.shape[2], x.shape[3], reduce
+    ctx.save_for_backward(labels, output[1])
+
+
+def _pool_backward(ctx, grad, grad_aux):
+    labels, aux = ctx.saved_tensors
+    if grad is None or not ctx.needs_input_grad[0]:
+        return None, None, None, None
+    return torch.ops.spl._superpixel_pool_backward(grad, labels, aux, ctx.height, ctx.width, ctx.reduce), None, None, None
+
+
+def _pool_backward_setup_context(ctx, inputs, output):
+    grad, labels, aux, height, width, reduce = inputs
+    ctx.reduce, ctx.num_superpixels = reduce, grad.shape[2]
+    ctx.save_for_backward(labels, aux)
+
+
+def _pool_backward_backward(ctx, gg):
+    # _superpixel_pool_backward is linear in grad; its adjoint is the pooling itself.
+    labels, aux = ctx.saved_tensors
+    if ctx.reduce == "max":
+        B, C = gg.shape[:2]
+        flat = gg.flatten(2)
+        picked = flat.gather(2, aux.clamp_min(0))
+        out = torch.where(aux >= 0, picked, torch.zeros_like(picked))
+    else:
+        out = torch.ops.spl.superpixel_pool(gg, labels, ctx.num_superpixels, "sum")[0]
+        if ctx.reduce == "mean":
+            out = out / aux.clamp_min(1).unsqueeze(1).to(out.dtype)
+    return out, None, None, None, None, None
+
+
+def _unpool_setup_context(ctx, inputs, output):
+    features, labels = inputs
+    ctx.num_superpixels = features.shape[2]
+    ctx.save_for_backward(labels)
+
+
+def _unpool_backward(ctx, grad):
+    (labels,) = ctx.saved_tensors
+    return torch.ops.spl.superpixel_pool(grad, labels, ctx.num_superpixels, "sum")[0], None
+
+
+torch.library.register_autograd("spl::superpixel_pool", _pool_backward, setup_context=_pool_setup_context)
+torch.library.register_autograd("spl::_superpixel_pool_backward", _pool_backward_backward,
+                                setup_context=_pool_backward_setup_context)
+torch.library.register_autograd("spl::superpixel_unpool", _unpool_backward, setup_context=_unpool_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
 # Fake kernels: output shapes follow from input shapes alone.
 
 @torch.library.register_fake("spl::slic")
@@ -263,3 +479,31 @@ def _slic_fake(image, n_segments, compactness, max_num_iter, convert2lab, enforc
 def _enforce_connectivity_fake(labels, min_size):
     torch._check(labels.dim() == 3, lambda: "enforce_connectivity: labels must have shape [B, H, W]")
     return torch.empty_like(labels), labels.new_empty((labels.shape[0],))
+
+
+@torch.library.register_fake("spl::superpixel_pool")
+def _superpixel_pool_fake(x, labels, num_superpixels, reduce):
+    torch._check(x.dim() == 4, lambda: "superpixel_pool: x must have shape [B, C, H, W]")
+    B, C = x.shape[0], x.shape[1]
+    aux_shape = (B, C, num_superpixels) if reduce == "max" else (B, num_superpixels)
+    return x.new_empty((B, C, num_superpixels)), labels.new_empty(aux_shape)
+
+
+@torch.library.register_fake("spl::_superpixel_pool_backward")
+def _superpixel_pool_backward_fake(grad, labels, aux, height, width, reduce):
+    return grad.new_empty((grad.shape[0], grad.shape[1], height, width))
+
+
+@torch.library.register_fake("spl::superpixel_unpool")
+def _superpixel_unpool_fake(features, labels):
+    return features.new_empty((features.shape[0], features.shape[1], labels.shape[1], labels.shape[2]))
+
+
+@torch.library.register_fake("spl::superpixel_histogram")
+def _superpixel_histogram_fake(target, labels, num_superpixels, num_classes, ignore_index):
+    return target.new_empty((target.shape[0], num_superpixels, num_classes))
+
+
+@torch.library.register_fake("spl::consistency_weights")
+def _consistency_weights_fake(target, labels, num_superpixels, num_classes, tau, gamma, ignore_index):
+    return target.new_empty(target.shape, dtype=torch.float32), torch.empty_like(target)

@@ -12,7 +12,17 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["slic", "enforce_connectivity", "rgb_to_lab", "slic_grid"]
+__all__ = [
+    "slic",
+    "enforce_connectivity",
+    "rgb_to_lab",
+    "slic_grid",
+    "superpixel_pool",
+    "superpixel_unpool",
+    "superpixel_histogram",
+    "consistency_weights",
+    "superpixel_consistency_loss",
+]
 
 # --------------------------------------------------------------------------------------------------
 # SLIC (SPEC section 1)
@@ -266,3 +276,80 @@ def enforce_connectivity(labels: torch.Tensor, min_size: int = 0, *, return_coun
     """Reference of ``spl.enforce_connectivity`` for int64 ``labels`` ``[B, H, W]``."""
     out, counts = _connect(labels.long(), int(min_size))
     return (out, counts) if return_counts else out
+
+
+# --------------------------------------------------------------------------------------------------
+# Superpixel pooling and the consistency loss (SPEC section 2)
+
+
+def superpixel_pool(x: torch.Tensor, labels: torch.Tensor, num_superpixels: int, reduce: str = "mean"):
+    """Reference of ``spl.superpixel_pool`` (scatter_reduce in float64; -1 goes to a dropped bin)."""
+    B, C = x.shape[:2]
+    K = num_superpixels
+    index = torch.where(labels < 0, K, labels).flatten(1).unsqueeze(1).expand(B, C, -1)
+    src = x.flatten(2).double()
+    counts = torch.zeros(B, K + 1, dtype=torch.float64, device=x.device).index_put_(
+        (torch.arange(B, device=x.device)[:, None].expand_as(index[:, 0]), index[:, 0]),
+        torch.ones_like(index[:, 0], dtype=torch.float64), accumulate=True)[:, :K]
+    if reduce == "max":
+        out = torch.full((B, C, K + 1), -math.inf, dtype=torch.float64, device=x.device)
+        out = out.scatter_reduce(2, index, src, "amax")[..., :K]
+        out = torch.where(counts[:, None] > 0, out, torch.zeros_like(out))
+    else:
+        out = torch.zeros(B, C, K + 1, dtype=torch.float64, device=x.device).scatter_add(2, index, src)[..., :K]
+        if reduce == "mean":
+            out = out / counts.clamp_min(1)[:, None]
+    return out.to(x.dtype)
+
+
+def superpixel_unpool(features: torch.Tensor, labels: torch.Tensor):
+    """Reference of ``spl.superpixel_unpool``."""
+    B, C, K = features.shape
+    index = labels.clamp_min(0).flatten(1).unsqueeze(1).expand(B, C, -1)
+    out = features.gather(2, index).view(B, C, *labels.shape[1:])
+    return torch.where((labels >= 0)[:, None], out, torch.zeros_like(out))
+
+
+def superpixel_histogram(target, labels, num_superpixels: int, num_classes: int, ignore_index: int = 255):
+    """Reference of ``spl.superpixel_histogram``."""
+    B = target.shape[0]
+    K = num_superpixels
+    keep = (labels >= 0) & (target != ignore_index)
+    b = torch.arange(B, device=target.device)[:, None, None].expand_as(target)
+    flat = (b * K + labels) * num_classes + target
+    return torch.bincount(flat[keep], minlength=B * K * num_classes).view(B, K, num_classes)
+
+
+def consistency_weights(target, labels, num_superpixels: int, num_classes: int, tau: float = 0.7,
+                        gamma: float = 1.0, ignore_index: int = 255):
+    """Reference of ``spl.consistency_weights``: the transformation, then weights computed on the
+    transformed labels with a second histogram."""
+    hist = superpixel_histogram(target, labels, num_superpixels, num_classes, ignore_index)
+    n = hist.sum(-1)
+    best, majority = hist.max(-1)  # max returns the first (smallest) class among ties
+    transform = (n > 0) & (best.double() >= tau * n.double())
+    keep = (labels >= 0) & (target != ignore_index)
+    b = torch.arange(target.shape[0], device=target.device)[:, None, None].expand_as(target)
+    k = labels.clamp_min(0)
+    transformed = torch.where(transform[b, k], majority[b, k], target)
+    transformed = torch.where(keep, transformed, torch.full_like(target, ignore_index))
+    hist2 = superpixel_histogram(transformed, labels, num_superpixels, num_classes, ignore_index)
+    y = transformed.clamp(0, num_classes - 1)
+    w = hist2[b, k, y].double() / hist2.sum(-1)[b, k].clamp_min(1).double()
+    w = torch.where(keep, w ** gamma, torch.zeros_like(w))
+    return w.float(), transformed
+
+
+def superpixel_consistency_loss(logits, target, superpixels, num_superpixels: int, num_classes: int,
+                                tau: float = 0.7, gamma: float = 1.0, ignore_index: int = 255, eps: float = 1e-8):
+    """Reference of ``spl.SuperpixelConsistencyLoss`` (per-pixel loop-free, float64)."""
+    import torch.nn.functional as F
+
+    if tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):
+        logits = F.interpolate(logits, size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)
+    w, yhat = consistency_weights(target, superpixels, num_superpixels, num_classes, tau, gamma, ignore_index)
+    logp = torch.log_softmax(logits.double(), dim=1)
+    y = yhat.clamp(0, num_classes - 1)
+    ce = -logp.gather(1, y[:, None])[:, 0]
+    w = w.double()
+    return (w * ce).sum() / w.sum().clamp_min(eps)
