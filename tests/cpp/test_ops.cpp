@@ -8,6 +8,7 @@
 
 #include "ops/connectivity.h"
 #include "ops/slic.h"
+#include "ops/superpixel_pool.h"
 
 namespace {
 
@@ -71,14 +72,36 @@ void test_connectivity(const at::Device& device) {
         "enforce_connectivity rejects labels below -1" + on);
 }
 
+void test_pooling(const at::Device& device) {
+  // x = 0..5 on one row; superpixels 0 0 1 1 -1 1: means 0.5 and (2 + 3 + 5) / 3; unpool spreads them back.
+  at::Tensor x = at::arange(6, at::kFloat).view({1, 1, 1, 6}).to(device);
+  at::Tensor labels = at::tensor({0, 0, 1, 1, -1, 1}, at::kLong).view({1, 1, 6}).to(device);
+  const std::string on = " on " + device.str();
+  at::Tensor mean = std::get<0>(spl::superpixel_pool(x, labels, 2, "mean")).cpu();
+  check(mean.allclose(at::tensor({0.5f, 10.0f / 3.0f}).view({1, 1, 2})), "superpixel_pool mean" + on);
+  at::Tensor back = spl::superpixel_unpool(mean.to(device), labels).cpu();
+  check(back[0][0][0][4].item<float>() == 0.0f && back[0][0][0][5].item<float>() == mean[0][0][1].item<float>(),
+        "superpixel_unpool" + on);
+  at::Tensor target = at::tensor({1, 1, 1, 2, 0, 255}, at::kLong).view({1, 1, 6}).to(device);
+  auto [weights, transformed] = spl::consistency_weights(target, labels, 2, 3, 0.7, 1.0, 255);
+  check(transformed.cpu().equal(at::tensor({1, 1, 1, 2, 255, 255}, at::kLong).view({1, 1, 6})),
+        "consistency_weights labels" + on);
+  check(weights.cpu().allclose(at::tensor({1.0f, 1.0f, 0.5f, 0.5f, 0.0f, 0.0f}).view({1, 1, 6})),
+        "consistency_weights weights" + on);
+  check(throws_value_error([&] { spl::superpixel_pool(x, labels, 1, "sum"); }),
+        "superpixel_pool rejects labels >= num_superpixels" + on);
+}
+
 }  // namespace
 
 int main() {
   test_slic_quadrants(at::kCPU);
   test_connectivity(at::kCPU);
+  test_pooling(at::kCPU);
   if (at::hasCUDA()) {
     test_slic_quadrants(at::Device(at::kCUDA, 0));
     test_connectivity(at::Device(at::kCUDA, 0));
+    test_pooling(at::Device(at::kCUDA, 0));
   }
   std::printf("%d failure(s)\n", failures);
   return failures == 0 ? 0 : 1;
