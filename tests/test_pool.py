@@ -193,3 +193,13 @@ def test_mixed_devices():
         spl.superpixel_pool(x.cuda(), labels, 6, "sum")
     with pytest.raises(ValueError, match="cuda|cpu"):
         spl.consistency_weights(torch.zeros_like(labels).cuda(), labels, 6, 3)
+
+
+def test_mixed_devices_without_gpu():
+    x, labels = random_case(14)
+    with pytest.raises(ValueError, match="meta"):
+        spl.superpixel_pool(x, labels.to("meta"), 6, "sum")
+    with pytest.raises(ValueError, match="meta"):
+        spl.consistency_weights(torch.zeros_like(labels), labels.to("meta"), 6, 3)
+    with pytest.raises(ValueError, match="meta"):
+        torch.ops.spl.superpixel_pool(x, labels.to("meta"), 6, "sum")
