@@ -201,5 +201,5 @@ def test_mixed_devices_without_gpu():
         spl.superpixel_pool(x, labels.to("meta"), 6, "sum")
     with pytest.raises(ValueError, match="meta"):
         spl.consistency_weights(torch.zeros_like(labels), labels.to("meta"), 6, 3)
-    with pytest.raises(ValueError, match="meta"):
-        torch.ops.spl.superpixel_pool(x, labels.to("meta"), 6, "sum")
+    # (Called directly, torch.ops.spl.* with a meta input dispatches to the fake kernel; a CPU/CUDA
+    # mix reaches the kernels' own device check, see test_mixed_devices.)
