@@ -94,7 +94,11 @@ def extensions():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
-            extra_link_args=["-fopenmp"],
+            # -lstdc++ first: with it, the C++ runtime is always the shared libstdc++ that torch
+            # uses. On the GPU machine's image the link otherwise took a static copy of libstdc++
+            # (ldd showed none), and c10::str's ostream then crashed inside the static copy's
+            # locale facets whenever a kernel raised an error (seen 2026-11-24, torch 2.11, g++ 13).
+            extra_link_args=["-lstdc++", "-fopenmp"],
             py_limited_api=True,
         )
     ]

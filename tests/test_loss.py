@@ -65,7 +65,10 @@ def test_loss_matches_reference_and_gradcheck(device, low_res):
         ce = F.cross_entropy(up, y, ignore_index=255, reduction="none")
         return (w.double() * ce).sum() / w.double().sum()
 
-    assert torch.autograd.gradcheck(float64_loss, (logits,))
+    # On CUDA, F.interpolate's bilinear backward uses float atomics (torch's, not spl's): allow
+    # rounding-level differences between two backward passes there.
+    nondet_tol = 1e-12 if low_res and device == "cuda" else 0.0
+    assert torch.autograd.gradcheck(float64_loss, (logits,), nondet_tol=nondet_tol)
     loss.backward()
     logits2 = logits.detach().clone().requires_grad_(True)
     float64_loss(logits2).backward()

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One device-machine call: build spl with CUDA, run the whole test suite (each file in its own process,
+# so a CUDA fault in one cannot poison the others) and the CUDA benchmarks; logs under $OUT.
+# Usage (from the repository root, on the GPU machine): tools/gpu_session.sh [tests|bench|all] [pytest -k expr]
+# Expects the VOC sample copied to .gpu/voc-dev (carried with the call).
+set -uo pipefail
+what=${1:-all}
+kexpr=${2:-}
+OUT=${OUT:-/tmp/spl-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 MAX_JOBS=16
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
+t0=$(date +%s)
+if ! python3 -m pip install --no-build-isolation --no-deps -q . > "$OUT/build.log" 2>&1; then
+  tail -60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+echo "build: $(( $(date +%s) - t0 )) s"
+echo "LDFLAGS=${LDFLAGS:-} LDSHARED=$(python3 -c "import sysconfig; print(sysconfig.get_config_var('LDSHARED'))")"
+repo=$(pwd)
+cd /tmp  # import the installed package, not the source tree
+ldd "$(python3 -c "import importlib.util as u; print(u.find_spec('spl._C').origin)" 2>/dev/null)" | grep -E "stdc|gomp|cudart"
+python3 -c "import spl; print('cuda kernels:', spl.has_cuda_kernels(), 'cuda version', spl.cuda_version())"
+if [ "$what" != bench ]; then
+  for f in "$repo"/tests/test_*.py; do
+    n=$(basename "$f" .py)
+    args=(-v -rs -p no:cacheprovider --timeout 600 "$f")
+    [ -n "$kexpr" ] && args+=(-k "$kexpr")
+    CUDA_LAUNCH_BLOCKING=1 timeout 900 python3 -m pytest "${args[@]}" > "$OUT/$n.log" 2>&1
+    rc=$?
+    echo "$n: rc=$rc $(tail -1 "$OUT/$n.log")"
+    if [ $rc -ne 0 ]; then  # the last test started and the crash's traceback
+      grep -E "(PASSED|FAILED|ERROR|SKIPPED)" "$OUT/$n.log" | tail -2
+      grep -E "^(FAILED|ERROR) |Fatal Python|  File |Error:|error:" "$OUT/$n.log" | head -40
+    fi
+  done
+fi
+tar -C "$OUT" -czf "$OUT/tests.tgz" $(cd "$OUT" && ls test_*.log) 2>/dev/null && rm -f "$OUT"/test_*.log
+if [ "$what" != tests ]; then
+  for b in "$repo"/benchmarks/bench_*.py; do
+    n=$(basename "$b" .py)
+    extra=(); grep -q -- '"--voc"' "$b" && extra=(--voc "$repo/.gpu/voc-dev")
+    timeout 600 python3 "$b" --device cuda "${extra[@]}" --json "$OUT/$n.json" > "$OUT/$n.log" 2>&1
+    echo "$n: rc=$?"; tail -25 "$OUT/$n.log"
+  done
+fi
