@@ -51,6 +51,16 @@ TORCH_LIBRARY(spl, m) {
   m.def(
       "consistency_weights(Tensor target, Tensor labels, SymInt num_superpixels, int num_classes, float tau, "
       "float gamma, int ignore_index) -> (Tensor weights, Tensor transformed)");
+  // ASAM (SPEC section 3). The graph of a batch: CSR over all images' superpixels, node_offset [B + 1].
+  m.def("superpixel_adjacency(Tensor labels, Tensor node_offset) -> (Tensor indptr, Tensor indices, Tensor border)");
+  // iters rounds of s <- alpha * T s + (1 - alpha) * x, T = off-diagonal CSR values + a diagonal.
+  m.def(
+      "sparse_propagate(Tensor indptr, Tensor indices, Tensor node_offset, Tensor edge_value, Tensor self_value, "
+      "Tensor x, int iters, float alpha) -> Tensor");
+  m.def(
+      "_sparse_propagate_backward(Tensor grad, Tensor indptr, Tensor indices, Tensor node_offset, "
+      "Tensor edge_value, Tensor self_value, Tensor x, int iters, float alpha) "
+      "-> (Tensor grad_edge_value, Tensor grad_self_value, Tensor grad_x)");
 }
 
 }  // namespace spl

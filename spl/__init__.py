@@ -2,17 +2,22 @@
 
 Batched SLIC superpixels on the CPU and CUDA (``spl.slic``), connectivity enforcement
 (``spl.enforce_connectivity``), superpixel pooling and the superpixel local-consistency loss
-(``spl.superpixel_pool``, ``spl.SuperpixelConsistencyLoss``, ...), and superpixel quality metrics
-(``spl.metrics``). Every op is a
+(``spl.superpixel_pool``, ``spl.SuperpixelConsistencyLoss``, ...), CAM refinement over the graph of
+adjacent superpixels (``spl.asam_refine``, ``spl.superpixel_adjacency``, ``spl.sparse_propagate``), and
+superpixel and segmentation metrics (``spl.metrics``). Every op is a
 real ``torch.ops.spl.*`` custom op with a pure-PyTorch reference in ``spl.reference``.
 """
 import torch  # noqa: F401  (the extension links against torch's libraries)
 
 from . import _C  # noqa: F401  (loads the library that registers torch.ops.spl.*)
 from . import metrics, reference
+from .asam import asam_refine, cam_to_mask
 from .losses import SuperpixelConsistencyLoss
 from .ops import (
+    Graph,
     consistency_weights,
+    sparse_propagate,
+    superpixel_adjacency,
     enforce_connectivity,
     has_cuda_kernels,
     slic,
@@ -31,6 +36,11 @@ __all__ = [
     "superpixel_histogram",
     "consistency_weights",
     "SuperpixelConsistencyLoss",
+    "Graph",
+    "superpixel_adjacency",
+    "sparse_propagate",
+    "asam_refine",
+    "cam_to_mask",
     "has_cuda_kernels",
     "metrics",
     "reference",

@@ -8,7 +8,7 @@ trace the ops.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ __all__ = [
     "superpixel_unpool",
     "superpixel_histogram",
     "consistency_weights",
+    "Graph",
+    "superpixel_adjacency",
+    "sparse_propagate",
     "has_cuda_kernels",
 ]
 
@@ -410,6 +413,144 @@ def consistency_weights(target: torch.Tensor, labels: torch.Tensor, num_superpix
 # Autograd: pool -> _superpixel_pool_backward (which is itself differentiable, for double
 # backward); unpool -> pool "sum".
 
+class Graph(NamedTuple):
+    """The superpixel adjacency graph of a batch (SPEC section 3): the disjoint union of the images'
+    graphs in CSR form. Image b owns nodes ``node_offset[b] .. node_offset[b + 1] - 1`` (its
+    superpixel k is node ``node_offset[b] + k``); the neighbours of node i are
+    ``indices[indptr[i]:indptr[i + 1]]``, sorted, without i itself, and j is a neighbour of i exactly
+    when i is one of j. ``border[e]`` counts the 4-neighbour pixel pairs along the border of edge e
+    (0 for edges added by ``hops`` > 1). All int64, on the device of the labels."""
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    border: torch.Tensor
+    node_offset: torch.Tensor
+
+    @property
+    def num_nodes(self) -> int:
+        return self.indptr.shape[0] - 1
+
+    @property
+    def num_edges(self) -> int:
+        return self.indices.shape[0]
+
+    def rows(self) -> torch.Tensor:
+        """The source node of every edge (int64 [E])."""
+        return torch.repeat_interleave(torch.arange(self.num_nodes, device=self.indptr.device),
+                                       self.indptr.diff())
+
+
+def _node_offset(fn: str, num_superpixels, batch: int, device) -> torch.Tensor:
+    if isinstance(num_superpixels, torch.Tensor):
+        counts = num_superpixels
+        if counts.dtype != torch.int64 or counts.dim() != 1 or counts.shape[0] != batch:
+            raise ValueError(f"{fn}: num_superpixels must be an int or an int64 tensor of shape [B] = [{batch}], "
+                             f"got {counts.dtype} {list(counts.shape)}")
+        counts = counts.to(device)
+    else:
+        K = _check_num("num_superpixels", fn, num_superpixels)
+        counts = torch.full((batch,), K, dtype=torch.int64, device=device)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+def superpixel_adjacency(labels: torch.Tensor, num_superpixels) -> Graph:
+    """The graph of adjacent superpixels of a batch of label maps (SPEC section 3).
+
+    Args:
+        labels (Tensor[B, H, W] of int64): superpixel of each pixel; -1 leaves a pixel out.
+        num_superpixels (int or Tensor[B] of int64): K, or the number of superpixels of each image
+            (e.g. the counts of ``spl.slic(..., return_counts=True)``); labels of image b must be in
+            [-1, K_b).
+
+    Returns:
+        Graph: edge (i, j) when some pixel of i and some pixel of j are 4-neighbours, with the number
+        of such pixel pairs in ``border``. Built on the labels' device (on the GPU for GPU labels).
+
+    Raises:
+        TypeError / ValueError: labels not int64 [B, H, W], labels out of range, bad num_superpixels.
+    """
+    fn = "superpixel_adjacency"
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{fn}: labels must be a tensor, got {type(labels).__name__}")
+    if labels.dtype != torch.int64:
+        raise TypeError(f"{fn}: labels must be an int64 tensor, got {labels.dtype}")
+    if labels.dim() != 3:
+        raise ValueError(f"{fn}: labels must have shape [B, H, W], got {list(labels.shape)}")
+    _check_device(labels, fn)
+    node_offset = _node_offset(fn, num_superpixels, labels.shape[0], labels.device)
+    indptr, indices, border = torch.ops.spl.superpixel_adjacency(labels, node_offset)
+    return Graph(indptr, indices, border, node_offset)
+
+
+def _transition(graph: Graph, weight: torch.Tensor, self_weight: float):
+    """T = D^-1 A with A = weight off the diagonal and self_weight on it: (edge values, diagonal).
+    The row sums are taken as differences of a float64 prefix sum: exact enough, deterministic and
+    differentiable (no atomics)."""
+    csum = torch.cat([weight.new_zeros(1, dtype=torch.float64), weight.double().cumsum(0)])
+    degree = (csum[graph.indptr[1:]] - csum[graph.indptr[:-1]] + self_weight).to(weight.dtype)
+    rows = graph.rows()
+    return weight / degree[rows], self_weight / degree
+
+
+def sparse_propagate(graph: Graph, weight: torch.Tensor, x: torch.Tensor, iters: int, alpha: float = 1.0,
+                     *, self_weight: float = 1.0) -> torch.Tensor:
+    """Propagation over a superpixel graph: ``s <- alpha * T s + (1 - alpha) * x`` for ``iters`` rounds,
+    starting from ``s = x``, with the transition ``T = D^-1 A`` (A: ``weight`` on the edges, ``self_weight``
+    on the diagonal; D: the row sums of A). All rounds run in one op (one kernel launch on the GPU).
+
+    Args:
+        graph (Graph): from ``superpixel_adjacency``.
+        weight (Tensor[E]): non-negative finite edge affinities (float), on the graph's device.
+        x (Tensor[N, C]): node values (float16 / bfloat16 are computed in float32).
+        iters (int): rounds, >= 0. alpha (float): in [0, 1]; 1 is a pure random walk.
+        self_weight (float): the diagonal of A, > 0 (SPEC: 1).
+
+    Returns:
+        Tensor[N, C], the dtype of x. Differentiable to ``x`` and ``weight`` (the backward stores the
+        ``iters`` intermediate states: iters * N * C values). Deterministic: a fixed summation order,
+        no atomics, and the same bits on CPU and CUDA.
+    """
+    fn = "sparse_propagate"
+    if not isinstance(graph, Graph):
+        raise TypeError(f"{fn}: graph must be a spl.Graph (from spl.superpixel_adjacency), got {type(graph).__name__}")
+    _check_features(fn, x, 2)
+    if not isinstance(weight, torch.Tensor) or weight.dtype not in _FEATURE_DTYPES:
+        raise TypeError(f"{fn}: weight must be a floating-point tensor")
+    if weight.dim() != 1 or weight.shape[0] != graph.num_edges:
+        raise ValueError(f"{fn}: weight must have shape [E] = [{graph.num_edges}], got {list(weight.shape)}")
+    if x.shape[0] != graph.num_nodes:
+        raise ValueError(f"{fn}: x must have shape [N, C] with N = {graph.num_nodes} nodes, got {list(x.shape)}")
+    for name, t in (("weight", weight), ("graph", graph.indptr)):
+        if t.device != x.device:
+            raise ValueError(f"{fn}: {name} is on {t.device} but x is on {x.device}")
+    iters = _check_num("iters", fn, iters)
+    if not (0.0 <= float(alpha) <= 1.0):
+        raise ValueError(f"{fn}: alpha must be in [0, 1], got {alpha}")
+    if not (float(self_weight) > 0.0 and math.isfinite(self_weight)):
+        raise ValueError(f"{fn}: self_weight must be a finite number > 0, got {self_weight}")
+    if not torch.compiler.is_compiling() and weight.numel() and not bool(
+            (torch.isfinite(weight) & (weight >= 0)).all()):
+        raise ValueError(f"{fn}: weight must be finite and >= 0")
+    dtype = x.dtype if x.dtype == torch.float64 else torch.float32
+    edge_value, self_value = _transition(graph, weight.to(dtype), float(self_weight))
+    out = torch.ops.spl.sparse_propagate(graph.indptr, graph.indices, graph.node_offset, edge_value, self_value,
+                                         x.to(dtype), iters, float(alpha))
+    return out.to(x.dtype)
+
+
+def _propagate_setup_context(ctx, inputs, output):
+    indptr, indices, node_offset, edge_value, self_value, x, iters, alpha = inputs
+    ctx.iters, ctx.alpha = iters, alpha
+    ctx.save_for_backward(indptr, indices, node_offset, edge_value, self_value, x)
+
+
+def _propagate_backward(ctx, grad):
+    indptr, indices, node_offset, edge_value, self_value, x = ctx.saved_tensors
+    g_edge, g_self, g_x = torch.ops.spl._sparse_propagate_backward(
+        grad.contiguous(), indptr, indices, node_offset, edge_value, self_value, x, ctx.iters, ctx.alpha)
+    return None, None, None, g_edge, g_self, g_x, None, None
+
+
 def _pool_setup_context(ctx, inputs, output):
     x, labels, num_superpixels, reduce = inputs
     ctx.height, ctx.width, ctx.reduce = x.shape[2], x.shape[3], reduce
@@ -459,6 +600,7 @@ torch.library.register_autograd("spl::superpixel_pool", _pool_backward, setup_co
 torch.library.register_autograd("spl::_superpixel_pool_backward", _pool_backward_backward,
                                 setup_context=_pool_backward_setup_context)
 torch.library.register_autograd("spl::superpixel_unpool", _unpool_backward, setup_context=_unpool_setup_context)
+torch.library.register_autograd("spl::sparse_propagate", _propagate_backward, setup_context=_propagate_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,3 +649,20 @@ def _superpixel_histogram_fake(target, labels, num_superpixels, num_classes, ign
 @torch.library.register_fake("spl::consistency_weights")
 def _consistency_weights_fake(target, labels, num_superpixels, num_classes, tau, gamma, ignore_index):
     return target.new_empty(target.shape, dtype=torch.float32), torch.empty_like(target)
+
+
+@torch.library.register_fake("spl::superpixel_adjacency")
+def _superpixel_adjacency_fake(labels, node_offset):
+    num_edges = torch.library.get_ctx().new_dynamic_size()
+    num_nodes = torch.library.get_ctx().new_dynamic_size()
+    return (labels.new_empty((num_nodes + 1,)), labels.new_empty((num_edges,)), labels.new_empty((num_edges,)))
+
+
+@torch.library.register_fake("spl::sparse_propagate")
+def _sparse_propagate_fake(indptr, indices, node_offset, edge_value, self_value, x, iters, alpha):
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("spl::_sparse_propagate_backward")
+def _sparse_propagate_backward_fake(grad, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha):
+    return torch.empty_like(edge_value), torch.empty_like(self_value), torch.empty_like(x)

@@ -353,3 +353,52 @@ def superpixel_consistency_loss(logits, target, superpixels, num_superpixels: in
     ce = -logp.gather(1, y[:, None])[:, 0]
     w = w.double()
     return (w * ce).sum() / w.sum().clamp_min(eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# ASAM (SPEC section 3)
+
+def superpixel_adjacency(labels: torch.Tensor, counts: torch.Tensor):
+    """(indptr, indices, border, node_offset) of the batch graph, from a dense [K, K] matrix of
+    border counts per image (simple, obviously right, quadratic in K)."""
+    counts = counts.to(labels.device)
+    node_offset = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    rows, cols, border = [], [], []
+    for b in range(labels.shape[0]):
+        K, lab = int(counts[b]), labels[b]
+        dense = torch.zeros(K * K, dtype=torch.int64, device=labels.device)
+        for a, c in ((lab[:, :-1], lab[:, 1:]), (lab[:-1, :], lab[1:, :])):
+            keep = (a != c) & (a >= 0) & (c >= 0)
+            a, c = a[keep], c[keep]
+            dense += torch.bincount(a * K + c, minlength=K * K) + torch.bincount(c * K + a, minlength=K * K)
+        i, j = torch.nonzero(dense.view(K, K), as_tuple=True)  # row-major: sorted by (i, j)
+        rows.append(i + node_offset[b])
+        cols.append(j + node_offset[b])
+        border.append(dense.view(K, K)[i, j])
+    N = int(node_offset[-1])
+    rows = torch.cat(rows) if rows else labels.new_zeros(0)
+    indptr = torch.cat([labels.new_zeros(1), torch.bincount(rows, minlength=N).cumsum(0)])
+    return (indptr, torch.cat(cols) if cols else labels.new_zeros(0),
+            torch.cat(border) if border else labels.new_zeros(0), node_offset)
+
+
+def sparse_propagate(indptr, indices, weight, x, iters: int, alpha: float, self_weight: float = 1.0):
+    """The propagation with a dense transition matrix: s <- alpha T s + (1 - alpha) x, T = D^-1 A."""
+    N = x.shape[0]
+    rows = torch.repeat_interleave(torch.arange(N, device=x.device), indptr.diff())
+    A = torch.zeros(N, N, dtype=x.dtype, device=x.device)
+    A = A.index_put((rows, indices), weight.to(x.dtype), accumulate=True)
+    A = A + self_weight * torch.eye(N, dtype=x.dtype, device=x.device)
+    T = A / A.sum(1, keepdim=True)
+    s = x
+    for _ in range(iters):
+        s = alpha * (T @ s) + (1 - alpha) * x
+    return s
+
+
+def cam_to_mask(cam: torch.Tensor, bg_threshold: float, class_mask: Optional[torch.Tensor] = None):
+    """0 where no allowed class reaches the threshold, else 1 + the arg-max class."""
+    if class_mask is not None:
+        cam = cam.masked_fill(~class_mask[:, :, None, None], float("-inf"))
+    top, arg = cam.max(1)
+    return torch.where(top >= bg_threshold, arg + 1, torch.zeros_like(arg))

@@ -1,0 +1,203 @@
+// sparse_propagate on the CPU: s^{t+1} = alpha * T s^t + (1 - alpha) * x for `iters` rounds, T given
+// as CSR off-diagonal values plus a diagonal. Rows in parallel within a round; each output element
+// sums its terms in a fixed order (diagonal first, then the row's edges in CSR order), so results
+// do not depend on the thread count. The backward stores every state s^0 .. s^{iters-1}, then runs
+// the rounds in reverse with T^T (the reverse edge of (i, j) is found in row j by binary search: the
+// structure is symmetric); each edge's gradient is accumulated by the one thread that owns its row.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <tuple>
+
+#include "ops/graph.h"
+
+namespace spl {
+namespace cpu {
+namespace {
+
+constexpr int64_t kGrain = 64;
+
+// Checks indptr, node_offset and that every edge stays inside the image of its row.
+void check_structure(const char* op, const at::Tensor& indptr, const at::Tensor& indices,
+                     const at::Tensor& node_offset, int64_t N) {
+  const int64_t* ip = indptr.const_data_ptr<int64_t>();
+  const int64_t* ix = indices.const_data_ptr<int64_t>();
+  const int64_t* off = node_offset.const_data_ptr<int64_t>();
+  const int64_t B = node_offset.size(0) - 1, E = indices.size(0);
+  bool ok = ip[0] == 0 && ip[N] == E && off[0] == 0 && off[B] == N;
+  for (int64_t i = 0; ok && i < N; ++i) ok = ip[i + 1] >= ip[i];
+  for (int64_t b = 0; ok && b < B; ++b) ok = off[b + 1] >= off[b];
+  std::atomic<bool> inside{true};
+  if (ok) {
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        for (int64_t e = ip[off[b]]; e < ip[off[b + 1]]; ++e) {
+          if (ix[e] < off[b] || ix[e] >= off[b + 1]) inside = false;
+        }
+      }
+    });
+  }
+  TORCH_CHECK_VALUE(ok && inside.load(), op, ": ", graph_structure_message());
+}
+
+// dst_i = alpha * (d_i src_i + sum_e v_e src_j) + (1 - alpha) * x_i for rows [begin, end).
+template <typename scalar_t>
+void propagate_rows(int64_t begin, int64_t end, int64_t C, const int64_t* ip, const int64_t* ix, const scalar_t* ev,
+                    const scalar_t* sv, const scalar_t* src, const scalar_t* x, scalar_t alpha, scalar_t* dst) {
+  const scalar_t keep = scalar_t(1) - alpha;
+  for (int64_t i = begin; i < end; ++i) {
+    scalar_t* out = dst + i * C;
+    const scalar_t* self = src + i * C;
+    const scalar_t d = sv[i];
+    for (int64_t c = 0; c < C; ++c) out[c] = d * self[c];
+    for (int64_t e = ip[i]; e < ip[i + 1]; ++e) {
+      const scalar_t v = ev[e];
+      const scalar_t* nb = src + ix[e] * C;
+      for (int64_t c = 0; c < C; ++c) out[c] += v * nb[c];
+    }
+    const scalar_t* xi = x + i * C;
+    for (int64_t c = 0; c < C; ++c) out[c] = alpha * out[c] + keep * xi[c];
+  }
+}
+
+at::Tensor sparse_propagate_cpu(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& node_offset,
+                                const at::Tensor& edge_value, const at::Tensor& self_value, const at::Tensor& x,
+                                int64_t iters, double alpha) {
+  const char* op = "sparse_propagate";
+  check_propagate_args(op, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha);
+  const at::Tensor ip = indptr.contiguous(), ix = indices.contiguous(), off = node_offset.contiguous();
+  const at::Tensor ev = edge_value.contiguous(), sv = self_value.contiguous(), xc = x.contiguous();
+  const int64_t N = xc.size(0), C = xc.size(1);
+  check_structure(op, ip, ix, off, N);
+  at::Tensor out = xc.clone();
+  if (iters == 0 || xc.numel() == 0) return out;
+  at::Tensor other = at::empty_like(xc);
+  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "sparse_propagate_cpu", [&] {
+    // Ping-pong so that the last round writes into `out`.
+    scalar_t* buf[2] = {out.mutable_data_ptr<scalar_t>(), other.mutable_data_ptr<scalar_t>()};
+    if (iters % 2 == 1) {
+      std::swap(buf[0], buf[1]);
+      std::copy(xc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>() + N * C, buf[0]);
+    }
+    for (int64_t t = 0; t < iters; ++t) {
+      const scalar_t* src = buf[t % 2];
+      scalar_t* dst = buf[1 - t % 2];
+      at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+        propagate_rows<scalar_t>(begin, end, C, ip.const_data_ptr<int64_t>(), ix.const_data_ptr<int64_t>(),
+                                 ev.const_data_ptr<scalar_t>(), sv.const_data_ptr<scalar_t>(), src,
+                                 xc.const_data_ptr<scalar_t>(), static_cast<scalar_t>(alpha), dst);
+      });
+    }
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_propagate_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& node_offset,
+    const at::Tensor& edge_value, const at::Tensor& self_value, const at::Tensor& x, int64_t iters, double alpha) {
+  const char* op = "sparse_propagate (backward)";
+  check_propagate_args(op, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha);
+  TORCH_CHECK_VALUE(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(), op,
+                    ": grad must match x in shape and dtype");
+  const at::Tensor ip_t = indptr.contiguous(), ix_t = indices.contiguous(), off = node_offset.contiguous();
+  const at::Tensor ev_t = edge_value.contiguous(), sv_t = self_value.contiguous(), xc = x.contiguous();
+  const int64_t N = xc.size(0), C = xc.size(1), E = ix_t.size(0);
+  check_structure(op, ip_t, ix_t, off, N);
+  at::Tensor grad_edge = at::zeros({E}, xc.options()), grad_self = at::zeros({N}, xc.options());
+  at::Tensor grad_x = at::zeros_like(xc);
+  if (iters == 0 || xc.numel() == 0) {
+    grad_x.copy_(grad);
+    return {grad_edge, grad_self, grad_x};
+  }
+  const int64_t* ip = ip_t.const_data_ptr<int64_t>();
+  const int64_t* ix = ix_t.const_data_ptr<int64_t>();
+  // The reverse of every edge.
+  at::Tensor rev_t = at::empty({E}, ip_t.options());
+  int64_t* rev = rev_t.mutable_data_ptr<int64_t>();
+  std::atomic<bool> symmetric{true};
+  at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t e = ip[i]; e < ip[i + 1]; ++e) {
+        const int64_t j = ix[e];
+        const int64_t* found = std::lower_bound(ix + ip[j], ix + ip[j + 1], i);
+        if (found == ix + ip[j + 1] || *found != i) {
+          symmetric = false;
+          rev[e] = e;
+        } else {
+          rev[e] = found - ix;
+        }
+      }
+    }
+  });
+  TORCH_CHECK_VALUE(symmetric.load(), op, ": ", graph_structure_message(), " (each row sorted)");
+
+  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "sparse_propagate_backward_cpu", [&] {
+    const scalar_t* ev = ev_t.const_data_ptr<scalar_t>();
+    const scalar_t* sv = sv_t.const_data_ptr<scalar_t>();
+    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+    const scalar_t a = static_cast<scalar_t>(alpha), keep = scalar_t(1) - a;
+    // states[t] = s^t, t = 0 .. iters - 1.
+    at::Tensor states_t = at::empty({iters, N, C}, xc.options());
+    scalar_t* states = states_t.mutable_data_ptr<scalar_t>();
+    std::copy(xp, xp + N * C, states);
+    for (int64_t t = 0; t + 1 < iters; ++t) {
+      at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+        propagate_rows<scalar_t>(begin, end, C, ip, ix, ev, sv, states + t * N * C, xp, a, states + (t + 1) * N * C);
+      });
+    }
+    at::Tensor g_t = grad.contiguous().clone(), gn_t = at::empty_like(xc);
+    scalar_t* g = g_t.mutable_data_ptr<scalar_t>();
+    scalar_t* gn = gn_t.mutable_data_ptr<scalar_t>();
+    scalar_t* ge = grad_edge.mutable_data_ptr<scalar_t>();
+    scalar_t* gs = grad_self.mutable_data_ptr<scalar_t>();
+    scalar_t* dx = grad_x.mutable_data_ptr<scalar_t>();
+    for (int64_t t = iters - 1; t >= 0; --t) {
+      const scalar_t* s = states + t * N * C;
+      at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const scalar_t* gi = g + i * C;
+          scalar_t dot = 0;
+          for (int64_t c = 0; c < C; ++c) dot += gi[c] * s[i * C + c];
+          gs[i] += a * dot;
+          scalar_t* out = gn + i * C;
+          for (int64_t c = 0; c < C; ++c) out[c] = sv[i] * gi[c];
+          for (int64_t e = ip[i]; e < ip[i + 1]; ++e) {
+            const scalar_t* sj = s + ix[e] * C;
+            const scalar_t* gj = g + ix[e] * C;
+            const scalar_t back = ev[rev[e]];
+            scalar_t d = 0;
+            for (int64_t c = 0; c < C; ++c) {
+              d += gi[c] * sj[c];
+              out[c] += back * gj[c];
+            }
+            ge[e] += a * d;
+          }
+          for (int64_t c = 0; c < C; ++c) {
+            dx[i * C + c] += keep * gi[c];
+            out[c] *= a;
+          }
+        }
+      });
+      std::swap(g, gn);
+    }
+    for (int64_t k = 0; k < N * C; ++k) dx[k] += g[k];
+  });
+  return {grad_edge, grad_self, grad_x};
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(spl, CPU, m) {
+  m.impl("sparse_propagate", &cpu::sparse_propagate_cpu);
+  m.impl("_sparse_propagate_backward", &cpu::sparse_propagate_backward_cpu);
+}
+
+}  // namespace spl
