@@ -20,6 +20,7 @@ posterior, and a different threshold moves the background decision monotonically
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Union
 
 import numpy as np
@@ -261,10 +262,12 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     # Node features: mean colour in CIELAB, the unary (mean log-probability), optional deep features.
     rgb = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
     mean_rgb = nodes(ops.superpixel_pool(rgb, labels, k_max, "mean"))
-    lab = reference.rgb_to_lab(mean_rgb.T[None, :, :, None])[0, :, :, 0].T  # [N, 3]
+    # float64: float32 pow / cube root round differently in vector bodies and loop tails, which would
+    # make a superpixel's colour depend on its position in the batch.
+    lab = reference.rgb_to_lab(mean_rgb.double().T[None, :, :, None])[0, :, :, 0].T.float()  # [N, 3]
     # log p_c = log max(v_c, floor * total) - log total with v = [t, cam of the present classes] and
     # total = sum v: a few passes over the CAM, no normalised [B, C + 1, H, W] copy of it.
-    total = (t + torch.einsum("bchw,bc->bhw", cam, class_mask.float()))[:, None]
+    total = t + (cam * class_mask[:, :, None, None]).sum(1, keepdim=True)
     log_total = torch.log(total)
     log_bg = torch.log(torch.clamp_min(_LOG_FLOOR * total, t)) - log_total
     pooled_bg = ops.superpixel_pool(torch.cat([log_bg, log_total], 1), labels, k_max, "mean")
@@ -307,12 +310,15 @@ def expand_hops(graph: "ops.Graph", hops: int) -> "ops.Graph":
     device = graph.indptr.device
     rows = graph.rows()
     base = torch.sparse_coo_tensor(torch.stack([rows, graph.indices]), torch.ones(graph.num_edges, device=device),
-                                   (N, N)).coalesce()
-    eye = torch.sparse_coo_tensor(torch.arange(N, device=device).expand(2, N), torch.ones(N, device=device), (N, N))
+                                   (N, N), check_invariants=False).coalesce()
+    eye = torch.sparse_coo_tensor(torch.arange(N, device=device).expand(2, N), torch.ones(N, device=device), (N, N),
+                                  check_invariants=False)
     step = (base + eye).coalesce()
     reach = step
-    for _ in range(hops - 1):
-        reach = torch.sparse.mm(reach, step).coalesce()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse support is in beta"
+        for _ in range(hops - 1):
+            reach = torch.sparse.mm(reach, step).coalesce()
     i, j = reach.indices()
     keep = i != j
     i, j = i[keep], j[keep]  # coalesced: sorted by (i, j)

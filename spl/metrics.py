@@ -1,4 +1,5 @@
-"""Quality metrics for superpixels against a ground-truth segmentation.
+"""Quality metrics: superpixels against a ground-truth segmentation, and semantic segmentation
+(confusion matrix, per-class IoU, mIoU; ``ConfusionMatrix`` accumulates over a data set).
 
 All functions take label maps as tensors or NumPy arrays, ``[H, W]`` (one image: a float is
 returned) or ``[B, H, W]`` (a float64 tensor of one value per image is returned). Labels are any
@@ -29,6 +30,8 @@ __all__ = [
     "achievable_segmentation_accuracy",
     "number_of_segments",
     "superpixel_scores",
+    "ConfusionMatrix",
+    "confusion_matrix",
 ]
 
 Labels = Union[torch.Tensor, np.ndarray]
@@ -149,3 +152,54 @@ def superpixel_scores(superpixels: Labels, ground_truth: Labels, tolerance: int 
             achievable_segmentation_accuracy(superpixels, ground_truth, ignore_index)),
         "segments": mean(number_of_segments(superpixels)),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Semantic segmentation
+
+def confusion_matrix(prediction: Labels, ground_truth: Labels, num_classes: int, ignore_index: int = 255
+                     ) -> torch.Tensor:
+    """int64 [num_classes, num_classes] counts, rows = ground truth, columns = prediction. Pixels whose
+    ground truth is ``ignore_index`` are left out; any other value outside [0, num_classes), in either
+    map, raises ValueError."""
+    pred, gt = (torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x
+                for x in (prediction, ground_truth))
+    if not isinstance(pred, torch.Tensor) or not isinstance(gt, torch.Tensor):
+        raise TypeError("confusion_matrix: prediction and ground_truth must be tensors or NumPy arrays")
+    if pred.shape != gt.shape:
+        raise ValueError(f"confusion_matrix: prediction {list(pred.shape)} and ground_truth {list(gt.shape)} "
+                         "must have the same shape")
+    if pred.is_floating_point() or gt.is_floating_point():
+        raise TypeError("confusion_matrix: label maps must hold integers")
+    pred, gt = pred.long().flatten().cpu(), gt.long().flatten().cpu()
+    keep = gt != ignore_index
+    pred, gt = pred[keep], gt[keep]
+    for name, x in (("ground_truth", gt), ("prediction", pred)):
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= num_classes):
+            raise ValueError(f"confusion_matrix: {name} holds a class outside [0, {num_classes}) "
+                             f"(other than ignore_index {ignore_index})")
+    return torch.bincount(gt * num_classes + pred, minlength=num_classes ** 2).view(num_classes, num_classes)
+
+
+class ConfusionMatrix:
+    """Accumulates a confusion matrix over a data set; ``iou()`` per class (NaN for a class that is in
+    neither the ground truth nor the predictions) and ``miou()`` over the classes that occur."""
+
+    def __init__(self, num_classes: int = 21, ignore_index: int = 255):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, prediction: Labels, ground_truth: Labels) -> "ConfusionMatrix":
+        self.matrix += confusion_matrix(prediction, ground_truth, self.num_classes, self.ignore_index)
+        return self
+
+    def iou(self) -> torch.Tensor:
+        m = self.matrix.double()
+        inter = m.diag()
+        union = m.sum(0) + m.sum(1) - inter
+        return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, float("nan")))
+
+    def miou(self) -> float:
+        iou = self.iou()
+        present = ~torch.isnan(iou)
+        return float(iou[present].mean()) if bool(present.any()) else float("nan")

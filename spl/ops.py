@@ -484,10 +484,9 @@ def superpixel_adjacency(labels: torch.Tensor, num_superpixels) -> Graph:
 
 def _transition(graph: Graph, weight: torch.Tensor, self_weight: float):
     """T = D^-1 A with A = weight off the diagonal and self_weight on it: (edge values, diagonal).
-    The row sums are taken as differences of a float64 prefix sum: exact enough, deterministic and
-    differentiable (no atomics)."""
-    csum = torch.cat([weight.new_zeros(1, dtype=torch.float64), weight.double().cumsum(0)])
-    degree = (csum[graph.indptr[1:]] - csum[graph.indptr[:-1]] + self_weight).to(weight.dtype)
+    The row sums come from a segmented sum (one row at a time, in CSR order: deterministic, without
+    atomics, independent of the other rows, hence of the batch) and are differentiable."""
+    degree = torch.segment_reduce(weight, "sum", offsets=graph.indptr, unsafe=True) + self_weight
     rows = graph.rows()
     return weight / degree[rows], self_weight / degree
 

@@ -45,3 +45,18 @@ def test_bad_inputs():
         metrics.undersegmentation_error(torch.zeros(3, 3), torch.zeros(3, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="tolerance"):
         metrics.boundary_recall(torch.zeros(3, 3, dtype=torch.long), torch.zeros(3, 3, dtype=torch.long), -1)
+
+
+def test_confusion_matrix_and_miou():
+    gt = np.array([[0, 0, 1], [1, 2, 255]])
+    pred = np.array([[0, 1, 1], [1, 2, 0]])
+    m = metrics.confusion_matrix(pred, gt, 3)
+    assert m.tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 1]]
+    acc = metrics.ConfusionMatrix(4).update(pred, gt).update(torch.tensor(pred), torch.tensor(gt))
+    iou = acc.iou()
+    assert iou[:3].tolist() == pytest.approx([0.5, 2 / 3, 1.0]) and np.isnan(iou[3].item())
+    assert acc.miou() == pytest.approx((0.5 + 2 / 3 + 1.0) / 3)
+    with pytest.raises(ValueError, match="ground_truth holds a class outside"):
+        metrics.confusion_matrix(pred, np.array([[0, 0, 1], [1, 7, 255]]), 3)
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.confusion_matrix(pred[:1], gt, 3)
