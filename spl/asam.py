@@ -60,7 +60,7 @@ def _integer(fn: str, name: str, value, low: int) -> int:
     return int(value)
 
 
-def _float_maps(fn: str, name: str, x, batch: Optional[int], device) -> torch.Tensor:
+def _float_maps(fn: str, name: str, x, batch: Optional[int], device, check_finite: bool = True) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
@@ -73,7 +73,7 @@ def _float_maps(fn: str, name: str, x, batch: Optional[int], device) -> torch.Te
         raise ValueError(f"{fn}: {name} has {x.shape[0]} images but image has {batch}")
     if device is not None and x.device != device:
         raise ValueError(f"{fn}: {name} is on {x.device} but image is on {device}")
-    if x.numel():
+    if check_finite and x.numel():
         low, high = torch.aminmax(x)  # one pass; NaN propagates into both
         if not (math.isfinite(float(low)) and math.isfinite(float(high))):
             raise ValueError(f"{fn}: {name} holds NaN or infinite values")
@@ -212,7 +212,7 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     device = image.device
     if H == 0 or W == 0:
         raise ValueError(f"{fn}: image must not be empty, got shape {list(image.shape)}")
-    cam = _float_maps(fn, "cam", cam, B, device)
+    cam = _float_maps(fn, "cam", cam, B, device, check_finite=False)
     C = cam.shape[1]
     if C < 1:
         raise ValueError(f"{fn}: cam must have at least one class channel (C >= 1), got shape {list(cam.shape)}")
@@ -230,9 +230,15 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     class_mask = _class_mask(fn, class_mask, B, C, device)
     if features is not None:
         features = _upsample(_float_maps(fn, "features", features, B, device), H, W, fn, "features")
-    cam = _upsample(cam.float(), H, W, fn, "cam")
-    if cam.numel() and float(cam.min()) < 0:
+    # One pass over the CAM gives every per-channel fact needed below (the CAM is the largest input:
+    # on the CPU each pass over it costs about as much as the propagation).
+    low, high = torch.aminmax(cam.flatten(2).float(), dim=2) if cam.numel() else (cam.new_zeros(B, C),) * 2
+    if cam.numel() and not bool((torch.isfinite(low) & torch.isfinite(high)).all()):
+        raise ValueError(f"{fn}: cam holds NaN or infinite values")
+    cam = _upsample(cam.float(), H, W, fn, "cam")  # bilinear: stays within [low, high]
+    if cam.numel() and bool((low < 0).any()):
         cam = cam.clamp_min(0)
+        low, high = low.clamp_min(0), high.clamp_min(0)
 
     if labels is None:
         labels, counts = ops.slic(image, n_segments, compactness, return_counts=True) if B else (
@@ -248,7 +254,9 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
             raise ValueError(f"{fn}: labels must be >= -1 (-1: pixel left out)")
         counts = labels.flatten(1).amax(1) + 1 if B else labels.new_zeros(0)
     if class_mask is None:
-        class_mask = cam.flatten(2).amax(2) > 0
+        class_mask = high > 0
+    # Excluded channels that are all zero need no masking in the per-pixel sums below.
+    excluded_zero = bool((high[~class_mask] == 0).all()) if B else True
     if B == 0:
         out = cam.new_zeros(0, C, H, W)
         return (out, labels) if return_labels else out
@@ -267,7 +275,7 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     lab = reference.rgb_to_lab(mean_rgb.double().T[None, :, :, None])[0, :, :, 0].T.float()  # [N, 3]
     # log p_c = log max(v_c, floor * total) - log total with v = [t, cam of the present classes] and
     # total = sum v: a few passes over the CAM, no normalised [B, C + 1, H, W] copy of it.
-    total = t + (cam * class_mask[:, :, None, None]).sum(1, keepdim=True)
+    total = t + (cam if excluded_zero else cam * class_mask[:, :, None, None]).sum(1, keepdim=True)
     log_total = torch.log(total)
     log_bg = torch.log(torch.clamp_min(_LOG_FLOOR * total, t)) - log_total
     pooled_bg = ops.superpixel_pool(torch.cat([log_bg, log_total], 1), labels, k_max, "mean")

@@ -402,3 +402,47 @@ def cam_to_mask(cam: torch.Tensor, bg_threshold: float, class_mask: Optional[tor
         cam = cam.masked_fill(~class_mask[:, :, None, None], float("-inf"))
     top, arg = cam.max(1)
     return torch.where(top >= bg_threshold, arg + 1, torch.zeros_like(arg))
+
+
+def asam_refine(image: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor, class_mask: torch.Tensor, *,
+                bg_threshold: float = 0.15, iters: int = 40, steps: int = 5, alpha: float = 1.0,
+                weight: float = 10.0, sigma_c: float = 6.0, beta: float = 1.0):
+    """The ASAM pipeline of ``spl.asam_refine`` in plain PyTorch: reference pooling, the dense-counts
+    adjacency, and ``iters`` rounds of ``torch.sparse`` CSR products per mean-field step (a Python
+    loop of SpMMs). ``cam`` at the image's size, superpixels given, hops = 1, no deep features."""
+    B, C, H, W = cam.shape
+    counts = labels.flatten(1).amax(1) + 1
+    k_max = int(counts.max())
+    valid = torch.arange(k_max, device=cam.device)[None, :] < counts[:, None]
+    nodes = lambda per_image: per_image.permute(0, 2, 1)[valid]  # noqa: E731
+    rgb = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    lab = rgb_to_lab(nodes(superpixel_pool(rgb, labels, k_max)).double().T[None, :, :, None])[0, :, :, 0].T.float()
+    t = bg_threshold
+    fg = cam.float().clamp_min(0) * class_mask[:, :, None, None]
+    prob = torch.cat([torch.full_like(cam[:, :1], t), fg], 1)
+    prob = prob / prob.sum(1, keepdim=True)
+    unary = nodes(superpixel_pool(torch.log(prob.clamp_min(1e-6)), labels, k_max))
+    allowed = torch.cat([class_mask.new_ones(B, 1), class_mask], 1)
+    image_of_node = torch.arange(B, device=cam.device)[:, None].expand(B, k_max)[valid]
+    unary = unary.masked_fill(~allowed[image_of_node], float("-inf"))
+    indptr, indices, _, _ = superpixel_adjacency(labels, counts)
+    N = unary.shape[0]
+    rows = torch.repeat_interleave(torch.arange(N, device=cam.device), indptr.diff())
+    a = torch.exp(-((lab[rows] - lab[indices]) ** 2).sum(1) / (2 * sigma_c ** 2)) ** beta
+    degree = torch.ones(N, device=cam.device).index_add(0, rows, a)
+    # T with the diagonal: CSR of (rows, indices) plus (i, i), sorted by (row, column).
+    r = torch.cat([rows, torch.arange(N, device=cam.device)])
+    c = torch.cat([indices, torch.arange(N, device=cam.device)])
+    v = torch.cat([a / degree[rows], 1.0 / degree])
+    order = torch.argsort(r * N + c)
+    T = torch.sparse_coo_tensor(torch.stack([r[order], c[order]]), v[order], (N, N)).to_sparse_csr()
+    q = torch.softmax(unary, 1)
+    for _ in range(steps):
+        m = q
+        for _ in range(iters):
+            m = alpha * (T @ m) + (1 - alpha) * q
+        q = torch.softmax(unary + weight * m, 1)
+    score = t * q[:, 1:] / q[:, :1].clamp_min(1e-30)
+    per_image = score.new_zeros(B, k_max, C)
+    per_image[valid] = score
+    return superpixel_unpool(per_image.permute(0, 2, 1), labels)

@@ -386,3 +386,18 @@ def test_expand_hops_matches_dense_reachability(device):
         dense_border = torch.zeros(N, N, dtype=torch.int64, device=device)
         dense_border[g.rows(), g.indices] = g.border
         assert torch.equal(h.border, dense_border[i, j])
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_refine_matches_reference_pipeline(device):
+    pairs = [collage(seed, size=80) for seed in range(2)]
+    img = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).contiguous().to(device)
+    truth = torch.from_numpy(np.stack([p[1] for p in pairs]))
+    cam = torch.nn.functional.avg_pool2d(torch.nn.functional.one_hot(truth, 7).permute(0, 3, 1, 2).float()[:, 1:],
+                                         9, 1, 4).to(device)
+    mask = cam.flatten(2).amax(2) > 0
+    labels = spl.slic(img, 150)
+    for kw in (dict(), dict(bg_threshold=0.3, iters=7, steps=2, alpha=0.9, weight=4.0, sigma_c=9.0, beta=2.0)):
+        out = spl.asam_refine(img, cam, labels, class_mask=mask, **kw)
+        ref = reference.asam_refine(img, cam, labels, mask, **kw)
+        torch.testing.assert_close(out, ref, rtol=2e-4, atol=1e-5)
