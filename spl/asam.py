@@ -233,10 +233,11 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     # One pass over the CAM gives every per-channel fact needed below (the CAM is the largest input:
     # on the CPU each pass over it costs about as much as the propagation).
     low, high = torch.aminmax(cam.flatten(2).float(), dim=2) if cam.numel() else (cam.new_zeros(B, C),) * 2
-    if cam.numel() and not bool((torch.isfinite(low) & torch.isfinite(high)).all()):
+    finite, negative = torch.stack([(torch.isfinite(low) & torch.isfinite(high)).all(), (low < 0).any()]).tolist()
+    if not finite:
         raise ValueError(f"{fn}: cam holds NaN or infinite values")
     cam = _upsample(cam.float(), H, W, fn, "cam")  # bilinear: stays within [low, high]
-    if cam.numel() and bool((low < 0).any()):
+    if negative:
         cam = cam.clamp_min(0)
         low, high = low.clamp_min(0), high.clamp_min(0)
 
@@ -256,12 +257,12 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     if class_mask is None:
         class_mask = high > 0
     # Excluded channels that are all zero need no masking in the per-pixel sums below.
-    excluded_zero = bool((high[~class_mask] == 0).all()) if B else True
+    excluded_zero = (high.masked_fill(class_mask, 0) == 0).all()
     if B == 0:
         out = cam.new_zeros(0, C, H, W)
         return (out, labels) if return_labels else out
 
-    k_max = int(counts.max())
+    k_max, excluded_zero = torch.stack([counts.max(), excluded_zero.long()]).tolist()  # one device sync
     valid = torch.arange(k_max, device=device)[None, :] < counts[:, None]  # [B, K]: nodes of the batch graph
 
     def nodes(per_image: torch.Tensor) -> torch.Tensor:  # [B, D, K] -> [N, D]
@@ -300,7 +301,7 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     # Mean field with the background competing; messages are edge-aware random walks.
     q = torch.softmax(unary, 1)
     for _ in range(steps):
-        messages = ops.sparse_propagate(graph, affinity, q, iters, alpha)
+        messages = ops.sparse_propagate(graph, affinity, q, iters, alpha, _check_weight=False)
         q = torch.softmax(unary + weight * messages, 1)
     score = t * q[:, 1:] / q[:, :1].clamp_min(1e-30)
 

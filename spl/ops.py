@@ -437,7 +437,7 @@ class Graph(NamedTuple):
     def rows(self) -> torch.Tensor:
         """The source node of every edge (int64 [E])."""
         return torch.repeat_interleave(torch.arange(self.num_nodes, device=self.indptr.device),
-                                       self.indptr.diff())
+                                       self.indptr.diff(), output_size=self.num_edges)  # no device sync
 
 
 def _node_offset(fn: str, num_superpixels, batch: int, device) -> torch.Tensor:
@@ -492,7 +492,7 @@ def _transition(graph: Graph, weight: torch.Tensor, self_weight: float):
 
 
 def sparse_propagate(graph: Graph, weight: torch.Tensor, x: torch.Tensor, iters: int, alpha: float = 1.0,
-                     *, self_weight: float = 1.0) -> torch.Tensor:
+                     *, self_weight: float = 1.0, _check_weight: bool = True) -> torch.Tensor:
     """Propagation over a superpixel graph: ``s <- alpha * T s + (1 - alpha) * x`` for ``iters`` rounds,
     starting from ``s = x``, with the transition ``T = D^-1 A`` (A: ``weight`` on the edges, ``self_weight``
     on the diagonal; D: the row sums of A). All rounds run in one op (one kernel launch on the GPU).
@@ -527,7 +527,8 @@ def sparse_propagate(graph: Graph, weight: torch.Tensor, x: torch.Tensor, iters:
         raise ValueError(f"{fn}: alpha must be in [0, 1], got {alpha}")
     if not (float(self_weight) > 0.0 and math.isfinite(self_weight)):
         raise ValueError(f"{fn}: self_weight must be a finite number > 0, got {self_weight}")
-    if not torch.compiler.is_compiling() and weight.numel() and not bool(
+    # (spl.asam_refine builds finite non-negative weights itself and skips this device sync.)
+    if _check_weight and not torch.compiler.is_compiling() and weight.numel() and not bool(
             (torch.isfinite(weight) & (weight >= 0)).all()):
         raise ValueError(f"{fn}: weight must be finite and >= 0")
     dtype = x.dtype if x.dtype == torch.float64 else torch.float32

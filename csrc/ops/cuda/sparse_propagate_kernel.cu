@@ -20,7 +20,7 @@ namespace spl {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 512;
+constexpr int kThreads = 1024;
 
 // Block-wide check of image b's part of the graph: indptr non-decreasing, edges inside the image.
 // With want_reverse, also finds each edge's reverse (binary search in the sorted target row).
@@ -86,11 +86,10 @@ __global__ void propagate_kernel(const int64_t* ip, const int64_t* ix, const int
     return;
   }
   const int64_t r0 = off[blockIdx.x], r1 = off[blockIdx.x + 1];
-  // Round t writes buf[(iters - 1 - t) % 2], so the last round writes `out`.
-  scalar_t* buf[2] = {out, other};
+  // Round t writes `out` when iters - 1 - t is even, so the last round writes `out`.
   const scalar_t* src = x;
   for (int64_t t = 0; t < iters; ++t) {
-    scalar_t* dst = buf[(iters - 1 - t) % 2];
+    scalar_t* dst = (iters - 1 - t) % 2 == 0 ? out : other;
     propagate_block(r0, r1, C, ip, ix, ev, sv, src, x, alpha, dst);
     __syncthreads();
     src = dst;

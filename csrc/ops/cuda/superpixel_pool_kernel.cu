@@ -54,7 +54,22 @@ __global__ void plane_max_abs_kernel(const scalar_t* x, const int64_t* labels, i
       const double v = static_cast<double>(plane[p]);
       if (l[p] >= 0 && isfinite(v)) local = fmax(local, fabs(v));
     }
-    if (local > 0.0) atomicMax(max_abs + bc, static_cast<unsigned long long>(__double_as_longlong(local)));
+    // Non-negative doubles order like their bit patterns: reduce the bits over the block, then one
+    // atomic per block and plane (one per thread made thousands of same-address atomics per plane).
+    unsigned long long bits = static_cast<unsigned long long>(__double_as_longlong(local));
+    for (int offset = 16; offset > 0; offset /= 2) {
+      const unsigned long long other = __shfl_xor_sync(kFullMask, bits, offset);
+      bits = other > bits ? other : bits;
+    }
+    __shared__ unsigned long long warp_max[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) warp_max[warp] = bits;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int w = 1; w < static_cast<int>(blockDim.x + 31) / 32; ++w) bits = warp_max[w] > bits ? warp_max[w] : bits;
+      if (bits > 0) atomicMax(max_abs + bc, bits);
+    }
+    __syncthreads();  // warp_max is reused by the next plane
   }
 }
 
