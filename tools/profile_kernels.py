@@ -17,8 +17,19 @@ def show(name, fn, rows):
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    print(f"\n## {name}")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70))
+    events = [e for e in prof.key_averages() if _device_us(e) > 0]
+    events.sort(key=_device_us, reverse=True)
+    total = sum(_device_us(e) for e in events)
+    print(f"\n## {name}: {total / 1e3:.2f} ms of GPU time")
+    for e in events[:rows]:
+        print(f"  {_device_us(e) / 1e3:8.3f} ms {e.count:5d}x  {e.key[:90]}")
+
+
+def _device_us(event):
+    for attr in ("self_device_time_total", "self_cuda_time_total"):
+        if hasattr(event, attr):
+            return getattr(event, attr)
+    return 0
 
 
 def main():
