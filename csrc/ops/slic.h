@@ -1,6 +1,7 @@
 // spl::slic: batched SLIC superpixels (SPEC section 1).
 #pragma once
 
+#include "ops/check.h"
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Optional.h>
@@ -38,35 +39,35 @@ inline SlicConfig check_slic_args(const at::Tensor& image, int64_t n_segments, d
                                   int64_t max_num_iter, bool convert2lab, bool enforce_connectivity,
                                   double min_size_factor, at::ArrayRef<double> spacing,
                                   const std::optional<at::Tensor>& mask) {
-  TORCH_CHECK_VALUE(image.dim() == 4, "slic: image must have shape [B, C, H, W], got ", image.sizes());
+  SPL_CHECK_VALUE(image.dim() == 4, "slic: image must have shape [B, C, H, W], got ", image.sizes());
   const auto dtype = image.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kByte || dtype == at::kFloat || dtype == at::kDouble ||
+  SPL_CHECK_TYPE(dtype == at::kByte || dtype == at::kFloat || dtype == at::kDouble ||
                        dtype == at::kHalf || dtype == at::kBFloat16,
                    "slic: image must be uint8 (0..255) or floating point (0..1), got ", dtype);
   const int64_t B = image.size(0), C = image.size(1), H = image.size(2), W = image.size(3);
-  TORCH_CHECK_VALUE(C >= 1 && H >= 1 && W >= 1, "slic: image must have at least one channel and one pixel, got shape ",
+  SPL_CHECK_VALUE(C >= 1 && H >= 1 && W >= 1, "slic: image must have at least one channel and one pixel, got shape ",
                     image.sizes());
-  TORCH_CHECK_VALUE(H * W < (int64_t{1} << 31), "slic: images of 2^31 pixels or more are not supported");
-  TORCH_CHECK_VALUE(n_segments >= 1 && n_segments <= H * W, "slic: n_segments must be in [1, H*W] = [1, ", H * W,
+  SPL_CHECK_VALUE(H * W < (int64_t{1} << 31), "slic: images of 2^31 pixels or more are not supported");
+  SPL_CHECK_VALUE(n_segments >= 1 && n_segments <= H * W, "slic: n_segments must be in [1, H*W] = [1, ", H * W,
                     "], got ", n_segments);
-  TORCH_CHECK_VALUE(std::isfinite(compactness) && compactness >= 1e-6 && compactness <= 1e6,
+  SPL_CHECK_VALUE(std::isfinite(compactness) && compactness >= 1e-6 && compactness <= 1e6,
                     "slic: compactness must be in [1e-6, 1e6], got ", compactness);
-  TORCH_CHECK_VALUE(max_num_iter >= 1 && max_num_iter <= 10000, "slic: max_num_iter must be in [1, 10000], got ",
+  SPL_CHECK_VALUE(max_num_iter >= 1 && max_num_iter <= 10000, "slic: max_num_iter must be in [1, 10000], got ",
                     max_num_iter);
-  TORCH_CHECK_VALUE(!convert2lab || C == 3, "slic: convert2lab needs 3 (RGB) channels, got ", C);
-  TORCH_CHECK_VALUE(std::isfinite(min_size_factor) && min_size_factor >= 0.0,
+  SPL_CHECK_VALUE(!convert2lab || C == 3, "slic: convert2lab needs 3 (RGB) channels, got ", C);
+  SPL_CHECK_VALUE(std::isfinite(min_size_factor) && min_size_factor >= 0.0,
                     "slic: min_size_factor must be a finite number >= 0, got ", min_size_factor);
-  TORCH_CHECK_VALUE(spacing.size() == 2, "slic: spacing must have 2 entries (y, x), got ", spacing.size());
+  SPL_CHECK_VALUE(spacing.size() == 2, "slic: spacing must have 2 entries (y, x), got ", spacing.size());
   for (double s : spacing) {
-    TORCH_CHECK_VALUE(std::isfinite(s) && s >= 1e-3 && s <= 1e3, "slic: spacing entries must be in [1e-3, 1e3], got ",
+    SPL_CHECK_VALUE(std::isfinite(s) && s >= 1e-3 && s <= 1e3, "slic: spacing entries must be in [1e-3, 1e3], got ",
                       s);
   }
   if (mask.has_value()) {
     const at::Tensor& m = *mask;
-    TORCH_CHECK_TYPE(m.scalar_type() == at::kBool, "slic: mask must be a bool tensor, got ", m.scalar_type());
-    TORCH_CHECK_VALUE(m.dim() == 3 && m.size(0) == B && m.size(1) == H && m.size(2) == W,
+    SPL_CHECK_TYPE(m.scalar_type() == at::kBool, "slic: mask must be a bool tensor, got ", m.scalar_type());
+    SPL_CHECK_VALUE(m.dim() == 3 && m.size(0) == B && m.size(1) == H && m.size(2) == W,
                       "slic: mask must have shape [B, H, W] = [", B, ", ", H, ", ", W, "], got ", m.sizes());
-    TORCH_CHECK_VALUE(m.device() == image.device(), "slic: mask is on ", m.device(), " but image is on ",
+    SPL_CHECK_VALUE(m.device() == image.device(), "slic: mask is on ", m.device(), " but image is on ",
                       image.device());
   }
 

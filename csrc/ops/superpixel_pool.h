@@ -2,6 +2,7 @@
 // superpixel_histogram, consistency_weights. Argument checks shared by the CPU and CUDA kernels.
 #pragma once
 
+#include "ops/check.h"
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
@@ -26,36 +27,36 @@ inline PoolReduce parse_reduce(c10::string_view reduce) {
   if (reduce == "sum") return PoolReduce::kSum;
   if (reduce == "mean") return PoolReduce::kMean;
   if (reduce == "max") return PoolReduce::kMax;
-  TORCH_CHECK_VALUE(false, "superpixel_pool: reduce must be 'sum', 'mean' or 'max', got '", std::string(reduce), "'");
+  SPL_CHECK_VALUE(false, "superpixel_pool: reduce must be 'sum', 'mean' or 'max', got '", std::string(reduce), "'");
 }
 
 // labels: int64 [B, H, W] on `device`, values in [-1, K) (the range is checked by the kernels).
 inline void check_labels(const char* op, const at::Tensor& labels, int64_t batch, int64_t height, int64_t width,
                          const at::Device& device, int64_t num_superpixels) {
-  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": labels must be an int64 tensor, got ",
+  SPL_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": labels must be an int64 tensor, got ",
                    labels.scalar_type());
-  TORCH_CHECK_VALUE(labels.dim() == 3 && labels.size(0) == batch && labels.size(1) == height &&
+  SPL_CHECK_VALUE(labels.dim() == 3 && labels.size(0) == batch && labels.size(1) == height &&
                         labels.size(2) == width,
                     op, ": labels must have shape [B, H, W] = [", batch, ", ", height, ", ", width, "], got ",
                     labels.sizes());
-  TORCH_CHECK_VALUE(labels.device() == device, op, ": labels are on ", labels.device(), " but the input is on ",
+  SPL_CHECK_VALUE(labels.device() == device, op, ": labels are on ", labels.device(), " but the input is on ",
                     device);
-  TORCH_CHECK_VALUE(num_superpixels >= 0, op, ": num_superpixels must be >= 0, got ", num_superpixels);
+  SPL_CHECK_VALUE(num_superpixels >= 0, op, ": num_superpixels must be >= 0, got ", num_superpixels);
 }
 
 inline void check_features(const char* op, const at::Tensor& x, int64_t dims) {
   const auto t = x.scalar_type();
-  TORCH_CHECK_TYPE(t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble, op,
+  SPL_CHECK_TYPE(t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble, op,
                    ": input must be float16, bfloat16, float32 or float64, got ", t);
-  TORCH_CHECK_VALUE(x.dim() == dims, op, ": input must have ", dims, " dimensions, got shape ", x.sizes());
+  SPL_CHECK_VALUE(x.dim() == dims, op, ": input must have ", dims, " dimensions, got shape ", x.sizes());
 }
 
 // target: int64 [B, H, W]; classes in [0, num_classes) or ignore_index (checked by the kernels).
 inline void check_target(const char* op, const at::Tensor& target, int64_t num_classes) {
-  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, op, ": target must be an int64 tensor, got ",
+  SPL_CHECK_TYPE(target.scalar_type() == at::kLong, op, ": target must be an int64 tensor, got ",
                    target.scalar_type());
-  TORCH_CHECK_VALUE(target.dim() == 3, op, ": target must have shape [B, H, W], got ", target.sizes());
-  TORCH_CHECK_VALUE(num_classes >= 1, op, ": num_classes must be >= 1, got ", num_classes);
+  SPL_CHECK_VALUE(target.dim() == 3, op, ": target must have shape [B, H, W], got ", target.sizes());
+  SPL_CHECK_VALUE(num_classes >= 1, op, ": num_classes must be >= 1, got ", num_classes);
 }
 
 // Messages for values out of range, found by the kernels.

@@ -1,3 +1,4 @@
+#include "ops/check.h"
 #include "ops/cpu/connectivity_kernel.h"
 
 #include <ATen/Parallel.h>
@@ -353,7 +354,7 @@ std::tuple<at::Tensor, at::Tensor> enforce_connectivity_cpu(const at::Tensor& la
     counts.zero_();
     return {out, counts};
   }
-  TORCH_CHECK_VALUE(input.min().item<int64_t>() >= -1,
+  SPL_CHECK_VALUE(input.min().item<int64_t>() >= -1,
                     "enforce_connectivity: labels must be >= -1 (-1 marks pixels outside every region)");
   const int64_t* in_ptr = input.const_data_ptr<int64_t>();
   int64_t* out_ptr = out.mutable_data_ptr<int64_t>();

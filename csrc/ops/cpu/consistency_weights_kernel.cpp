@@ -1,5 +1,6 @@
 // consistency_weights on the CPU: per image, one pass to histogram the pseudo-labels per
 // superpixel, one to write weights and transformed labels (ops/consistency_common.h).
+#include "ops/check.h"
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -22,8 +23,8 @@ std::tuple<at::Tensor, at::Tensor> consistency_weights_cpu(const at::Tensor& tar
                                                            int64_t ignore_index) {
   const char* op = "consistency_weights";
   check_target(op, target, num_classes);
-  TORCH_CHECK_VALUE(std::isfinite(tau) && tau >= 0.0 && tau <= 1.0, op, ": tau must be in [0, 1], got ", tau);
-  TORCH_CHECK_VALUE(std::isfinite(gamma) && gamma >= 0.0, op, ": gamma must be a finite number >= 0, got ", gamma);
+  SPL_CHECK_VALUE(std::isfinite(tau) && tau >= 0.0 && tau <= 1.0, op, ": tau must be in [0, 1], got ", tau);
+  SPL_CHECK_VALUE(std::isfinite(gamma) && gamma >= 0.0, op, ": gamma must be a finite number >= 0, got ", gamma);
   const int64_t B = target.size(0), H = target.size(1), W = target.size(2), HW = H * W;
   check_labels(op, labels, B, H, W, target.device(), K);
   const at::Tensor t = target.contiguous(), lc = labels.contiguous();
@@ -61,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor> consistency_weights_cpu(const at::Tensor& tar
       }
     }
   });
-  TORCH_CHECK_VALUE(ok, op, ": ", target_range_message(), " (num_classes = ", num_classes,
+  SPL_CHECK_VALUE(ok, op, ": ", target_range_message(), " (num_classes = ", num_classes,
                     ", ignore_index = ", ignore_index, ")");
   return {weights, transformed};
 }

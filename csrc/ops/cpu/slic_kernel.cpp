@@ -8,6 +8,7 @@
 //   4. labels: connectivity enforcement (or a plain renumbering) gives labels 0..n-1.
 // Threads take whole images when there are enough images, else the cells of one image; integer
 // statistics make the result independent of that choice.
+#include "ops/check.h"
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -569,7 +570,7 @@ std::tuple<at::Tensor, at::Tensor> slic_cpu(const at::Tensor& image, int64_t n_s
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kByte, at::kHalf, at::kBFloat16, img.scalar_type(), "slic_cpu", [&] {
     const scalar_t* src = img.const_data_ptr<scalar_t>();
     if (!std::is_same<scalar_t, uint8_t>::value) {
-      TORCH_CHECK_VALUE(all_finite(src, mask_ptr, B, C, HW),
+      SPL_CHECK_VALUE(all_finite(src, mask_ptr, B, C, HW),
                         "slic: image contains NaN or infinite values (at pixels inside the mask)");
     }
     feature_scales<scalar_t>(cfg, src, mask_ptr, scales.data());

@@ -4,6 +4,7 @@
 // do not depend on the thread count. The backward stores every state s^0 .. s^{iters-1}, then runs
 // the rounds in reverse with T^T (the reverse edge of (i, j) is found in row j by binary search: the
 // structure is symmetric); each edge's gradient is accumulated by the one thread that owns its row.
+#include "ops/check.h"
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -44,7 +45,7 @@ void check_structure(const char* op, const at::Tensor& indptr, const at::Tensor&
       }
     });
   }
-  TORCH_CHECK_VALUE(ok && inside.load(), op, ": ", graph_structure_message());
+  SPL_CHECK_VALUE(ok && inside.load(), op, ": ", graph_structure_message());
 }
 
 // dst_i = alpha * (d_i src_i + sum_e v_e src_j) + (1 - alpha) * x_i for rows [begin, end).
@@ -104,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_propagate_backward_cpu(
     const at::Tensor& edge_value, const at::Tensor& self_value, const at::Tensor& x, int64_t iters, double alpha) {
   const char* op = "sparse_propagate (backward)";
   check_propagate_args(op, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha);
-  TORCH_CHECK_VALUE(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(), op,
+  SPL_CHECK_VALUE(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(), op,
                     ": grad must match x in shape and dtype");
   const at::Tensor ip_t = indptr.contiguous(), ix_t = indices.contiguous(), off = node_offset.contiguous();
   const at::Tensor ev_t = edge_value.contiguous(), sv_t = self_value.contiguous(), xc = x.contiguous();
@@ -136,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_propagate_backward_cpu(
       }
     }
   });
-  TORCH_CHECK_VALUE(symmetric.load(), op, ": ", graph_structure_message(), " (each row sorted)");
+  SPL_CHECK_VALUE(symmetric.load(), op, ": ", graph_structure_message(), " (each row sorted)");
 
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "sparse_propagate_backward_cpu", [&] {
     const scalar_t* ev = ev_t.const_data_ptr<scalar_t>();

@@ -2,6 +2,7 @@
 // cross a superpixel border are bucketed by their first superpixel (a counting sort), then each
 // small bucket is sorted and run-length encoded into (neighbour, border count). O(pixels + pairs)
 // plus a tiny sort per superpixel; no global sort.
+#include "ops/check.h"
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -78,9 +79,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> superpixel_adjacency_cpu(const at
   const at::Tensor lc = labels.contiguous(), oc = node_offset.contiguous();
   const int64_t B = lc.size(0), H = lc.size(1), W = lc.size(2);
   const int64_t* off = oc.const_data_ptr<int64_t>();
-  TORCH_CHECK_VALUE(off[0] == 0, "superpixel_adjacency: node_offset must start at 0, got ", off[0]);
+  SPL_CHECK_VALUE(off[0] == 0, "superpixel_adjacency: node_offset must start at 0, got ", off[0]);
   for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK_VALUE(off[b + 1] >= off[b], "superpixel_adjacency: node_offset must be non-decreasing");
+    SPL_CHECK_VALUE(off[b + 1] >= off[b], "superpixel_adjacency: node_offset must be non-decreasing");
   }
   const int64_t N = off[B];
   std::vector<ImageGraph> graphs(B);
@@ -92,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> superpixel_adjacency_cpu(const at
     }
   });
   const int64_t bad = bad_image.load();
-  TORCH_CHECK_VALUE(bad < 0, "superpixel_adjacency: labels of image ", bad, " must be in [-1, ",
+  SPL_CHECK_VALUE(bad < 0, "superpixel_adjacency: labels of image ", bad, " must be in [-1, ",
                     bad < 0 ? 0 : off[bad + 1] - off[bad], ") (its number of superpixels; -1: ignored pixel)");
   int64_t E = 0;
   for (const auto& g : graphs) E += static_cast<int64_t>(g.neighbour.size());

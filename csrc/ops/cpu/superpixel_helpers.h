@@ -1,6 +1,7 @@
 // CPU helpers shared by the superpixel pooling kernels.
 #pragma once
 
+#include "ops/check.h"
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/aminmax.h>
@@ -18,7 +19,7 @@ inline void check_label_range(const char* op, const at::Tensor& labels, int64_t 
   if (labels.numel() == 0) return;
   const auto [lo, hi] = at::aminmax(labels);
   const int64_t min = lo.item<int64_t>(), max = hi.item<int64_t>();
-  TORCH_CHECK_VALUE(min >= -1 && max < num_superpixels, op, ": ", label_range_message(), ", with num_superpixels = ",
+  SPL_CHECK_VALUE(min >= -1 && max < num_superpixels, op, ": ", label_range_message(), ", with num_superpixels = ",
                     num_superpixels, "; got values in [", min, ", ", max, "]");
 }
 

@@ -1,4 +1,5 @@
 // superpixel_histogram on the CPU: integer counts, one task per image.
+#include "ops/check.h"
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/zeros.h>
@@ -31,7 +32,7 @@ at::Tensor superpixel_histogram_cpu(const at::Tensor& target, const at::Tensor& 
       }
     }
   });
-  TORCH_CHECK_VALUE(ok, op, ": ", target_range_message(), " (num_classes = ", num_classes,
+  SPL_CHECK_VALUE(ok, op, ": ", target_range_message(), " (num_classes = ", num_classes,
                     ", ignore_index = ", ignore_index, ")");
   return hist;
 }

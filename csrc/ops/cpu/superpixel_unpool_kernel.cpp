@@ -1,4 +1,5 @@
 // superpixel_unpool on the CPU: out[b, c, p] = features[b, c, labels[b, p]] (0 where the label is -1).
+#include "ops/check.h"
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -15,7 +16,7 @@ namespace {
 at::Tensor superpixel_unpool_cpu(const at::Tensor& features, const at::Tensor& labels) {
   const char* op = "superpixel_unpool";
   check_features(op, features, 3);
-  TORCH_CHECK_VALUE(labels.dim() == 3, op, ": labels must have shape [B, H, W], got ", labels.sizes());
+  SPL_CHECK_VALUE(labels.dim() == 3, op, ": labels must have shape [B, H, W], got ", labels.sizes());
   const int64_t B = features.size(0), C = features.size(1), K = features.size(2);
   const int64_t H = labels.size(1), W = labels.size(2), HW = H * W;
   check_labels(op, labels, B, H, W, features.device(), K);

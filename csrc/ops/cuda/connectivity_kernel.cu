@@ -3,6 +3,7 @@
 // by sorting one key per 4-adjacent pixel pair, then the merge rounds of connectivity_common.h on
 // the region graph. All integer work, so the result does not depend on thread order. Region ids
 // are global pixel indices, so the whole batch is one problem.
+#include "ops/check.h"
 #include "ops/cuda/connectivity_kernel.h"
 
 #include <torch/library.h>
@@ -391,7 +392,7 @@ void connect_regions(const label_t* labels, int64_t batch, int64_t height, int64
     count_borders_kernel<<<blocks, kThreads, 0, stream>>>(n, region, size, height, width, small, total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int64_t num_keys = static_cast<int64_t>(read_scalar(total, stream));
-    TORCH_CHECK(num_keys < INT_MAX, "connectivity: too many borders in one CUDA batch; split the batch");
+    SPL_CHECK(num_keys < INT_MAX, "connectivity: too many borders in one CUDA batch; split the batch");
     if (num_keys > 0) {
       // Border lengths of (small region, neighbour) pairs: sort one key per pixel pair, count runs.
       const auto long_opts = at::TensorOptions().dtype(at::kLong).device(device);
@@ -505,7 +506,7 @@ std::tuple<at::Tensor, at::Tensor> enforce_connectivity_cuda(const at::Tensor& l
   c10::cuda::CUDAGuard guard(labels.device());
   const at::Tensor input = labels.contiguous();
   const int64_t B = input.size(0), H = input.size(1), W = input.size(2);
-  TORCH_CHECK_VALUE(B * H * W < (int64_t{1} << 31),
+  SPL_CHECK_VALUE(B * H * W < (int64_t{1} << 31),
                     "enforce_connectivity: a CUDA batch must have fewer than 2^31 pixels; split the batch");
   at::Tensor out = at::empty({B, H, W}, input.options());
   at::Tensor counts = at::zeros({B}, input.options());
@@ -515,7 +516,7 @@ std::tuple<at::Tensor, at::Tensor> enforce_connectivity_cuda(const at::Tensor& l
   min_label_kernel<<<blocks_for(input.numel(), kThreads), kThreads, 0, stream>>>(
       input.numel(), input.const_data_ptr<int64_t>(), reinterpret_cast<unsigned long long*>(below.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  TORCH_CHECK_VALUE(below.item<int64_t>() == 0,
+  SPL_CHECK_VALUE(below.item<int64_t>() == 0,
                     "enforce_connectivity: labels must be >= -1 (-1 marks pixels outside every region)");
   connect_regions<int64_t>(input.const_data_ptr<int64_t>(), B, H, W, min_size, out.data_ptr<int64_t>(),
                            counts.data_ptr<int64_t>(), input.device(), stream);

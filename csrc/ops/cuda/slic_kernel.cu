@@ -8,6 +8,7 @@
 //      means. The last iteration writes labels instead;
 //   4. labels: connectivity (or renumbering) on the device, ops/cuda/connectivity_kernel.cu.
 // The whole batch runs in each launch; no label map ever goes to the host.
+#include "ops/check.h"
 #include <ATen/Dispatch.h>
 #include <ATen/ops/from_blob.h>
 #include <torch/library.h>
@@ -277,7 +278,7 @@ std::tuple<at::Tensor, at::Tensor> slic_cuda(const at::Tensor& image, int64_t n_
   c10::cuda::CUDAGuard guard(image.device());
   const Grid& grid = cfg.grid;
   const int64_t B = cfg.batch, C = cfg.channels, H = grid.height, W = grid.width, HW = H * W, K = cfg.num_centres();
-  TORCH_CHECK_VALUE(B * HW < (int64_t{1} << 31),
+  SPL_CHECK_VALUE(B * HW < (int64_t{1} << 31),
                     "slic: a CUDA batch must have fewer than 2^31 pixels (spl.slic splits larger batches)");
   const auto long_opts = image.options().dtype(at::kLong);
   at::Tensor out = at::empty({B, H, W}, long_opts);
@@ -287,7 +288,7 @@ std::tuple<at::Tensor, at::Tensor> slic_cuda(const at::Tensor& image, int64_t n_
   const size_t shared_bytes = sizeof(int64_t) * kSlots * (C + 3) + sizeof(float) * (kSlots * (C + 3) + C);
   int device_index = image.get_device(), optin = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_index));
-  TORCH_CHECK_VALUE(shared_bytes <= static_cast<size_t>(optin), "slic: ", C,
+  SPL_CHECK_VALUE(shared_bytes <= static_cast<size_t>(optin), "slic: ", C,
                     " channels need more shared memory than this GPU has per block; reduce the channels (e.g. "
                     "PCA) or run on the CPU");
 
@@ -316,7 +317,7 @@ std::tuple<at::Tensor, at::Tensor> slic_cuda(const at::Tensor& image, int64_t n_
                                                                     C, HW, max_bits, not_finite);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const at::Tensor host = stats.cpu();
-    TORCH_CHECK_VALUE(host.const_data_ptr<int32_t>()[B * C] == 0,
+    SPL_CHECK_VALUE(host.const_data_ptr<int32_t>()[B * C] == 0,
                       "slic: image contains NaN or infinite values (at pixels inside the mask)");
     if (!cfg.lab) {
       const auto* bits = reinterpret_cast<const uint32_t*>(host.const_data_ptr<int32_t>());

@@ -4,6 +4,7 @@
 // --fmad=false, so CPU and GPU agree to the last bit. The backward recomputes and stores the states
 // s^0 .. s^{iters-1}, then runs the rounds in reverse with T^T; each edge's gradient is accumulated
 // by the one thread that owns its row: no atomics anywhere, the result is deterministic.
+#include "ops/check.h"
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -164,7 +165,7 @@ at::Tensor sparse_propagate_cuda(const at::Tensor& indptr, const at::Tensor& ind
   at::Tensor out = at::empty_like(xc), other = at::empty_like(xc);
   at::Tensor error = at::zeros({1}, x.options().dtype(at::kInt));
   if (B == 0) {
-    TORCH_CHECK_VALUE(N == 0 && E == 0, op, ": ", graph_structure_message());
+    SPL_CHECK_VALUE(N == 0 && E == 0, op, ": ", graph_structure_message());
     return out;
   }
   if (iters == 0) out.copy_(xc);
@@ -177,7 +178,7 @@ at::Tensor sparse_propagate_cuda(const at::Tensor& indptr, const at::Tensor& ind
         error.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  TORCH_CHECK_VALUE(read_scalar(error.const_data_ptr<int>(), stream) == 0, op, ": ", graph_structure_message());
+  SPL_CHECK_VALUE(read_scalar(error.const_data_ptr<int>(), stream) == 0, op, ": ", graph_structure_message());
   return out;
 }
 
@@ -186,7 +187,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_propagate_backward_cuda(
     const at::Tensor& edge_value, const at::Tensor& self_value, const at::Tensor& x, int64_t iters, double alpha) {
   const char* op = "sparse_propagate (backward)";
   check_propagate_args(op, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha);
-  TORCH_CHECK_VALUE(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type() &&
+  SPL_CHECK_VALUE(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type() &&
                         grad.device() == x.device(),
                     op, ": grad must match x in shape, dtype and device");
   c10::cuda::CUDAGuard guard(x.device());
@@ -198,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_propagate_backward_cuda(
   at::Tensor grad_edge = at::zeros({E}, xc.options()), grad_self = at::zeros({N}, xc.options());
   at::Tensor grad_x = at::zeros_like(xc);
   if (B == 0) {
-    TORCH_CHECK_VALUE(N == 0 && E == 0, op, ": ", graph_structure_message());
+    SPL_CHECK_VALUE(N == 0 && E == 0, op, ": ", graph_structure_message());
     return {grad_edge, grad_self, grad_x};
   }
   if (iters == 0) {
@@ -219,7 +220,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_propagate_backward_cuda(
         grad_self.mutable_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), error.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  TORCH_CHECK_VALUE(read_scalar(error.const_data_ptr<int>(), stream) == 0, op, ": ", graph_structure_message(),
+  SPL_CHECK_VALUE(read_scalar(error.const_data_ptr<int>(), stream) == 0, op, ": ", graph_structure_message(),
                     " (each row sorted)");
   return {grad_edge, grad_self, grad_x};
 }

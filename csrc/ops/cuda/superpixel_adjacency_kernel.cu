@@ -3,6 +3,7 @@
 // directed keys (i * N + j) of each pair, then a sort with run-length counts (torch's unique) gives
 // the edges in CSR order with their border counts, and a binary search gives indptr. The order in
 // which the second pass writes keys varies, but the sort makes the result deterministic.
+#include "ops/check.h"
 #include <ATen/ops/_unique2.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/div.h>
@@ -81,10 +82,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> superpixel_adjacency_cuda(const a
                                                                           error.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  TORCH_CHECK_VALUE(read_scalar(error.const_data_ptr<int>(), stream) == 0, op,
+  SPL_CHECK_VALUE(read_scalar(error.const_data_ptr<int>(), stream) == 0, op,
                     ": node_offset must start at 0 and be non-decreasing");
   const int64_t N = read_scalar(off.const_data_ptr<int64_t>() + B, stream);
-  TORCH_CHECK_VALUE(N < (int64_t{1} << 31), op, ": at most 2^31 superpixels in a batch, got ", N);
+  SPL_CHECK_VALUE(N < (int64_t{1} << 31), op, ": at most 2^31 superpixels in a batch, got ", N);
   at::Tensor count = at::zeros({1}, opts);
   const unsigned blocks = blocks_for(B * H * W, kThreads);
   auto* count_ptr = reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<int64_t>());
@@ -94,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> superpixel_adjacency_cuda(const a
                                                          error.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  TORCH_CHECK_VALUE(read_scalar(error.const_data_ptr<int>(), stream) == 0, op,
+  SPL_CHECK_VALUE(read_scalar(error.const_data_ptr<int>(), stream) == 0, op,
                     ": labels of image b must be in [-1, node_offset[b + 1] - node_offset[b]) (its number of "
                     "superpixels; -1: ignored pixel)");
   const int64_t pairs = read_scalar(count.const_data_ptr<int64_t>(), stream);

@@ -1,5 +1,6 @@
 // superpixel_histogram on the GPU: integer counts, warp-segmented over runs of pixels with the same
 // (superpixel, class), so the result is exact and the atomics few.
+#include "ops/check.h"
 #include "ops/cuda/superpixel_histogram_kernel.h"
 
 #include <ATen/ops/zeros.h>
@@ -78,8 +79,8 @@ template void class_histogram<int64_t>(const int64_t*, const int64_t*, int64_t, 
 void raise_histogram_errors(const char* op, const at::Tensor& error, int64_t K, int64_t num_classes,
                             int64_t ignore_index, cudaStream_t stream) {
   const int flags = read_scalar(error.const_data_ptr<int>(), stream);
-  TORCH_CHECK_VALUE(!(flags & kBadLabelFlag), op, ": ", label_range_message(), ", with num_superpixels = ", K);
-  TORCH_CHECK_VALUE(!(flags & kBadTargetFlag), op, ": ", target_range_message(), " (num_classes = ", num_classes,
+  SPL_CHECK_VALUE(!(flags & kBadLabelFlag), op, ": ", label_range_message(), ", with num_superpixels = ", K);
+  SPL_CHECK_VALUE(!(flags & kBadTargetFlag), op, ": ", target_range_message(), " (num_classes = ", num_classes,
                     ", ignore_index = ", ignore_index, ")");
 }
 

@@ -7,6 +7,7 @@
 //     order that reaches the maximum (atomicMin).
 // Warp-segmented reductions (segmented_reduce.cuh) cut the atomics to about one per run of pixels
 // of the same superpixel. The backward is a gather (sum, mean) or a one-to-one scatter (max).
+#include "ops/check.h"
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
@@ -189,7 +190,7 @@ __global__ void pool_max_finish_kernel(const unsigned long long* best, int64_t t
 
 void raise_if_bad_labels(const at::Tensor& error, const char* op, int64_t K, cudaStream_t stream) {
   const int flags = read_scalar(error.const_data_ptr<int>(), stream);
-  TORCH_CHECK_VALUE(!(flags & kBadLabel), op, ": ", label_range_message(), ", with num_superpixels = ", K);
+  SPL_CHECK_VALUE(!(flags & kBadLabel), op, ": ", label_range_message(), ", with num_superpixels = ", K);
 }
 
 std::tuple<at::Tensor, at::Tensor> superpixel_pool_cuda(const at::Tensor& x, const at::Tensor& labels, int64_t K,
@@ -214,7 +215,7 @@ std::tuple<at::Tensor, at::Tensor> superpixel_pool_cuda(const at::Tensor& x, con
   if (B * HW == 0 || K == 0) {
     // Still check the labels of pixels (K == 0 allows only -1).
     if (K == 0 && lc.numel() > 0) {
-      TORCH_CHECK_VALUE(lc.max().item<int64_t>() == -1 && lc.min().item<int64_t>() == -1, op, ": ",
+      SPL_CHECK_VALUE(lc.max().item<int64_t>() == -1 && lc.min().item<int64_t>() == -1, op, ": ",
                         label_range_message(), ", with num_superpixels = 0");
     }
     if (reduce == PoolReduce::kMax) aux.fill_(-1);

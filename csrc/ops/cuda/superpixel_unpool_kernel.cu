@@ -1,4 +1,5 @@
 // superpixel_unpool on the GPU: a gather, out[b, c, p] = features[b, c, labels[b, p]].
+#include "ops/check.h"
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -31,7 +32,7 @@ __global__ void unpool_kernel(const scalar_t* features, const int64_t* labels, i
 at::Tensor superpixel_unpool_cuda(const at::Tensor& features, const at::Tensor& labels) {
   const char* op = "superpixel_unpool";
   check_features(op, features, 3);
-  TORCH_CHECK_VALUE(labels.dim() == 3, op, ": labels must have shape [B, H, W], got ", labels.sizes());
+  SPL_CHECK_VALUE(labels.dim() == 3, op, ": labels must have shape [B, H, W], got ", labels.sizes());
   const int64_t B = features.size(0), C = features.size(1), K = features.size(2);
   const int64_t H = labels.size(1), W = labels.size(2), HW = H * W;
   check_labels(op, labels, B, H, W, features.device(), K);
@@ -47,7 +48,7 @@ at::Tensor superpixel_unpool_cuda(const at::Tensor& features, const at::Tensor& 
         error.data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  TORCH_CHECK_VALUE(read_scalar(error.const_data_ptr<int>(), stream) == 0, op, ": ", label_range_message(),
+  SPL_CHECK_VALUE(read_scalar(error.const_data_ptr<int>(), stream) == 0, op, ": ", label_range_message(),
                     ", with num_superpixels = ", K);
   return out;
 }
