@@ -506,8 +506,10 @@ def sparse_propagate(graph: Graph, weight: torch.Tensor, x: torch.Tensor, iters:
 
     Returns:
         Tensor[N, C], the dtype of x. Differentiable to ``x`` and ``weight`` (the backward stores the
-        ``iters`` intermediate states: iters * N * C values). Deterministic: a fixed summation order,
-        no atomics, and the same bits on CPU and CUDA.
+        ``iters`` intermediate states: iters * N * C values). Deterministic: a fixed summation order
+        and no atomics; given the same transition values the CPU and CUDA kernels compute the same
+        bits (the row sums of T come from torch's segment_reduce, which may round differently on
+        the two devices).
     """
     fn = "sparse_propagate"
     if not isinstance(graph, Graph):
