@@ -8,6 +8,7 @@ these functions use the plain formula, in float64 by default.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -435,7 +436,10 @@ def asam_refine(image: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor, cl
     c = torch.cat([indices, torch.arange(N, device=cam.device)])
     v = torch.cat([a / degree[rows], 1.0 / degree])
     order = torch.argsort(r * N + c)
-    T = torch.sparse_coo_tensor(torch.stack([r[order], c[order]]), v[order], (N, N)).to_sparse_csr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        T = torch.sparse_coo_tensor(torch.stack([r[order], c[order]]), v[order], (N, N),
+                                    check_invariants=False).to_sparse_csr()
     q = torch.softmax(unary, 1)
     for _ in range(steps):
         m = q

@@ -410,3 +410,11 @@ def test_refine_matches_reference_pipeline(device):
         out = spl.asam_refine(img, cam, labels, class_mask=mask, **kw)
         ref = reference.asam_refine(img, cam, labels, mask, **kw)
         torch.testing.assert_close(out, ref, rtol=2e-4, atol=1e-5)
+
+
+def test_refine_negative_scores_count_as_zero():
+    img, cam, _ = two_region_case()
+    noisy = cam - 0.05 * (torch.arange(64.0) % 3 == 0).float()  # some negative scores
+    assert bool((noisy < 0).any())
+    out = spl.asam_refine(img, noisy, n_segments=100)
+    assert torch.equal(out, spl.asam_refine(img, noisy.clamp_min(0), n_segments=100))
