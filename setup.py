@@ -116,7 +116,7 @@ setup(
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.9",
-    install_requires=["torch>=2.4", "numpy", "scikit-image>=0.19", "pillow"],
+    install_requires=["torch>=2.4", "numpy", "scikit-image>=0.19", "pillow", "tqdm"],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["spl = spl.cli:main"]},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},

@@ -26,6 +26,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out_dir=args.out, device=args.device)
 
 
+def _cmd_refine(args: argparse.Namespace) -> int:
+    from .refine import run_refine
+
+    return run_refine(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spl", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="<command>")
@@ -38,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="spl-out/demo", help="output folder (default: spl-out/demo)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=_cmd_demo)
+
+    from .refine import add_arguments
+
+    p = sub.add_parser("refine", help="refine a data set's CAMs with ASAM; writes VOC-palette masks",
+                       description="Refines CAMs with ASAM (spl.asam_refine) in batches, one GPU or many "
+                                   "(torchrun); resumable, never loses work. See spl/refine.py.")
+    add_arguments(p)
+    p.set_defaults(func=_cmd_refine)
     return parser
 
 

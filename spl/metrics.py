@@ -162,7 +162,7 @@ def confusion_matrix(prediction: Labels, ground_truth: Labels, num_classes: int,
     """int64 [num_classes, num_classes] counts, rows = ground truth, columns = prediction. Pixels whose
     ground truth is ``ignore_index`` are left out; any other value outside [0, num_classes), in either
     map, raises ValueError."""
-    pred, gt = (torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x
+    pred, gt = (torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x
                 for x in (prediction, ground_truth))
     if not isinstance(pred, torch.Tensor) or not isinstance(gt, torch.Tensor):
         raise TypeError("confusion_matrix: prediction and ground_truth must be tensors or NumPy arrays")

@@ -29,6 +29,10 @@ def test_demo_writes_overlays(tmp_path):
         assert path.exists()
         with Image.open(path) as im:
             assert im.mode == "RGB" and min(im.size) >= 300
+    for i in range(4):  # ASAM strips: superpixels | before | after | truth
+        with Image.open(tmp_path / f"scene{i}_asam.png") as im:
+            assert im.size == (4 * 288, 288)
+    assert "mIoU: raw CAM" in result.stdout and "-> ASAM" in result.stdout
 
 
 def test_usage_errors():

@@ -1,0 +1,451 @@
+"""``spl refine``: refine the CAMs of a whole data set with ASAM, batch by batch, without losing work.
+
+Pipeline: a DataLoader whose workers decode images and read CAMs (every WSSS format below), batches
+of images refined on the device (images of equal size together: ``asam_refine`` is batch-invariant, so
+the outputs do not depend on batch size, worker count or number of ranks), and a background thread
+that writes the outputs. Every output is written to a temporary name and renamed, so a killed job
+leaves no half-written file; a rerun skips images whose mask exists. A missing, truncated or malformed
+image or CAM is reported as one JSON line in ``errors.jsonl`` and skipped; the exit code says whether
+anything failed. Under ``torchrun`` each rank takes every world_size-th image of the list and its own
+GPU (``LOCAL_RANK``); rank 0 gathers the evaluation.
+
+CAM formats (``--format auto`` looks at each file):
+  irn    ``.npy`` dict with ``keys`` (0-based foreground class indices) and ``high_res`` (or ``cam``)
+         maps ``[n, h, w]``, as IRN / ReCAM write them.
+  eps    ``.npy`` dict {0-based foreground class index: map [h, w]}, as EPS / L2G / PSA write them.
+  array  ``.npy`` array ``[C, h, w]`` of foreground scores (C = --num-classes), or ``[C + 1, h, w]`` with
+         the background first (dropped).
+  png    label PNG (0 background, k for class k, 255 ignored): refined as one-hot scores.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import sys
+import time
+import zipfile
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from . import asam
+from .metrics import ConfusionMatrix
+
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
+FORMATS = ("auto", "irn", "eps", "array", "png")
+
+
+def voc_palette() -> List[int]:
+    """The PASCAL VOC colour map (768 values), as the VOC devkit builds it."""
+    palette = []
+    for k in range(256):
+        r = g = b = 0
+        c = k
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+def find_file(folder: str, name: str, extensions) -> Optional[str]:
+    for ext in extensions:
+        path = os.path.join(folder, name + ext)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_image(path: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()  # decodes the whole file now: a truncated file fails here, not later
+        return np.asarray(im.convert("RGB"))
+
+
+def read_label_png(path: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode not in ("P", "L"):
+            raise ValueError(f"{path}: a label PNG must be palette (P) or grayscale (L), got mode {im.mode}")
+        return np.asarray(im)
+
+
+def detect_format(path: str) -> str:
+    if path.lower().endswith(".png"):
+        return "png"
+    data = _load_npy(path)
+    if isinstance(data, dict):
+        return "irn" if "keys" in data else "eps"
+    return "array"
+
+
+def _load_npy(path: str):
+    try:
+        data = np.load(path, allow_pickle=True)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable .npy file ({e})") from None
+    if isinstance(data, np.ndarray) and data.dtype == object and data.shape == ():
+        data = data.item()
+    if not isinstance(data, (dict, np.ndarray)):
+        raise ValueError(f"{path}: expected a dict or an array, got {type(data).__name__}")
+    return data
+
+
+def _finite(path: str, scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float32)
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{path}: the CAM holds NaN or infinite values")
+    return scores
+
+
+def read_cam(path: str, fmt: str, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(scores float32 [num_classes, h, w], present bool [num_classes]) from a CAM file."""
+    if fmt == "auto":
+        fmt = detect_format(path)
+    present = np.zeros(num_classes, bool)
+    if fmt == "png":
+        labels = read_label_png(path)
+        classes = [int(c) for c in np.unique(labels) if c not in (0, 255)]
+        if any(c > num_classes for c in classes):
+            raise ValueError(f"{path}: label {max(classes)} is not a class (1..{num_classes}, 0, 255)")
+        scores = np.zeros((num_classes,) + labels.shape, np.float32)
+        for c in classes:
+            scores[c - 1] = labels == c
+            present[c - 1] = True
+        return scores, present
+    data = _load_npy(path)
+    if fmt == "irn":
+        if not isinstance(data, dict) or "keys" not in data or not ({"high_res", "cam"} & set(data)):
+            raise ValueError(f"{path}: an IRN CAM must be a dict with 'keys' and 'high_res' (or 'cam')")
+        keys = np.asarray(data["keys"]).astype(np.int64).reshape(-1)
+        maps = _finite(path, data["high_res"] if "high_res" in data else data["cam"])
+        if maps.ndim != 3 or maps.shape[0] != keys.shape[0]:
+            raise ValueError(f"{path}: {keys.shape[0]} keys but maps of shape {list(maps.shape)}")
+        items = list(zip(keys.tolist(), maps))
+    elif fmt == "eps":
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: an EPS CAM must be a dict {{class index: map}}")
+        try:
+            items = [(int(k), _finite(path, v)) for k, v in data.items()]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: an EPS CAM must map class indices to maps ({e})") from None
+        if any(v.ndim != 2 for _, v in items) or len({v.shape for _, v in items}) > 1:
+            raise ValueError(f"{path}: the maps of an EPS CAM must be 2-D and of one size")
+    elif fmt == "array":
+        if not isinstance(data, np.ndarray) or data.ndim != 3:
+            raise ValueError(f"{path}: an array CAM must have shape [C, H, W]")
+        maps = _finite(path, data)
+        if maps.shape[0] == num_classes + 1:
+            maps = maps[1:]  # background first
+        if maps.shape[0] != num_classes:
+            raise ValueError(f"{path}: an array CAM must have {num_classes} (or {num_classes + 1}) channels, "
+                             f"got {maps.shape[0]}")
+        return maps, maps.reshape(num_classes, -1).max(1) > 0
+    else:
+        raise ValueError(f"unknown CAM format {fmt!r} (one of {FORMATS})")
+    if not items:
+        return np.zeros((num_classes, 1, 1), np.float32), present
+    shape = items[0][1].shape
+    scores = np.zeros((num_classes,) + shape, np.float32)
+    for k, m in items:
+        if not 0 <= k < num_classes:
+            raise ValueError(f"{path}: class index {k} outside [0, {num_classes})")
+        scores[k] = m
+        present[k] = True
+    return scores, present
+
+
+class RefineDataset(torch.utils.data.Dataset):
+    """One item per image name: image, CAM, ground truth and whether its output already exists.
+    Failures come back as items with an ``error`` (so that one bad file never stops the loader)."""
+
+    def __init__(self, names, images, cams, fmt, num_classes, gt=None, out=None):
+        self.names, self.images, self.cams, self.fmt = names, images, cams, fmt
+        self.num_classes, self.gt, self.out = num_classes, gt, out
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        name = self.names[i]
+        item = {"name": name, "error": None, "stage": None}
+        done = self.out is not None and os.path.isfile(os.path.join(self.out, name + ".png"))
+        item["done"] = done
+        try:
+            item["stage"] = "image"
+            path = find_file(self.images, name, IMAGE_EXTENSIONS)
+            if path is None:
+                raise FileNotFoundError(f"no image {name}.* in {self.images}")
+            item["image"] = read_image(path)
+            item["stage"] = "cam"
+            exts = (".png",) if self.fmt == "png" else (".npy",) if self.fmt != "auto" else (".npy", ".png")
+            path = find_file(self.cams, name, exts)
+            if path is None:
+                raise FileNotFoundError(f"no CAM {name}{'/'.join(exts)} in {self.cams}")
+            item["cam"], item["present"] = read_cam(path, self.fmt, self.num_classes)
+            H, W = item["image"].shape[:2]
+            h, w = item["cam"].shape[1:]
+            if item["present"].any() and (h > H or w > W):
+                raise ValueError(f"{path}: CAM of {h}x{w} is larger than its image ({H}x{W})")
+            if self.gt is not None:
+                item["stage"] = "gt"
+                path = find_file(self.gt, name, (".png",))
+                if path is None:
+                    raise FileNotFoundError(f"no ground truth {name}.png in {self.gt}")
+                item["gt"] = read_label_png(path)
+                if item["gt"].shape != (H, W):
+                    raise ValueError(f"{path}: ground truth is {item['gt'].shape} but the image is {(H, W)}")
+            if done:
+                item["stage"] = "output"
+                item["previous"] = read_label_png(os.path.join(self.out, name + ".png"))
+            item["stage"] = None
+        except Exception as e:  # noqa: BLE001  (reported per image, never stops the job)
+            item["error"] = f"{type(e).__name__}: {e}"
+        return item
+
+
+def _collate(items):
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+def atomic_write(path: str, write) -> None:
+    """Writes through ``write(tmp_path)`` then renames: readers never see a partial file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_mask(path: str, mask: np.ndarray, palette: List[int]) -> None:
+    from PIL import Image
+
+    im = Image.fromarray(mask.astype(np.uint8), mode="P")
+    im.putpalette(palette)
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+
+
+def save_scores(path: str, scores: np.ndarray) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, scores.astype(np.float32))
+    atomic_write(path, write)
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+
+def _distributed():
+    """(rank, world size, local rank), initialising torch.distributed under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("SPL_DIST_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size(), local
+
+
+def list_names(images: str, list_file: Optional[str]) -> List[str]:
+    if list_file:
+        with open(list_file) as f:
+            names = [line.split()[0] for line in f if line.strip() and not line.startswith("#")]
+        return [os.path.splitext(os.path.basename(n))[0] for n in names]
+    return sorted(os.path.splitext(f)[0] for f in os.listdir(images) if f.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def run_refine(args) -> int:
+    rank, world, local = _distributed()
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(f"cuda:{local}" if args.device == "cuda" and world > 1 else args.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    for name in ("images", "cams"):
+        if not os.path.isdir(getattr(args, name)):
+            print(f"spl refine: --{name} {getattr(args, name)} is not a folder", file=sys.stderr)
+            return 2
+    os.makedirs(args.out, exist_ok=True)
+    names = list_names(args.images, args.list)
+    mine = names[rank::world]
+    options = {k: getattr(args, k) for k in ("n_segments", "compactness", "iters", "steps", "alpha", "weight",
+                                             "sigma_c", "beta", "hops")}
+    t = args.bg_threshold
+    dataset = RefineDataset(mine, args.images, args.cams, args.format, args.num_classes, args.gt, args.out)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
+                                         collate_fn=_collate, shuffle=False)
+    palette = voc_palette()
+    before, after = ConfusionMatrix(args.num_classes + 1), ConfusionMatrix(args.num_classes + 1)
+    errors_path = os.path.join(args.out, "errors.jsonl" if world == 1 else f"errors.rank{rank}.jsonl")
+    failed = refined = skipped = 0
+    writer = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+    writes = []  # (name, future)
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(mine), unit="img", disable=rank != 0 or args.quiet, dynamic_ncols=True)
+    except ImportError:  # pragma: no cover
+        bar = None
+    start = time.perf_counter()
+    with open(errors_path, "a") as errors:
+        def fail(item, message, stage):
+            nonlocal failed
+            failed += 1
+            errors.write(json.dumps({"image": item["name"], "stage": stage, "error": message}) + "\n")
+            errors.flush()
+
+        for batch in loader:
+            todo = []
+            for item in batch:
+                if item["error"] is not None:
+                    fail(item, item["error"], item["stage"])
+                elif item["done"]:
+                    skipped += 1
+                    if args.gt is not None:
+                        before.update(asam.cam_to_mask(_upsampled(item, device), t, item["present"][None])[0].cpu(),
+                                      item["gt"])
+                        after.update(item["previous"], item["gt"])
+                else:
+                    todo.append(item)
+            groups: Dict[Tuple[int, int], list] = {}
+            for item in todo:
+                groups.setdefault(item["image"].shape[:2], []).append(item)
+            for items in groups.values():
+                try:
+                    images = torch.from_numpy(np.stack([it["image"] for it in items])).permute(0, 3, 1, 2).to(device)
+                    cams = torch.cat([_upsampled(it, device) for it in items])
+                    mask = torch.from_numpy(np.stack([it["present"] for it in items])).to(device)
+                    out = asam.asam_refine(images, cams, bg_threshold=t, class_mask=mask, **options)
+                    labels = asam.cam_to_mask(out, t, mask).cpu().numpy()
+                    raw = asam.cam_to_mask(cams, t, mask).cpu().numpy() if args.gt is not None else None
+                    scores = out.cpu().numpy() if args.save_scores else None
+                except Exception as e:  # noqa: BLE001
+                    for it in items:
+                        fail(it, f"{type(e).__name__}: {e}", "refine")
+                    continue
+                for j, it in enumerate(items):
+                    if args.gt is not None:
+                        before.update(raw[j], it["gt"])
+                        after.update(labels[j], it["gt"])
+                    writes.append((it, writer.submit(_write_outputs, args.out, it["name"], labels[j],
+                                                     None if scores is None else scores[j], palette)))
+                    refined += 1
+            if bar is not None:
+                bar.update(len(batch))
+        writer.shutdown(wait=True)
+        for it, future in writes:
+            if future.exception() is not None:
+                refined -= 1
+                fail(it, f"{type(future.exception()).__name__}: {future.exception()}", "write")
+    if bar is not None:
+        bar.close()
+    elapsed = time.perf_counter() - start
+
+    counts = torch.tensor([refined, skipped, failed], dtype=torch.int64)
+    if world > 1:
+        import torch.distributed as dist
+
+        reduce_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        stacked = torch.stack([before.matrix, after.matrix]).to(reduce_device)
+        counts = counts.to(reduce_device)
+        dist.all_reduce(stacked)
+        dist.all_reduce(counts)
+        before.matrix, after.matrix = stacked[0].cpu(), stacked[1].cpu()
+        counts = counts.cpu()
+    refined, skipped, failed = counts.tolist()
+    if rank == 0:
+        print(f"spl refine: {refined} refined, {skipped} already done, {failed} failed "
+              f"({len(names)} images, {world} process{'es' if world > 1 else ''}, {device.type}); "
+              f"{refined / max(elapsed, 1e-9):.1f} images/s on rank 0's share")
+        if failed:
+            print(f"spl refine: failures are listed in {args.out}/errors*.jsonl", file=sys.stderr)
+        if args.gt is not None:
+            _report(args, before, after, refined + skipped)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return 1 if failed else 0
+
+
+def _upsampled(item, device) -> torch.Tensor:
+    cam = torch.from_numpy(item["cam"])[None].to(device)
+    H, W = item["image"].shape[:2]
+    if cam.shape[-2:] != (H, W):
+        cam = torch.nn.functional.interpolate(cam, size=(H, W), mode="bilinear", align_corners=False)
+    return cam
+
+
+def _write_outputs(out_dir, name, labels, scores, palette):
+    if scores is not None:  # scores first: an existing mask means everything for the image is there
+        save_scores(os.path.join(out_dir, name + ".npy"), scores)
+    save_mask(os.path.join(out_dir, name + ".png"), labels, palette)
+
+
+def _report(args, before: ConfusionMatrix, after: ConfusionMatrix, images: int) -> None:
+    names = VOC_CLASSES if args.num_classes == 20 else ["background"] + [f"class{k}" for k in range(1, args.num_classes + 1)]
+    iou_b, iou_a = before.iou().tolist(), after.iou().tolist()
+    print(f"\nmIoU over {images} images ({args.num_classes + 1} classes, 255 ignored, threshold {args.bg_threshold}):"
+          f" before {100 * before.miou():.2f}, after ASAM {100 * after.miou():.2f}")
+    print(f"{'class':14s} {'before':>7s} {'after':>7s}")
+    for n, b, a in zip(names, iou_b, iou_a):
+        if not (np.isnan(b) and np.isnan(a)):
+            print(f"{n:14s} {100 * b:7.2f} {100 * a:7.2f}")
+    report = {"images": images, "bg_threshold": args.bg_threshold, "miou_before": 100 * before.miou(),
+              "miou_after": 100 * after.miou(),
+              "iou_before": {n: None if np.isnan(v) else 100 * v for n, v in zip(names, iou_b)},
+              "iou_after": {n: None if np.isnan(v) else 100 * v for n, v in zip(names, iou_a)}}
+    atomic_write(os.path.join(args.out, "eval.json"),
+                 lambda tmp: open(tmp, "w").write(json.dumps(report, indent=1)))
+
+
+def add_arguments(p) -> None:
+    d = asam.ASAM_DEFAULTS
+    p.add_argument("--images", required=True, help="folder of images (JPEG / PNG)")
+    p.add_argument("--cams", required=True, help="folder of CAMs, one file per image (same name)")
+    p.add_argument("--out", required=True, help="output folder: <name>.png masks (VOC palette)")
+    p.add_argument("--list", help="file of image names, one per line (default: every image in --images)")
+    p.add_argument("--format", default="auto", choices=FORMATS, help="CAM format (default: auto, per file)")
+    p.add_argument("--gt", help="folder of ground-truth PNGs: print mIoU before and after, write eval.json")
+    p.add_argument("--save-scores", action="store_true", help="also write the refined scores as <name>.npy")
+    p.add_argument("--num-classes", type=int, default=20, help="foreground classes (default 20, VOC)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (0: in the main one)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("ASAM options (spl.asam_refine)")
+    g.add_argument("--bg-threshold", type=float, default=d["bg_threshold"])
+    g.add_argument("--n-segments", type=int, default=d["n_segments"])
+    g.add_argument("--compactness", type=float, default=d["compactness"])
+    g.add_argument("--iters", type=int, default=d["iters"])
+    g.add_argument("--steps", type=int, default=d["steps"])
+    g.add_argument("--alpha", type=float, default=d["alpha"])
+    g.add_argument("--weight", type=float, default=d["weight"])
+    g.add_argument("--sigma-c", type=float, default=d["sigma_c"])
+    g.add_argument("--beta", type=float, default=d["beta"])
+    g.add_argument("--hops", type=int, default=d["hops"])

@@ -1,0 +1,204 @@
+"""spl refine: CAM formats, lists, bad files, resume after SIGKILL, torchrun, batch-size invariance."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import collage
+from spl import cli
+from spl.refine import read_cam, voc_palette
+
+N_IMAGES = 6
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Collage images with known regions; CAMs = blurred, coarse one-hot maps of classes 1..6 (0-based
+    foreground indices 0..5 for region labels 1..6; region 0 is background). Written in every format."""
+    root = tmp_path_factory.mktemp("voc")
+    for sub in ("images", "gt", "irn", "eps", "array", "array21", "png"):
+        (root / sub).mkdir()
+    palette = voc_palette()
+    for i in range(N_IMAGES):
+        img, truth = collage(i, size=80, regions=4)
+        name = f"img{i}"
+        Image.fromarray(img).save(root / "images" / f"{name}.jpg", quality=95)
+        gt = Image.fromarray(truth.astype(np.uint8), mode="P")
+        gt.putpalette(palette)
+        gt.save(root / "gt" / f"{name}.png")
+        onehot = torch.nn.functional.one_hot(torch.from_numpy(truth), 21).permute(2, 0, 1).float()[None]
+        coarse = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(onehot, 8), size=(80, 80),
+                                                 mode="bilinear", align_corners=False)[0, 1:]
+        scores = coarse.numpy().astype(np.float32)  # [20, 80, 80]
+        keys = np.nonzero(scores.reshape(20, -1).max(1) > 0)[0]
+        np.save(root / "irn" / f"{name}.npy", {"keys": keys, "high_res": scores[keys]})
+        np.save(root / "eps" / f"{name}.npy", {int(k): scores[k] for k in keys})
+        np.save(root / "array" / f"{name}.npy", scores)
+        np.save(root / "array21" / f"{name}.npy", np.concatenate([np.zeros((1, 80, 80), np.float32), scores]))
+        lab = Image.fromarray(np.where(scores.max(0) > 0.5, scores.argmax(0) + 1, 0).astype(np.uint8), mode="L")
+        lab.save(root / "png" / f"{name}.png")
+    return root
+
+
+def refine(dataset, out, *extra, cams="irn"):
+    args = ["refine", "--images", str(dataset / "images"), "--cams", str(dataset / cams), "--out", str(out),
+            "--device", "cpu", "--n-segments", "60", "--quiet", "--workers", "0", *extra]
+    return cli.main(args)
+
+
+def outputs(folder):
+    return {f: np.asarray(Image.open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))
+            if f.endswith(".png")}
+
+
+def test_formats_and_outputs(dataset, tmp_path):
+    results = {}
+    for fmt in ("irn", "eps", "array", "array21"):
+        out = tmp_path / fmt
+        assert refine(dataset, out, "--format", "auto", cams=fmt) == 0
+        results[fmt] = outputs(out)
+        assert len(results[fmt]) == N_IMAGES
+        im = Image.open(out / "img0.png")
+        assert im.mode == "P" and im.size == (80, 80) and im.getpalette()[:6] == [0, 0, 0, 128, 0, 0]
+        assert not [f for f in os.listdir(out) if ".tmp" in f]
+    for fmt in ("eps", "array", "array21"):  # one CAM, four encodings: the same masks
+        for name in results["irn"]:
+            np.testing.assert_array_equal(results[fmt][name], results["irn"][name])
+    # Label PNGs, with an explicit format, and saved scores.
+    out = tmp_path / "png"
+    assert refine(dataset, out, "--format", "png", "--save-scores", cams="png") == 0
+    assert len(outputs(out)) == N_IMAGES
+    scores = np.load(out / "img0.npy")
+    assert scores.shape == (20, 80, 80) and scores.dtype == np.float32
+
+
+def test_read_cam_formats_agree(dataset):
+    a, pa = read_cam(str(dataset / "irn" / "img1.npy"), "auto", 20)
+    for fmt in ("eps", "array", "array21"):
+        b, pb = read_cam(str(dataset / fmt / "img1.npy"), "auto", 20)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(pa, pb)
+
+
+def test_ground_truth_evaluation(dataset, tmp_path, capsys):
+    assert refine(dataset, tmp_path, "--gt", str(dataset / "gt"), "--bg-threshold", "0.3") == 0
+    printed = capsys.readouterr().out
+    assert "mIoU over 6 images" in printed
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["images"] == N_IMAGES and report["miou_after"] > report["miou_before"]
+
+
+def test_list_and_bad_files(dataset, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    for sub in ("images", "irn"):
+        (bad / sub).mkdir(parents=True)
+    for i in range(4):
+        for sub, ext in (("images", ".jpg"), ("irn", ".npy")):
+            (bad / sub / f"img{i}{ext}").write_bytes((dataset / sub / f"img{i}{ext}").read_bytes())
+    (bad / "irn" / "img1.npy").write_bytes(b"\x93NUMPY garbage")                       # corrupt CAM
+    (bad / "irn" / "img2.npy").unlink()                                               # missing CAM
+    data = (bad / "images" / "img3.jpg").read_bytes()
+    (bad / "images" / "img3.jpg").write_bytes(data[: len(data) // 3])                 # truncated image
+    (bad / "list.txt").write_text("img0\nimg1\nimg2\nimg3\n")
+    out = tmp_path / "out"
+    code = cli.main(["refine", "--images", str(bad / "images"), "--cams", str(bad / "irn"), "--out", str(out),
+                     "--list", str(bad / "list.txt"), "--device", "cpu", "--n-segments", "60", "--quiet",
+                     "--workers", "2"])
+    assert code == 1
+    assert sorted(outputs(out)) == ["img0.png"]
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    by_image = {e["image"]: e for e in errors}
+    assert set(by_image) == {"img1", "img2", "img3"}
+    assert by_image["img1"]["stage"] == "cam" and "npy" in by_image["img1"]["error"]
+    assert by_image["img2"]["stage"] == "cam" and "no CAM" in by_image["img2"]["error"]
+    assert by_image["img3"]["stage"] == "image"
+    assert "1 refined, 0 already done, 3 failed" in capsys.readouterr().out
+    # A list restricted to one image.
+    (bad / "one.txt").write_text("img0\n")
+    out2 = tmp_path / "out2"
+    assert cli.main(["refine", "--images", str(bad / "images"), "--cams", str(bad / "irn"), "--out", str(out2),
+                     "--list", str(bad / "one.txt"), "--device", "cpu", "--n-segments", "60", "--quiet"]) == 0
+    assert sorted(outputs(out2)) == ["img0.png"]
+
+
+def test_outputs_do_not_depend_on_batch_size_or_workers(dataset, tmp_path):
+    assert refine(dataset, tmp_path / "a", "--batch-size", "1") == 0
+    assert refine(dataset, tmp_path / "b", "--batch-size", "4", "--workers", "2") == 0
+    a, b = outputs(tmp_path / "a"), outputs(tmp_path / "b")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_rerun_skips_finished_outputs(dataset, tmp_path, capsys):
+    assert refine(dataset, tmp_path) == 0
+    first = outputs(tmp_path)
+    os.remove(tmp_path / "img2.png")
+    capsys.readouterr()
+    assert refine(dataset, tmp_path) == 0
+    assert "1 refined, 5 already done, 0 failed" in capsys.readouterr().out
+    again = outputs(tmp_path)
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+
+
+def _command(dataset, out, *extra):
+    return [sys.executable, "-m", "spl", "refine", "--images", str(dataset / "images"), "--cams",
+            str(dataset / "irn"), "--out", str(out), "--device", "cpu", "--n-segments", "60", "--quiet",
+            "--workers", "0", "--batch-size", "1", *extra]
+
+
+def test_killed_job_resumes_to_the_same_outputs(dataset, tmp_path):
+    reference = tmp_path / "reference"
+    assert refine(dataset, reference, "--batch-size", "1") == 0
+    out = tmp_path / "killed"
+    # Slow each image down (many rounds) so that the kill lands in the middle of the job.
+    slow = ("--iters", "4000")
+    proc = subprocess.Popen(_command(dataset, out, *slow), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists() and any(f.endswith(".png") for f in os.listdir(out))):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = [f for f in os.listdir(out) if f.endswith(".png")]
+    assert 1 <= len(finished) < N_IMAGES, "the kill should land mid-job"
+    for f in finished:  # whatever exists is complete
+        assert np.asarray(Image.open(out / f)).shape == (80, 80)
+    # Resume with the reference settings: finished files are kept, the rest are made.
+    for f in finished:  # the slow run used other settings: start those over too, to compare
+        os.remove(out / f)
+    assert subprocess.run(_command(dataset, out), stdout=subprocess.DEVNULL).returncode == 0
+    resumed, expected = outputs(out), outputs(reference)
+    assert resumed.keys() == expected.keys() and all(np.array_equal(resumed[k], expected[k]) for k in expected)
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+
+
+def test_torchrun_two_cpu_processes(dataset, tmp_path):
+    single = tmp_path / "single"
+    assert refine(dataset, single, "--gt", str(dataset / "gt")) == 0
+    out = tmp_path / "ranks"
+    env = dict(os.environ, SPL_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "spl", "refine", "--images", str(dataset / "images"), "--cams", str(dataset / "irn"),
+           "--out", str(out), "--device", "cpu", "--n-segments", "60", "--quiet", "--workers", "0",
+           "--gt", str(dataset / "gt")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "6 refined, 0 already done, 0 failed (6 images, 2 processes" in result.stdout
+    a, b = outputs(single), outputs(out)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    one, two = json.loads((single / "eval.json").read_text()), json.loads((out / "eval.json").read_text())
+    assert one["miou_after"] == pytest.approx(two["miou_after"]) and two["images"] == N_IMAGES
+
+
+def test_bad_arguments(dataset, tmp_path, capsys):
+    assert cli.main(["refine", "--images", str(tmp_path / "nowhere"), "--cams", str(dataset / "irn"),
+                     "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    assert "--images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["refine", "--images", str(dataset / "images"), "--cams", str(dataset / "irn"), "--out",
+                  str(tmp_path / "o"), "--format", "jpeg"])
