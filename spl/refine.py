@@ -185,6 +185,8 @@ class RefineDataset(torch.utils.data.Dataset):
         item = {"name": name, "error": None, "stage": None}
         done = self.out is not None and os.path.isfile(os.path.join(self.out, name + ".png"))
         item["done"] = done
+        if done and self.gt is None:
+            return item  # nothing to read: the output exists and there is nothing to evaluate
         try:
             item["stage"] = "image"
             path = find_file(self.images, name, IMAGE_EXTENSIONS)
