@@ -32,6 +32,12 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     return run_refine(args)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import run_train
+
+    return run_train(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spl", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="<command>")
@@ -52,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(torchrun); resumable, never loses work. See spl/refine.py.")
     add_arguments(p)
     p.set_defaults(func=_cmd_refine)
+
+    from . import train
+
+    p = sub.add_parser("train", help="train DeepLab-v2 on pseudo-labels with the superpixel-consistency loss",
+                       description=train.__doc__.split("\n\n")[0])
+    train.add_arguments(p)
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

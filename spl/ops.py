@@ -137,7 +137,10 @@ def slic(
         if image.ndim not in (2, 3):
             raise ValueError(f"slic: a NumPy image must have shape (H, W) or (H, W, C), got {image.shape}")
         arr = image[..., None] if image.ndim == 2 else image
-        image_t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        arr = np.ascontiguousarray(arr)
+        if not arr.flags.writeable:  # e.g. np.asarray of a PIL image; torch wants writable memory
+            arr = arr.copy()
+        image_t = torch.from_numpy(arr).permute(2, 0, 1)
     elif isinstance(image, torch.Tensor):
         image_t = image
     else:
