@@ -94,13 +94,6 @@ def extensions():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
-            # libstdc++ first among the libraries (before c10, torch, cudart): the C++ runtime
-            # symbols then bind, versioned, to the shared libstdc++. On the GPU machine's image the
-            # references otherwise bound to an unversioned copy exported by a library further down
-            # the list (ldd showed no libstdc++), and c10::str's ostream crashed inside it whenever
-            # a kernel raised an error (seen 2026-11-24, torch 2.11 + CUDA 13, g++ 13). The link is
-            # made with gcc (Python's LDSHARED), which adds no C++ runtime of its own.
-            libraries=["stdc++"],
             extra_link_args=["-fopenmp"],
             py_limited_api=True,
         )
