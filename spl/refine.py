@@ -240,6 +240,21 @@ def atomic_write(path: str, write) -> None:
             os.remove(tmp)
 
 
+def _remove_stale_temporaries(out_dir: str, names: List[str]) -> None:
+    """Deletes the temporaries a killed run left for these images (``NAME.png.tmp-PID``).
+
+    Only this rank's own names: another rank may be writing its temporaries right now.
+    """
+    mine = set(names)
+    for f in os.listdir(out_dir):
+        final, sep, _ = f.partition(".tmp-")
+        if sep and os.path.splitext(final)[0] in mine:
+            try:
+                os.remove(os.path.join(out_dir, f))
+            except FileNotFoundError:
+                pass
+
+
 def save_mask(path: str, mask: np.ndarray, palette: List[int]) -> None:
     from PIL import Image
 
@@ -294,6 +309,7 @@ def run_refine(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     names = list_names(args.images, args.list)
     mine = names[rank::world]
+    _remove_stale_temporaries(args.out, mine + (["eval"] if rank == 0 else []))
     options = {k: getattr(args, k) for k in ("n_segments", "compactness", "iters", "steps", "alpha", "weight",
                                              "sigma_c", "beta", "hops")}
     t = args.bg_threshold
