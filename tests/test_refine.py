@@ -171,6 +171,8 @@ def test_killed_job_resumes_to_the_same_outputs(dataset, tmp_path):
     # Resume with the reference settings: finished files are kept, the rest are made.
     for f in finished:  # the slow run used other settings: start those over too, to compare
         os.remove(out / f)
+    # A kill during a write leaves a temporary behind (make sure there is one): the rerun removes it.
+    (out / "img2.png.tmp-99999").write_bytes(b"\x89PNG half")
     assert subprocess.run(_command(dataset, out), stdout=subprocess.DEVNULL).returncode == 0
     resumed, expected = outputs(out), outputs(reference)
     assert resumed.keys() == expected.keys() and all(np.array_equal(resumed[k], expected[k]) for k in expected)
