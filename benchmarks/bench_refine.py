@@ -48,7 +48,7 @@ def main(argv=None):
         times = []
         for _ in range(2):
             start = time.perf_counter()
-            result = subprocess.run(cmd, capture_output=True, text=True)
+            result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)  # the installed spl
             times.append(time.perf_counter() - start)
             if result.returncode != 0:
                 sys.exit(result.stdout + result.stderr)

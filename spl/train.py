@@ -299,8 +299,10 @@ def _train(args) -> int:
             if rank == 0:
                 value = loss.item()
                 rate = (done - start) / max(time.perf_counter() - tic, 1e-9)
-                log.write(json.dumps({"iteration": done, "loss": value, "lr": args.lr * factor,
-                                      "iterations_per_s": rate}) + "\n")
+                entry = {"iteration": done, "loss": value, "lr": args.lr * factor, "iterations_per_s": rate}
+                if device.type == "cuda":
+                    entry["max_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+                log.write(json.dumps(entry) + "\n")
                 log.flush()
                 if bar is not None:
                     bar.update(1)

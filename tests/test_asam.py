@@ -174,8 +174,9 @@ def test_propagate_cpu_and_cuda_agree():
     grads_cpu = torch.autograd.grad(spl.sparse_propagate(g, w, x, 9, 0.9).square().sum(), (w, x))
     wc, xc = w.detach().cuda().requires_grad_(True), x.detach().cuda().requires_grad_(True)
     grads_gpu = torch.autograd.grad(spl.sparse_propagate(gc, wc, xc, 9, 0.9).square().sum(), (wc, xc))
+    # Gradients sum over edges and rounds in a device-specific order: float32 rounding, not bits.
     for a, b in zip(grads_cpu, grads_gpu):
-        torch.testing.assert_close(a, b.cpu(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b.cpu(), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
