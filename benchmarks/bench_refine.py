@@ -2,21 +2,20 @@
 
     python benchmarks/bench_refine.py [--copies 8] [--device cpu|cuda] [--batch-size 8] [--workers 2]
 
-The data set: the VOC images of ../shared/data/voc-dev (native sizes), each copied --copies times
-under new names, with CAMs simulated by ../shared/tools/synth_cams.py, in a temporary folder. The
-job runs as a user would run it (``python -m spl refine``), so the figure includes start-up, decoding,
-reading, refinement and writing; the time of a second run over the same outputs (everything already
-done) is printed as well.
+The data set: the VOC images of ../shared/data/voc-dev (native sizes; scenes of known shapes when it
+is missing), each copied --copies times under new names, with CAMs simulated by
+../shared/tools/synth_cams.py, in a temporary folder. The job runs as a user would run it
+(``python -m spl refine``), so the figure includes start-up, decoding, reading, refinement and
+writing; the time of a second run over the same outputs (everything already done) is printed as
+well. ``spl bench --workload refine`` measures the same at batch 8 and 2 workers.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
-import time
+
+from spl import bench
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -31,31 +30,15 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        cams = os.path.join(tmp, "cams0")
-        subprocess.run([sys.executable, args.synth, args.voc, cams], check=True, stdout=subprocess.DEVNULL)
-        images, cam_dir = os.path.join(tmp, "images"), os.path.join(tmp, "cams")
-        os.makedirs(images)
-        os.makedirs(cam_dir)
-        for f in sorted(os.listdir(os.path.join(args.voc, "JPEGImages"))):
-            stem = os.path.splitext(f)[0]
-            for c in range(args.copies):
-                shutil.copy(os.path.join(args.voc, "JPEGImages", f), os.path.join(images, f"{stem}_{c}.jpg"))
-                shutil.copy(os.path.join(cams, stem + ".npy"), os.path.join(cam_dir, f"{stem}_{c}.npy"))
-        n = len(os.listdir(images))
-        cmd = [sys.executable, "-m", "spl", "refine", "--images", images, "--cams", cam_dir, "--out",
+        described, items = bench.cam_set(args.voc, args.synth if os.path.isfile(args.synth) else None, 11, tmp)
+        root = bench.write_refine_dataset(items, tmp, args.copies)
+        n = len(items) * args.copies
+        cmd = ["--images", os.path.join(root, "images"), "--cams", os.path.join(root, "cams"), "--out",
                os.path.join(tmp, "out"), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
                "--quiet"] + (["--device", args.device] if args.device else [])
-        times = []
-        for _ in range(2):
-            start = time.perf_counter()
-            result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)  # the installed spl
-            times.append(time.perf_counter() - start)
-            if result.returncode != 0:
-                sys.exit(result.stdout + result.stderr)
-        print(result.stdout.strip().splitlines()[0])
-        print(f"spl refine, {n} VOC images (native sizes), batch {args.batch_size}, {args.workers} workers: "
-              f"{times[0]:.1f} s end to end = {n / times[0]:.1f} images/s; rerun with everything done: "
-              f"{times[1]:.1f} s")
+        first, again = bench.run_refine_job(cmd, tmp), bench.run_refine_job(cmd, tmp)
+        print(f"spl refine, {n} images ({described}), batch {args.batch_size}, {args.workers} workers: "
+              f"{first:.1f} s end to end = {n / first:.1f} images/s; rerun with everything done: {again:.1f} s")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return run_train(args)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spl", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="<command>")
@@ -65,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description=train.__doc__.split("\n\n")[0])
     train.add_arguments(p)
     p.set_defaults(func=_cmd_train)
+
+    from . import bench
+
+    p = sub.add_parser("bench", help="time every workload against the reference and the peers; JSON and plots",
+                       description=bench.__doc__.split("\n\n")[0])
+    bench.add_arguments(p)
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

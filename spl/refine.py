@@ -299,7 +299,8 @@ def run_refine(args) -> int:
     rank, world, local = _distributed()
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(f"cuda:{local}" if args.device == "cuda" and world > 1 else args.device)
+    # An explicit index: torch.cuda.set_device rejects a bare "cuda" (torch 2.11).
+    device = torch.device(f"cuda:{local}" if args.device == "cuda" else args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     for name in ("images", "cams"):

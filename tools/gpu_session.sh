@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device-machine call: build spl with CUDA, run the whole test suite (each file in its own process,
-# so a CUDA fault in one cannot poison the others) and the CUDA benchmarks; logs under $OUT.
+# so a CUDA fault in one cannot poison the others) and the full `spl bench` on the GPU; logs under $OUT.
 # Usage (from the repository root, on the GPU machine): tools/gpu_session.sh [tests|bench|all] [pytest -k expr]
-# Expects the VOC sample copied to .gpu/voc-dev (carried with the call).
+# Expects the VOC sample copied to .gpu/voc-dev and synth_cams.py to .gpu/ (carried with the call).
 set -uo pipefail
 what=${1:-all}
 kexpr=${2:-}
@@ -36,11 +36,8 @@ if [ "$what" != bench ]; then
   done
 fi
 tar -C "$OUT" -czf "$OUT/tests.tgz" $(cd "$OUT" && ls test_*.log) 2>/dev/null && rm -f "$OUT"/test_*.log
-if [ "$what" != tests ]; then
-  for b in "$repo"/benchmarks/bench_*.py; do
-    n=$(basename "$b" .py)
-    extra=(); grep -q -- '"--voc"' "$b" && extra=(--voc "$repo/.gpu/voc-dev")
-    timeout 600 python3 "$b" --device cuda "${extra[@]}" --json "$OUT/$n.json" > "$OUT/$n.log" 2>&1
-    echo "$n: rc=$?"; tail -25 "$OUT/$n.log"
-  done
+if [ "$what" != tests ]; then  # the full benchmark, peers included where installed (PYTHONPATH)
+  SPL_VOC="$repo/.gpu/voc-dev" SPL_SYNTH_CAMS="$repo/.gpu/synth_cams.py" timeout "${BENCH_TIMEOUT:-560}" \
+    python3 -m spl bench --device cuda --peers --out "$OUT/bench" > "$OUT/bench.log" 2>&1
+  echo "spl bench: rc=$?"; tail -80 "$OUT/bench.log"
 fi

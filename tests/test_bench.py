@@ -1,0 +1,107 @@
+"""spl bench: the quick benchmark end to end (tables, JSON, plots), timing rules, peers, bad arguments."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from spl import bench
+from spl.cli import main
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["bench", "--quick", "--device", "cpu", "--out", str(out)]) == 0
+    with open(out / "bench.json") as f:
+        return out, json.load(f)
+
+
+def test_quick_bench_writes_every_figure(quick_report):
+    out, report = quick_report
+    env = report["environment"]
+    assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["date"][:4].isdigit()
+    assert env["copy_bandwidth_gb_s"] > 0
+    rows = report["results"]
+    assert {r["workload"] for r in rows} == {"W1", "W2", "W3", "W3 quality", "refine"}
+    for r in rows:
+        if "ms" in r:
+            assert 0 < r["ms_min"] <= r["ms"] <= r["ms_max"] and r["runs"] >= 1 and r["images"] >= 1
+            assert r["ms_per_image"] == pytest.approx(r["ms"] / r["images"])
+    for w in ("W1", "W2", "W3"):  # spl and its reference on the same device, the floor beside both
+        mine = [r for r in rows if r["workload"] == w]
+        assert any(r["method"].startswith("spl.reference") and r["vs_spl"] > 0 for r in mine)
+        assert all(0 < r["floor_fraction"] for r in mine if r["method"].startswith("spl"))
+    slic = next(r for r in rows if r["workload"] == "W1" and r["method"] == "spl")
+    assert 0 < slic["boundary_recall"] <= 1 and 0 <= slic["undersegmentation_error"] < 1
+    quality = {r["method"]: r for r in rows if r["workload"] == "W3 quality"}
+    assert set(quality) == {"raw CAM", "ASAM (defaults)"}  # DenseCRF only with --peers
+    assert quality["ASAM (defaults)"]["gain"] > 0
+    refine = next(r for r in rows if r["workload"] == "refine" and r["method"] == "spl refine, end to end")
+    assert refine["images_per_s"] > 0 and refine["miou_after"] > refine["miou_before"]
+    # Every op swept along all three axes, at least spl and the reference.
+    for op in ("SLIC", "ASAM"):
+        points = [s for s in report["scaling"] if s["op"] == op]
+        assert {s["axis"] for s in points} == {"batch", "size", "K"}
+        assert {"spl", "spl.reference"} <= {s["method"].split(" (")[0] for s in points}
+    for name in ("scaling_slic.png", "scaling_asam.png"):
+        with open(out / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    text = (out / "bench.md").read_text()
+    assert "### W1" in text and "### W3 quality" in text and "| spl |" in text
+
+
+def test_measure_warms_up_rotates_and_counts():
+    calls = []
+    t = bench.measure(calls.append, "cpu", repeats=7, budget_s=100.0)
+    assert calls == list(range(8)) and t.runs == 7  # the warm-up (0) is not timed
+    assert 0 <= t.low <= t.median <= t.high
+    # Calls slower than the budget: one timed call after the warm-up, not seven.
+    import time
+    calls.clear()
+    t = bench.measure(lambda r: (calls.append(r), time.sleep(0.02)), "cpu", repeats=7, budget_s=0.01)
+    assert t.runs == 1 and len(calls) == 2 and t.median >= 0.02
+
+
+def test_missing_peers_are_skipped_not_errors(monkeypatch, tmp_path):
+    for module in ("fast_slic", "fast_slic.avx2", "cv2", "pydensecrf", "pydensecrf.densecrf", "cuda_slic"):
+        monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    peers = bench.slic_peers("cpu", 100, 10.0, 10)
+    assert peers["fast-slic (AVX2)"] is None and peers["OpenCV ximgproc SLIC"] is None
+    assert not bench.has_densecrf()
+    b = bench.Bench("cpu", quick=True, peers=True, voc=None)
+    b.budget = 0.2
+    b.w1()
+    skipped = " ".join(b.skipped)
+    assert "fast-slic" in skipped and "OpenCV" in skipped
+    assert any(r["method"].startswith("scikit-image") for r in b.rows)  # the installed peer still runs
+
+
+def test_quality_without_voc_uses_scenes_of_known_shapes(tmp_path):
+    described, items = bench.cam_set(None, None, 2, str(tmp_path))
+    assert "scenes" in described and len(items) == 2
+    name, rgb, truth, cam, present = items[0]
+    assert rgb.shape[:2] == truth.shape == cam.shape[1:] and cam.shape[0] == 20
+    assert set(np.nonzero(present)[0] + 1) == set(np.unique(truth[truth > 0]))
+    b = bench.Bench("cpu", quick=True, voc=None)
+    b._asam_quality()
+    gains = {r["method"]: r["gain"] for r in b.rows}
+    assert gains["ASAM (defaults)"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workload", "W9"], "--workload"),
+    (["--workload", ""], "--workload"),
+    (["--voc", "/nonexistent/voc"], "--voc"),
+    (["--synth", "/nonexistent/synth.py"], "--synth"),
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "--device cuda")]))
+def test_bad_arguments_are_clear_errors(argv, message, tmp_path, capsys):
+    assert main(["bench", "--quick", "--out", str(tmp_path / "o"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "o" / "bench.json")
+
+
+def test_workload_names_are_case_insensitive():
+    assert bench.parse_workloads("w1, Refine") == ["W1", "refine"]
