@@ -71,7 +71,7 @@ def read_image(path: str) -> np.ndarray:
 
     with Image.open(path) as im:
         im.load()  # decodes the whole file now: a truncated file fails here, not later
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))  # a writable copy (torch tensors must not alias read-only memory)
 
 
 def read_label_png(path: str) -> np.ndarray:
@@ -198,11 +198,17 @@ class RefineDataset(torch.utils.data.Dataset):
             path = find_file(self.cams, name, exts)
             if path is None:
                 raise FileNotFoundError(f"no CAM {name}{'/'.join(exts)} in {self.cams}")
-            item["cam"], item["present"] = read_cam(path, self.fmt, self.num_classes)
+            scores, present = read_cam(path, self.fmt, self.num_classes)
             H, W = item["image"].shape[:2]
-            h, w = item["cam"].shape[1:]
-            if item["present"].any() and (h > H or w > W):
+            h, w = scores.shape[1:]
+            if present.any() and (h > H or w > W):
                 raise ValueError(f"{path}: CAM of {h}x{w} is larger than its image ({H}x{W})")
+            # Only the present classes' maps travel, as tensors (shared memory, not a pickle through
+            # the loader's pipe): a dense 20-class VOC CAM is 15 MB, its two or three classes ~2 MB.
+            # The absent classes are masked out everywhere downstream, so dropping them changes nothing.
+            item["cam"] = torch.from_numpy(np.ascontiguousarray(scores[present]))
+            item["present"] = present
+            item["image"] = torch.from_numpy(item["image"])
             if self.gt is not None:
                 item["stage"] = "gt"
                 path = find_file(self.gt, name, (".png",))
@@ -345,7 +351,8 @@ def run_refine(args) -> int:
                 elif item["done"]:
                     skipped += 1
                     if args.gt is not None:
-                        before.update(asam.cam_to_mask(_upsampled(item, device), t, item["present"][None])[0].cpu(),
+                        before.update(asam.cam_to_mask(_upsampled(item, device, args.num_classes), t,
+                                                       item["present"][None])[0].cpu(),
                                       item["gt"])
                         after.update(item["previous"], item["gt"])
                 else:
@@ -355,8 +362,8 @@ def run_refine(args) -> int:
                 groups.setdefault(item["image"].shape[:2], []).append(item)
             for items in groups.values():
                 try:
-                    images = torch.from_numpy(np.stack([it["image"] for it in items])).permute(0, 3, 1, 2).to(device)
-                    cams = torch.cat([_upsampled(it, device) for it in items])
+                    images = torch.stack([it["image"] for it in items]).permute(0, 3, 1, 2).to(device)
+                    cams = torch.cat([_upsampled(it, device, args.num_classes) for it in items])
                     mask = torch.from_numpy(np.stack([it["present"] for it in items])).to(device)
                     out = asam.asam_refine(images, cams, bg_threshold=t, class_mask=mask, **options)
                     labels = asam.cam_to_mask(out, t, mask).cpu().numpy()
@@ -412,11 +419,15 @@ def run_refine(args) -> int:
     return 1 if failed else 0
 
 
-def _upsampled(item, device) -> torch.Tensor:
-    cam = torch.from_numpy(item["cam"])[None].to(device)
+def _upsampled(item, device, num_classes: int) -> torch.Tensor:
+    """[1, num_classes, H, W] scores on the device: the present classes' maps, upsampled to the image's
+    size, zeros elsewhere."""
+    maps = item["cam"].to(device)[None]
     H, W = item["image"].shape[:2]
-    if cam.shape[-2:] != (H, W):
-        cam = torch.nn.functional.interpolate(cam, size=(H, W), mode="bilinear", align_corners=False)
+    if maps.shape[1] and maps.shape[-2:] != (H, W):
+        maps = torch.nn.functional.interpolate(maps, size=(H, W), mode="bilinear", align_corners=False)
+    cam = torch.zeros(1, num_classes, H, W, dtype=maps.dtype, device=device)
+    cam[:, torch.from_numpy(item["present"]).to(device)] = maps
     return cam
 
 
