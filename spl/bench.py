@@ -37,7 +37,6 @@ import glob
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
