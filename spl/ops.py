@@ -276,14 +276,21 @@ def _check_num(name: str, fn: str, value, minimum: int = 0):
     return int(value)
 
 
-def _check_labels(fn: str, labels, batch_hw, device, name: str = "labels"):
+def _check_labels(fn: str, labels, batch_hw=None, device=None, name: str = "labels"):
+    """An int64 [B, H, W] tensor: of exactly ``batch_hw`` and on ``device`` when given, else of any
+    [B, H, W] and on a supported device."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{fn}: {name} must be a tensor, got {type(labels).__name__}")
     if labels.dtype != torch.int64:
         raise TypeError(f"{fn}: {name} must be an int64 tensor, got {labels.dtype}")
-    if labels.dim() != 3 or tuple(labels.shape) != tuple(batch_hw):
+    if batch_hw is None:
+        if labels.dim() != 3:
+            raise ValueError(f"{fn}: {name} must have shape [B, H, W], got {list(labels.shape)}")
+    elif labels.dim() != 3 or tuple(labels.shape) != tuple(batch_hw):
         raise ValueError(f"{fn}: {name} must have shape [B, H, W] = {list(batch_hw)}, got {list(labels.shape)}")
-    if labels.device != device:
+    if device is None:
+        _check_device(labels, fn)
+    elif labels.device != device:
         raise ValueError(f"{fn}: {name} are on {labels.device} but the input is on {device}")
 
 
@@ -349,13 +356,7 @@ def superpixel_unpool(features: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 
 def _check_target(fn: str, target, labels, num_classes, ignore_index):
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"{fn}: target must be a tensor, got {type(target).__name__}")
-    if target.dtype != torch.int64:
-        raise TypeError(f"{fn}: target must be an int64 tensor of class indices, got {target.dtype}")
-    if target.dim() != 3:
-        raise ValueError(f"{fn}: target must have shape [B, H, W], got {list(target.shape)}")
-    _check_device(target, fn)
+    _check_labels(fn, target, name="target")  # int64 class indices [B, H, W]
     _check_labels(fn, labels, tuple(target.shape), target.device)
     _check_num("num_classes", fn, num_classes, 1)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
@@ -473,13 +474,7 @@ def superpixel_adjacency(labels: torch.Tensor, num_superpixels) -> Graph:
         TypeError / ValueError: labels not int64 [B, H, W], labels out of range, bad num_superpixels.
     """
     fn = "superpixel_adjacency"
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"{fn}: labels must be a tensor, got {type(labels).__name__}")
-    if labels.dtype != torch.int64:
-        raise TypeError(f"{fn}: labels must be an int64 tensor, got {labels.dtype}")
-    if labels.dim() != 3:
-        raise ValueError(f"{fn}: labels must have shape [B, H, W], got {list(labels.shape)}")
-    _check_device(labels, fn)
+    _check_labels(fn, labels)
     node_offset = _node_offset(fn, num_superpixels, labels.shape[0], labels.device)
     indptr, indices, border = torch.ops.spl.superpixel_adjacency(labels, node_offset)
     return Graph(indptr, indices, border, node_offset)
