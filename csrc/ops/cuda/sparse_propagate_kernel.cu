@@ -68,17 +68,25 @@ __device__ bool image_graph_ok(const int64_t* ip, const int64_t* ix, const int64
   return bad == 0;
 }
 
-// dst_i = alpha * (d_i src_i + sum_e v_e src_j) + (1 - alpha) * x_i over the rows of [r0, r1).
+// Element (i, c) of one round: alpha * (d_i src_ic + sum_e v_e src_jc) + (1 - alpha) x_ic, its terms
+// summed in the CPU kernel's order (with --fmad=false: the same bits). Forward and backward share it.
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t propagate_element(int64_t i, int64_t c, int64_t C, const int64_t* ip,
+                                                      const int64_t* ix, const scalar_t* ev, const scalar_t* sv,
+                                                      const scalar_t* src, const scalar_t* x, scalar_t alpha) {
+  scalar_t acc = sv[i] * src[i * C + c];
+  for (int64_t e = ip[i]; e < ip[i + 1]; ++e) acc += ev[e] * src[ix[e] * C + c];
+  return alpha * acc + (scalar_t(1) - alpha) * x[i * C + c];
+}
+
+// One round over the rows [r0, r1) of one image, by the threads of one block (the backward).
 template <typename scalar_t>
 __device__ void propagate_block(int64_t r0, int64_t r1, int64_t C, const int64_t* ip, const int64_t* ix,
                                 const scalar_t* ev, const scalar_t* sv, const scalar_t* src, const scalar_t* x,
                                 scalar_t alpha, scalar_t* dst) {
-  const scalar_t keep = scalar_t(1) - alpha;
   for (int64_t k = threadIdx.x; k < (r1 - r0) * C; k += blockDim.x) {
     const int64_t i = r0 + k / C, c = k % C;
-    scalar_t acc = sv[i] * src[i * C + c];
-    for (int64_t e = ip[i]; e < ip[i + 1]; ++e) acc += ev[e] * src[ix[e] * C + c];
-    dst[i * C + c] = alpha * acc + keep * x[i * C + c];
+    dst[i * C + c] = propagate_element(i, c, C, ip, ix, ev, sv, src, x, alpha);
   }
 }
 
@@ -87,20 +95,13 @@ __global__ void validate_graph_kernel(const int64_t* ip, const int64_t* ix, cons
   if (!image_graph_ok(ip, ix, off, B, N, E, false, nullptr) && threadIdx.x == 0) atomicOr(error, 1);
 }
 
-// One round over every row of the batch: dst_i = alpha * (d_i src_i + sum_e v_e src_j) + (1 - alpha) x_i,
-// in the order of propagate_block (and of the CPU kernel).
+// One round over every row of the batch (the forward), a thread per element.
 template <typename scalar_t>
 __global__ void propagate_round_kernel(const int64_t* ip, const int64_t* ix, const scalar_t* ev, const scalar_t* sv,
                                        const scalar_t* src, const scalar_t* x, int64_t N, int64_t C, scalar_t alpha,
                                        const int* error, scalar_t* dst) {
   if (*error) return;  // an invalid graph: its indices must not be followed
-  const scalar_t keep = scalar_t(1) - alpha;
-  SPL_CUDA_1D_LOOP(k, N * C) {
-    const int64_t i = k / C, c = k % C;
-    scalar_t acc = sv[i] * src[i * C + c];
-    for (int64_t e = ip[i]; e < ip[i + 1]; ++e) acc += ev[e] * src[ix[e] * C + c];
-    dst[k] = alpha * acc + keep * x[k];
-  }
+  SPL_CUDA_1D_LOOP(k, N * C) dst[k] = propagate_element(k / C, k % C, C, ip, ix, ev, sv, src, x, alpha);
 }
 
 template <typename scalar_t>
