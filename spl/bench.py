@@ -323,7 +323,6 @@ class Bench:
     peers: bool = False
     voc: Optional[str] = None
     synth: Optional[str] = None
-    out: Optional[str] = None
     rows: List[dict] = field(default_factory=list)
     scaling: List[dict] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
@@ -485,7 +484,6 @@ class Bench:
         ref = self.add("W3", case, "spl.reference.asam_refine (torch.sparse), superpixels given", self.device,
                        n_ref, t, floor * n_ref / B)
         ref["vs_spl"] = ref["ms_per_image"] / given["ms_per_image"]
-        crf = None
         if self.peers:
             if has_densecrf():
                 imgs = data[0][0].permute(0, 2, 3, 1).cpu().numpy()
@@ -938,6 +936,8 @@ def run_bench(args) -> int:
             raise BenchError(f"--device must be cpu or cuda, got {device!r}")
         if device == "cuda" and not (torch.cuda.is_available() and ops.has_cuda_kernels()):
             raise BenchError("--device cuda: no CUDA GPU here, or spl was built without CUDA kernels")
+        if args.scaling_only and not (args.scaling and {"W1", "W3"} & set(workloads)):
+            raise BenchError("--scaling-only needs the sweeps (no --no-scaling) of W1 or W3 in --workload")
         voc = args.voc if args.voc is not None else default_voc()
         if args.voc is not None and not _voc_files(args.voc):
             raise BenchError(f"--voc {args.voc}: no JPEGImages/*.jpg there")
@@ -948,7 +948,7 @@ def run_bench(args) -> int:
         print(f"spl bench: {e}", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
-    bench = Bench(device, quick=args.quick, peers=args.peers, voc=voc, synth=synth, out=args.out)
+    bench = Bench(device, quick=args.quick, peers=args.peers, voc=voc, synth=synth)
     env = environment(device, bench.bandwidth)
     start = time.perf_counter()
     json_path = os.path.join(args.out, "bench.json")

@@ -96,6 +96,8 @@ def test_quality_without_voc_uses_scenes_of_known_shapes(tmp_path):
     (["--workload", ""], "--workload"),
     (["--voc", "/nonexistent/voc"], "--voc"),
     (["--synth", "/nonexistent/synth.py"], "--synth"),
+    (["--scaling-only", "--no-scaling"], "--scaling-only"),
+    (["--scaling-only", "--workload", "W2"], "--scaling-only"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "--device cuda")]))
 def test_bad_arguments_are_clear_errors(argv, message, tmp_path, capsys):
     assert main(["bench", "--quick", "--out", str(tmp_path / "o"), *argv]) == 2
@@ -105,3 +107,24 @@ def test_bad_arguments_are_clear_errors(argv, message, tmp_path, capsys):
 
 def test_workload_names_are_case_insensitive():
     assert bench.parse_workloads("w1, Refine") == ["W1", "refine"]
+
+
+def test_merge_combines_runs_of_one_device_and_rejects_others(quick_report, tmp_path, capsys):
+    out, report = quick_report
+    w1 = dict(report, results=[r for r in report["results"] if r["workload"] == "W1"], scaling=[])
+    rest = dict(report, results=[r for r in report["results"] if r["workload"] != "W1"])
+    paths = []
+    for i, part in enumerate((w1, rest)):
+        paths.append(tmp_path / f"part{i}.json")
+        paths[-1].write_text(json.dumps(part))
+    assert main(["bench", "--merge", *map(str, paths), "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "bench.json").read_text())
+    assert len(merged["results"]) == len(report["results"]) and merged["scaling"] == report["scaling"]
+    assert (tmp_path / "merged" / "scaling_slic.png").is_file()
+    other = dict(report, environment=dict(report["environment"], device="cuda", gpu="Some GPU"))
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    (tmp_path / "bad.json").write_text("{not json")
+    for bad in ("other.json", "bad.json", "missing.json"):
+        capsys.readouterr()
+        assert main(["bench", "--merge", str(paths[0]), str(tmp_path / bad), "--out", str(tmp_path / "x")]) == 2
+        assert "--merge" in capsys.readouterr().err
