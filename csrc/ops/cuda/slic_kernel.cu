@@ -3,9 +3,10 @@
 //   1. features: one thread per pixel writes fixed-point int32 planes [B, C, H, W];
 //   2. seeds: one thread per centre;
 //   3. iterations: one block per grid cell assigns the cell's pixels to the 9 surrounding centres
-//      and sums exact integer statistics per slot (warp sums, then 64-bit shared atomics: integer
-//      addition, so the order of threads does not matter); one thread per centre then takes the
-//      means. The last iteration writes labels instead;
+//      and sums exact integer statistics per slot (sums in each thread, then warp sums kept per
+//      warp in shared memory, then the block's sum: integer addition, so the order of threads does
+//      not matter); one thread per centre then takes the means. The last iteration writes labels
+//      instead;
 //   4. labels: connectivity (or renumbering) on the device, ops/cuda/connectivity_kernel.cu.
 // The whole batch runs in each launch; no label map ever goes to the host.
 #include "ops/check.h"
@@ -29,7 +30,7 @@ namespace {
 using namespace spl::slic_math;
 
 constexpr int kThreads = 256;
-constexpr int kCellThreads = 128;
+constexpr int kMaxCellThreads = 256;  // threads of an assignment block, at most
 
 struct GridArgs {
   int64_t height, width, cells_y, cells_x;
@@ -132,21 +133,45 @@ __global__ void init_centres_kernel(const int32_t* q, const float* scales, const
 
 // ---- 3. Iterations ---------------------------------------------------------------------------
 
-// One block per (image, cell). kC: channels known at compile time (0: any). kLast: write labels
-// instead of statistics. Shared memory: statistics [9][C+3] (int64), expanded candidates [9][C+3]
-// and the cell's own centre [C] (slic_common.h: expand_candidate).
+// One block per (image, cell); each thread takes up to kPixelsPerThread pixels of the cell per
+// round (the cell's pixels i, i + blockDim, ...), so their feature loads are in flight together
+// and their statistics are summed in the thread before the warp sums. kC: channels known at
+// compile time (0: any). kLast: write labels instead of statistics.
+//
+// Statistics: each warp sums a slot's values over its lanes (integer warp reductions) and keeps
+// the running totals in its own row of shared memory, written by one lane: no atomics. The block
+// then adds the rows of its warps. Integer sums, so the result does not depend on how pixels are
+// spread over threads and warps, and equals the CPU kernel's.
+//
+// Shared memory (dynamic): per-warp statistics [warps][9][S] (int64), expanded candidates [9][E]
+// and the cell's own centre [C] (floats; slic_common.h: expand_candidate).
+constexpr int kPixelsPerThread = 4;
+// |q| <= 2^23 (slic_common.h), so a warp's int32 sum of 32 * kPixelsPerThread of them fits.
+static_assert(32 * kPixelsPerThread * (int64_t{1} << 23) < (int64_t{1} << 31), "warp feature sums overflow int32");
+
+// Exact warp sum of int64 values of magnitude < 2^40 (pixel positions: a thread's sum of
+// kPixelsPerThread coordinates < 2^31), as two int32 warp sums of the high and low 16 bits.
+__device__ __forceinline__ int64_t warp_sum_wide(int64_t v) {
+  const int32_t high = static_cast<int32_t>(v >> 16);      // arithmetic shift: v = high * 2^16 + low
+  const int32_t low = static_cast<int32_t>(v & 0xFFFF);    // in [0, 2^16): 32 of them sum below 2^21
+  return static_cast<int64_t>(warp_sum(high)) * 65536 + warp_sum(low);
+}
+
 template <int kC, bool kLast>
-__global__ void __launch_bounds__(kCellThreads)
+__global__ void __launch_bounds__(kMaxCellThreads)
     assign_kernel(const int32_t* q, const float* inv_scales, const bool* mask, const float* centres,
                   const uint8_t* alive, GridArgs g, int64_t channels, float weight_y, float weight_x,
                   int64_t* stats, int32_t* labels) {
+  constexpr int P = kPixelsPerThread;
+  constexpr int kRaw = kC > 0 ? kC : 1;  // features held in registers (kC > 0 only)
   const int64_t C = kC > 0 ? kC : channels, D = C + 2, S = C + 3, E = C + 3;
   const int64_t K = g.cells_y * g.cells_x, pixels = g.height * g.width;
   const int64_t bk = blockIdx.x, b = bk / K, k = bk % K, cy = k / g.cells_x, cx = k % g.cells_x;
+  const int warps = static_cast<int>(blockDim.x) / 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   extern __shared__ int64_t shared[];
-  int64_t* acc = shared;                                            // [9][S]
-  float* cand = reinterpret_cast<float*>(acc + kSlots * S);         // [9][E]
-  float* reference = cand + kSlots * E;                             // [C]
+  int64_t* partial = shared;                                               // [warps][9][S]
+  float* cand = reinterpret_cast<float*>(partial + warps * kSlots * S);    // [9][E]
+  float* reference = cand + kSlots * E;                                    // [C]
   __shared__ int32_t centre_of_slot[kSlots];
 
   const int64_t y0 = cell_begin(cy, g.cells_y, g.height), y1 = cell_begin(cy + 1, g.cells_y, g.height);
@@ -165,31 +190,58 @@ __global__ void __launch_bounds__(kCellThreads)
     centre_of_slot[slot] = valid ? static_cast<int32_t>(nk) : -1;
   }
   if (!kLast) {
-    for (int64_t t = threadIdx.x; t < kSlots * S; t += blockDim.x) acc[t] = 0;
+    for (int64_t t = threadIdx.x; t < warps * kSlots * S; t += blockDim.x) partial[t] = 0;
   }
   __syncthreads();
 
-  const int64_t w = x1 - x0, n = (y1 - y0) * w;
+  // Cell-local indices in 32-bit unsigned arithmetic (a cell has < 2^31 pixels, so base + P * blockDim
+  // cannot wrap): no 64-bit division per pixel.
+  const uint32_t w = static_cast<uint32_t>(x1 - x0), n = static_cast<uint32_t>((y1 - y0) * (x1 - x0));
+  const uint32_t step = blockDim.x, step_y = step / w, step_x = step % w;
   const int32_t* qb = q + b * C * pixels;
+  const bool* mb = mask ? mask + b * pixels : nullptr;
   const float* inv = inv_scales + b * C;
-  const int lane = threadIdx.x & 31;
+  int64_t* my_partial = partial + warp * kSlots * S;
   // All threads run the same number of rounds: the warp sums below need every lane.
-  for (int64_t base = 0; base < n; base += blockDim.x) {
-    const int64_t i = base + threadIdx.x;
-    const int64_t ly = i / w, lx = i % w, y = y0 + ly, x = x0 + lx, p = y * g.width + x;
-    int slot = -1;
-    if (i < n && (!mask || mask[b * pixels + p])) {
-      const float py = static_cast<float>(ly), px = static_cast<float>(lx);
+  for (uint32_t base = 0; base < n; base += P * step) {
+    uint32_t ly[P], lx[P];
+    int slot[P];
+    int32_t raw[P][kRaw];
+    bool inside[P];
+    // Positions (advanced by whole rows and a remainder, no division per pixel), then every load.
+    ly[0] = (base + threadIdx.x) / w;
+    lx[0] = (base + threadIdx.x) - ly[0] * w;
+    SPL_UNROLL
+    for (int r = 1; r < P; ++r) {
+      ly[r] = ly[r - 1] + step_y, lx[r] = lx[r - 1] + step_x;
+      if (lx[r] >= w) lx[r] -= w, ++ly[r];
+    }
+    SPL_UNROLL
+    for (int r = 0; r < P; ++r) {
+      const uint32_t i = base + r * step + threadIdx.x;
+      const int64_t p = (y0 + ly[r]) * g.width + x0 + lx[r];
+      inside[r] = i < n && (!mb || mb[p]);
+      if constexpr (kC > 0) {
+        SPL_UNROLL
+        for (int c = 0; c < kC; ++c) raw[r][c] = inside[r] ? qb[c * pixels + p] : 0;
+      }
+    }
+    SPL_UNROLL
+    for (int r = 0; r < P; ++r) {
+      slot[r] = -1;
+      if (!inside[r]) continue;
+      const int64_t p = (y0 + ly[r]) * g.width + x0 + lx[r];
+      const float py = static_cast<float>(ly[r]), px = static_cast<float>(lx[r]);
       float best = INFINITY;
-      slot = kOwnSlot;
+      slot[r] = kOwnSlot;
       if constexpr (kC > 0) {
         float v[kC];
         SPL_UNROLL
-        for (int c = 0; c < kC; ++c) v[c] = static_cast<float>(qb[c * pixels + p]) * inv[c] - reference[c];
+        for (int c = 0; c < kC; ++c) v[c] = static_cast<float>(raw[r][c]) * inv[c] - reference[c];
         SPL_UNROLL
         for (int s = 0; s < kSlots; ++s) {
           const float d = expanded_distance<kC>(v, py, px, cand + s * E);
-          if (d < best) best = d, slot = s;
+          if (d < best) best = d, slot[r] = s;
         }
       } else {
         for (int s = 0; s < kSlots; ++s) {
@@ -199,34 +251,63 @@ __global__ void __launch_bounds__(kCellThreads)
             d = fused_multiply_add(static_cast<float>(qb[c * pixels + p]) * inv[c] - reference[c], coeff[c], d);
           }
           d = fused_multiply_add(px, coeff[C + 1], fused_multiply_add(py, coeff[C], d));
-          if (d < best) best = d, slot = s;
+          if (d < best) best = d, slot[r] = s;
         }
       }
     }
     if constexpr (kLast) {
-      if (i < n) labels[b * pixels + p] = slot < 0 ? -1 : centre_of_slot[slot];
+      SPL_UNROLL
+      for (int r = 0; r < P; ++r) {
+        const uint32_t i = base + r * step + threadIdx.x;
+        if (i < n) labels[b * pixels + (y0 + ly[r]) * g.width + x0 + lx[r]] = slot[r] < 0 ? -1 : centre_of_slot[slot[r]];
+      }
     } else {
       for (int s = 0; s < kSlots; ++s) {
-        if (!__any_sync(kFullMask, slot == s)) continue;
-        const bool mine = slot == s;
-        for (int64_t j = 0; j < S; ++j) {
-          int32_t value = 0;
-          if (mine) {
-            value = j < C ? qb[j * pixels + p] : (j == C ? static_cast<int32_t>(y) : (j == C + 1 ? static_cast<int32_t>(x) : 1));
+        bool mine = false;
+        SPL_UNROLL
+        for (int r = 0; r < P; ++r) mine |= slot[r] == s;
+        if (!__any_sync(kFullMask, mine)) continue;
+        int64_t* out = my_partial + s * S;
+        if constexpr (kC > 0) {
+          SPL_UNROLL
+          for (int j = 0; j < kC; ++j) {
+            int32_t value = 0;
+            SPL_UNROLL
+            for (int r = 0; r < P; ++r) value += slot[r] == s ? raw[r][j] : 0;
+            const int32_t sum = warp_sum(value);
+            if (lane == (j & 31)) out[j] += sum;
           }
-          const int32_t sum = warp_sum(value);
-          if (lane == (j & 31) && sum != 0) {
-            atomicAdd(reinterpret_cast<unsigned long long*>(acc + s * S + j),
-                      static_cast<unsigned long long>(static_cast<int64_t>(sum)));
+        } else {
+          for (int64_t j = 0; j < C; ++j) {
+            int32_t value = 0;
+            SPL_UNROLL
+            for (int r = 0; r < P; ++r) {
+              if (slot[r] == s) value += qb[j * pixels + (y0 + ly[r]) * g.width + x0 + lx[r]];
+            }
+            const int32_t sum = warp_sum(value);
+            if (lane == (j & 31)) out[j] += sum;
           }
         }
+        int64_t sy = 0, sx = 0;
+        int32_t count = 0;
+        SPL_UNROLL
+        for (int r = 0; r < P; ++r) {
+          if (slot[r] == s) sy += y0 + ly[r], sx += x0 + lx[r], ++count;
+        }
+        const int64_t total_y = warp_sum_wide(sy), total_x = warp_sum_wide(sx);
+        const int32_t total_count = warp_sum(count);
+        if (lane == 0) out[C] += total_y, out[C + 1] += total_x, out[C + 2] += total_count;
       }
     }
   }
   if (!kLast) {
     __syncthreads();
     int64_t* out = stats + bk * kSlots * S;
-    for (int64_t t = threadIdx.x; t < kSlots * S; t += blockDim.x) out[t] = acc[t];
+    for (int64_t t = threadIdx.x; t < kSlots * S; t += blockDim.x) {
+      int64_t sum = 0;
+      for (int v = 0; v < warps; ++v) sum += partial[v * kSlots * S + t];
+      out[t] = sum;
+    }
   }
 }
 
@@ -241,32 +322,59 @@ __global__ void update_kernel(const int64_t* stats, const float* scales, const u
   }
 }
 
+// Block shape of the assignment: enough threads for the largest cell at kPixelsPerThread pixels
+// each (whole warps, at most kMaxCellThreads), fewer if the per-warp statistics would not fit the
+// GPU's shared memory (many channels).
+struct AssignLaunch {
+  unsigned threads = 0;
+  size_t shared_bytes = 0;
+};
+
+size_t assign_shared_bytes(unsigned threads, int64_t C) {
+  return sizeof(int64_t) * (threads / 32) * kSlots * (C + 3) + sizeof(float) * (kSlots * (C + 3) + C);
+}
+
+AssignLaunch assign_launch(const Grid& grid, int64_t C, int device_index) {
+  const int64_t largest_cell = ceil_div(grid.height, grid.cells_y) * ceil_div(grid.width, grid.cells_x);
+  AssignLaunch launch;
+  launch.threads = static_cast<unsigned>(
+      std::min<int64_t>(kMaxCellThreads, 32 * ceil_div(ceil_div(largest_cell, kPixelsPerThread), 32)));
+  int optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_index));
+  while (launch.threads > 32 && assign_shared_bytes(launch.threads, C) > static_cast<size_t>(optin)) launch.threads -= 32;
+  launch.shared_bytes = assign_shared_bytes(launch.threads, C);
+  SPL_CHECK_VALUE(launch.shared_bytes <= static_cast<size_t>(optin), "slic: ", C,
+                  " channels need more shared memory than this GPU has per block; reduce the channels (e.g. "
+                  "PCA) or run on the CPU");
+  return launch;
+}
+
 template <int kC, bool kLast>
-void launch_assign(const SlicConfig& cfg, size_t shared_bytes, cudaStream_t stream, const int32_t* q,
+void launch_assign(const SlicConfig& cfg, const AssignLaunch& launch, cudaStream_t stream, const int32_t* q,
                    const float* inv_scales, const bool* mask, const float* centres, const uint8_t* alive, GridArgs g,
                    int64_t* stats, int32_t* labels) {
   auto kernel = assign_kernel<kC, kLast>;
-  if (shared_bytes > 48 * 1024) {
+  if (launch.shared_bytes > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(shared_bytes)));
+                                        static_cast<int>(launch.shared_bytes)));
   }
-  kernel<<<static_cast<unsigned>(cfg.batch * cfg.num_centres()), kCellThreads, shared_bytes, stream>>>(
+  kernel<<<static_cast<unsigned>(cfg.batch * cfg.num_centres()), launch.threads, launch.shared_bytes, stream>>>(
       q, inv_scales, mask, centres, alive, g, cfg.channels, cfg.weight_y, cfg.weight_x, stats, labels);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <int kC>
-void run_iterations(const SlicConfig& cfg, size_t shared_bytes, cudaStream_t stream, const int32_t* q,
-                    const float* scales, const float* inv_scales, const bool* mask, float* centres, const uint8_t* alive, GridArgs g,
-                    int64_t* stats, int32_t* labels) {
+void run_iterations(const SlicConfig& cfg, const AssignLaunch& launch, cudaStream_t stream, const int32_t* q,
+                    const float* scales, const float* inv_scales, const bool* mask, float* centres,
+                    const uint8_t* alive, GridArgs g, int64_t* stats, int32_t* labels) {
   const int64_t BK = cfg.batch * cfg.num_centres();
   for (int64_t it = 0; it + 1 < cfg.iterations; ++it) {
-    launch_assign<kC, false>(cfg, shared_bytes, stream, q, inv_scales, mask, centres, alive, g, stats, labels);
+    launch_assign<kC, false>(cfg, launch, stream, q, inv_scales, mask, centres, alive, g, stats, labels);
     update_kernel<<<blocks_for(BK, kThreads), kThreads, 0, stream>>>(stats, scales, alive, g, cfg.batch,
                                                                      cfg.channels, centres);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  launch_assign<kC, true>(cfg, shared_bytes, stream, q, inv_scales, mask, centres, alive, g, stats, labels);
+  launch_assign<kC, true>(cfg, launch, stream, q, inv_scales, mask, centres, alive, g, stats, labels);
 }
 
 std::tuple<at::Tensor, at::Tensor> slic_cuda(const at::Tensor& image, int64_t n_segments, double compactness,
@@ -285,12 +393,7 @@ std::tuple<at::Tensor, at::Tensor> slic_cuda(const at::Tensor& image, int64_t n_
   at::Tensor counts = at::zeros({B}, long_opts);
   if (B == 0) return {out, counts};
 
-  const size_t shared_bytes = sizeof(int64_t) * kSlots * (C + 3) + sizeof(float) * (kSlots * (C + 3) + C);
-  int device_index = image.get_device(), optin = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_index));
-  SPL_CHECK_VALUE(shared_bytes <= static_cast<size_t>(optin), "slic: ", C,
-                    " channels need more shared memory than this GPU has per block; reduce the channels (e.g. "
-                    "PCA) or run on the CPU");
+  const AssignLaunch launch = assign_launch(grid, C, image.get_device());
 
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor img = image.contiguous();
@@ -354,11 +457,11 @@ std::tuple<at::Tensor, at::Tensor> slic_cuda(const at::Tensor& image, int64_t n_
   int64_t* stats = stats_t.data_ptr<int64_t>();
   int32_t* labels = labels_t.data_ptr<int32_t>();
   if (C == 3) {
-    run_iterations<3>(cfg, shared_bytes, stream, q, scales_ptr, inv_scales_ptr, mask_ptr, centres, alive, g, stats, labels);
+    run_iterations<3>(cfg, launch, stream, q, scales_ptr, inv_scales_ptr, mask_ptr, centres, alive, g, stats, labels);
   } else if (C == 1) {
-    run_iterations<1>(cfg, shared_bytes, stream, q, scales_ptr, inv_scales_ptr, mask_ptr, centres, alive, g, stats, labels);
+    run_iterations<1>(cfg, launch, stream, q, scales_ptr, inv_scales_ptr, mask_ptr, centres, alive, g, stats, labels);
   } else {
-    run_iterations<0>(cfg, shared_bytes, stream, q, scales_ptr, inv_scales_ptr, mask_ptr, centres, alive, g, stats, labels);
+    run_iterations<0>(cfg, launch, stream, q, scales_ptr, inv_scales_ptr, mask_ptr, centres, alive, g, stats, labels);
   }
 
   if (cfg.connect) {
