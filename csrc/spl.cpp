@@ -53,6 +53,10 @@ TORCH_LIBRARY(spl, m) {
       "float gamma, int ignore_index) -> (Tensor weights, Tensor transformed)");
   // ASAM (SPEC section 3). The graph of a batch: CSR over all images' superpixels, node_offset [B + 1].
   m.def("superpixel_adjacency(Tensor labels, Tensor node_offset) -> (Tensor indptr, Tensor indices, Tensor border)");
+  // ASAM's unary, the mean log-probability of [background, classes] per superpixel (ops/cam_unary.h).
+  m.def(
+      "_cam_unary(Tensor cam, Tensor labels, Tensor class_mask, SymInt num_superpixels, float bg_threshold, "
+      "float floor) -> Tensor");
   // iters rounds of s <- alpha * T s + (1 - alpha) * x, T = off-diagonal CSR values + a diagonal.
   m.def(
       "sparse_propagate(Tensor indptr, Tensor indices, Tensor node_offset, Tensor edge_value, Tensor self_value, "

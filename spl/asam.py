@@ -233,8 +233,7 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     # One pass over the CAM gives every per-channel fact needed below (the CAM is the largest input:
     # on the CPU each pass over it costs about as much as the propagation).
     # Per-channel extremes (two vectorised reductions; torch.aminmax over a dim is ~3x slower on the
-    # CPU) give: NaN and infinities, negative scores, the default class mask, and which excluded
-    # channels are all zero.
+    # CPU) give: NaN and infinities, negative scores, and the default class mask.
     flat = cam.flatten(2).float()
     high = flat.amax(2) if cam.numel() else cam.new_zeros(B, C)
     low = flat.amin(2) if cam.numel() else cam.new_zeros(B, C)
@@ -261,13 +260,11 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
         counts = labels.flatten(1).amax(1) + 1 if B else labels.new_zeros(0)
     if class_mask is None:
         class_mask = high > 0
-    # Excluded channels that are all zero need no masking in the per-pixel sums below.
-    excluded_zero = (high.masked_fill(class_mask, 0) == 0).all()
     if B == 0:
         out = cam.new_zeros(0, C, H, W)
         return (out, labels) if return_labels else out
 
-    k_max, excluded_zero = torch.stack([counts.max(), excluded_zero.long()]).tolist()  # one device sync
+    k_max = int(counts.max())  # a device sync: the graph's size
     valid = torch.arange(k_max, device=device)[None, :] < counts[:, None]  # [B, K]: nodes of the batch graph
 
     def nodes(per_image: torch.Tensor) -> torch.Tensor:  # [B, D, K] -> [N, D]
@@ -279,7 +276,8 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     # float64: float32 pow / cube root round differently in vector bodies and loop tails, which would
     # make a superpixel's colour depend on its position in the batch.
     lab = reference.rgb_to_lab(mean_rgb.double().T[None, :, :, None])[0, :, :, 0].T.float()  # [N, 3]
-    unary = nodes(_unary(cam, class_mask, bool(excluded_zero), labels, k_max, t))
+    # The unary in one pass over the CAM, reading only the present classes' planes (ops._cam_unary).
+    unary = nodes(ops._cam_unary(cam, labels, class_mask, k_max, t, _LOG_FLOOR))
     allowed = torch.cat([class_mask.new_ones(B, 1), class_mask], 1)
     image_of_node = torch.arange(B, device=device)[:, None].expand(B, k_max)[valid]
     unary = unary.masked_fill(~allowed[image_of_node], float("-inf"))
@@ -308,30 +306,6 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     if numpy_in:
         out, labels = out[0].cpu().numpy(), labels[0].cpu().numpy()
     return (out, labels) if return_labels else out
-
-
-def _unary(cam: torch.Tensor, class_mask: torch.Tensor, excluded_zero: bool, labels: torch.Tensor, k_max: int,
-           t: float) -> torch.Tensor:
-    """[B, C + 1, K]: per superpixel, the mean over its pixels of log p, p = [t, cam_c for the present c]
-    normalised per pixel and floored at _LOG_FLOOR, computed as log max(v_c, floor * total) - log total
-    (no normalised copy of the CAM). On the CPU, a few images at a time: the temporaries then fit in
-    memory that malloc reuses, instead of fresh page-faulting allocations of the CAM's size."""
-    B, C = cam.shape[:2]
-    step = B if cam.device.type != "cpu" else max(1, (1 << 22) // max(1, cam[0].numel()))
-    parts = []
-    for b0 in range(0, B, step):
-        x, m, lab = cam[b0:b0 + step], class_mask[b0:b0 + step], labels[b0:b0 + step]
-
-        def totals(x):
-            return t + (x if excluded_zero else x * m[:, :, None, None]).sum(1, keepdim=True)
-
-        total = totals(x)
-        log_total = torch.log(total)
-        log_bg = torch.log(torch.clamp_min(_LOG_FLOOR * total, t)) - log_total
-        pooled_bg = ops.superpixel_pool(torch.cat([log_bg, log_total], 1), lab, k_max, "mean")
-        pooled_fg = ops.superpixel_pool(torch.maximum(x, _LOG_FLOOR * total).log_(), lab, k_max, "mean")
-        parts.append(torch.cat([pooled_bg[:, :1], pooled_fg - pooled_bg[:, 1:]], 1))
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def expand_hops(graph: "ops.Graph", hops: int) -> "ops.Graph":

@@ -489,6 +489,17 @@ def _transition(graph: Graph, weight: torch.Tensor, self_weight: float):
     return weight / degree[rows], self_weight / degree
 
 
+def _cam_unary(cam: torch.Tensor, labels: torch.Tensor, class_mask: torch.Tensor, num_superpixels: int,
+               bg_threshold: float, floor: float) -> torch.Tensor:
+    """ASAM's unary, pooled over superpixels in one pass over the CAM (csrc/ops/cam_unary.h):
+    [B, 1 + C, K] float32, the mean over each superpixel of log max(s, floor * T) - log T for
+    s = bg_threshold (row 0) and the present classes' scores (rows 1 + c; 0 for absent classes),
+    T = bg_threshold + the sum of the present classes' scores. Private: asam_refine checks the CAM
+    (finite, non-negative) and the labels ([-1, K)) first; the op checks shapes, dtypes, devices."""
+    _check_device(cam, "_cam_unary")
+    return torch.ops.spl._cam_unary(cam, labels, class_mask, num_superpixels, float(bg_threshold), float(floor))
+
+
 def sparse_propagate(graph: Graph, weight: torch.Tensor, x: torch.Tensor, iters: int, alpha: float = 1.0,
                      *, self_weight: float = 1.0, _check_weight: bool = True) -> torch.Tensor:
     """Propagation over a superpixel graph: ``s <- alpha * T s + (1 - alpha) * x`` for ``iters`` rounds,
@@ -656,6 +667,11 @@ def _superpixel_adjacency_fake(labels, node_offset):
     num_edges = torch.library.get_ctx().new_dynamic_size()
     num_nodes = torch.library.get_ctx().new_dynamic_size()
     return (labels.new_empty((num_nodes + 1,)), labels.new_empty((num_edges,)), labels.new_empty((num_edges,)))
+
+
+@torch.library.register_fake("spl::_cam_unary")
+def _cam_unary_fake(cam, labels, class_mask, num_superpixels, bg_threshold, floor):
+    return cam.new_empty((cam.shape[0], cam.shape[1] + 1, num_superpixels), dtype=torch.float32)
 
 
 @torch.library.register_fake("spl::sparse_propagate")

@@ -405,6 +405,20 @@ def cam_to_mask(cam: torch.Tensor, bg_threshold: float, class_mask: Optional[tor
     return torch.where(top >= bg_threshold, arg + 1, torch.zeros_like(arg))
 
 
+def cam_unary(cam: torch.Tensor, labels: torch.Tensor, class_mask: torch.Tensor, num_superpixels: int,
+              bg_threshold: float, floor: float = 1e-6) -> torch.Tensor:
+    """ASAM's unary [B, 1 + C, K] (spl.ops._cam_unary): per superpixel, the mean log-probability of
+    [background, classes] with p = [t, cam_c for present c] / sum, floored at ``floor``; 0 for absent
+    classes and empty superpixels. ``cam`` non-negative."""
+    t = bg_threshold
+    fg = cam * class_mask[:, :, None, None]
+    prob = torch.cat([torch.full_like(cam[:, :1], t), fg], 1)
+    prob = prob / prob.sum(1, keepdim=True)
+    pooled = superpixel_pool(torch.log(prob.clamp_min(floor)), labels, num_superpixels).float()
+    allowed = torch.cat([class_mask.new_ones(cam.shape[0], 1), class_mask], 1)
+    return pooled * allowed[:, :, None]
+
+
 def asam_refine(image: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor, class_mask: torch.Tensor, *,
                 bg_threshold: float = 0.15, iters: int = 40, steps: int = 5, alpha: float = 1.0,
                 weight: float = 10.0, sigma_c: float = 6.0, beta: float = 1.0):
@@ -419,10 +433,7 @@ def asam_refine(image: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor, cl
     rgb = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
     lab = rgb_to_lab(nodes(superpixel_pool(rgb, labels, k_max)).double().T[None, :, :, None])[0, :, :, 0].T.float()
     t = bg_threshold
-    fg = cam.float().clamp_min(0) * class_mask[:, :, None, None]
-    prob = torch.cat([torch.full_like(cam[:, :1], t), fg], 1)
-    prob = prob / prob.sum(1, keepdim=True)
-    unary = nodes(superpixel_pool(torch.log(prob.clamp_min(1e-6)), labels, k_max))
+    unary = nodes(cam_unary(cam.float().clamp_min(0), labels, class_mask, k_max, t))
     allowed = torch.cat([class_mask.new_ones(B, 1), class_mask], 1)
     image_of_node = torch.arange(B, device=cam.device)[:, None].expand(B, k_max)[valid]
     unary = unary.masked_fill(~allowed[image_of_node], float("-inf"))

@@ -227,6 +227,106 @@ def test_propagate_bad_inputs(device):
 
 
 # ---------------------------------------------------------------------------------------------
+# _cam_unary (ASAM's unary, pooled in one pass over the CAM)
+
+def random_cam_case(seed, device, dtype=torch.float32, B=3, C=5, H=23, W=31):
+    labels, counts = random_labels(seed, B, H, W, device=device)
+    g = torch.Generator().manual_seed(seed + 200)
+    cam = torch.rand(B, C, H, W, generator=g, dtype=dtype) * torch.rand(B, C, 1, 1, generator=g, dtype=dtype)
+    cam[torch.rand(cam.shape, generator=g) < 0.3] = 0  # exact zeros: the floor decides there
+    present = torch.rand(B, C, generator=g) < 0.5
+    present[0] = False  # an image without any present class: background only
+    return cam.to(device), labels, int(counts.max()), present.to(device)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cam_unary_matches_reference(device, dtype, seed):
+    cam, labels, K, present = random_cam_case(seed, device, dtype)
+    for t, floor in ((0.15, 1e-6), (0.4, 1e-2)):
+        out = spl.ops._cam_unary(cam, labels, present, K + 1, t, floor)  # K + 1: an empty superpixel
+        want = reference.cam_unary(cam, labels, present, K + 1, t, floor)
+        assert out.dtype == torch.float32 and out.shape == (cam.shape[0], cam.shape[1] + 1, K + 1)
+        torch.testing.assert_close(out, want, atol=2e-6 if dtype == torch.float32 else 1e-12, rtol=1e-6)
+        # Absent classes and empty superpixels are 0; every other value is a log-probability.
+        assert bool((out[:, 1:][~present] == 0).all()) and bool((out[..., K] == 0).all())
+        assert bool((out <= 1e-6).all()) and bool((out >= np.log(floor) - 1e-5).all())
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_cam_unary_is_deterministic_and_independent_of_threads(device):
+    cam, labels, K, present = random_cam_case(7, device, B=4, H=64, W=80)
+    first = spl.ops._cam_unary(cam, labels, present, K, 0.15, 1e-6)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = spl.ops._cam_unary(cam, labels, present, K, 0.15, 1e-6)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(first, single)
+    # Each image on its own gives the same bits as in the batch.
+    for b in range(cam.shape[0]):
+        assert torch.equal(spl.ops._cam_unary(cam[b:b + 1], labels[b:b + 1], present[b:b + 1], K, 0.15, 1e-6),
+                           first[b:b + 1])
+
+
+@needs_cuda
+def test_cam_unary_cpu_and_cuda_agree():
+    cam, labels, K, present = random_cam_case(3, "cpu", B=4, H=64, W=80)
+    cpu = spl.ops._cam_unary(cam, labels, present, K, 0.15, 1e-6)
+    gpu = spl.ops._cam_unary(cam.cuda(), labels.cuda(), present.cuda(), K, 0.15, 1e-6)
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-6, rtol=1e-6)  # logf differs in the last bit at most
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_cam_unary_edge_cases(device):
+    cam, labels, K, present = random_cam_case(1, device)
+    assert spl.ops._cam_unary(cam[:0], labels[:0], present[:0], K, 0.15, 1e-6).shape == (0, 6, K)
+    assert spl.ops._cam_unary(cam, labels, present, 0, 0.15, 1e-6).shape == (3, 6, 0)
+    ignored = spl.ops._cam_unary(cam, torch.full_like(labels, -1), present, K, 0.15, 1e-6)
+    assert bool((ignored == 0).all())
+    # One pixel, one present class: exact values.
+    one = torch.tensor([[[[0.45]]]], device=device)
+    out = spl.ops._cam_unary(one, torch.zeros(1, 1, 1, dtype=torch.int64, device=device),
+                             torch.ones(1, 1, dtype=torch.bool, device=device), 1, 0.15, 1e-6)
+    torch.testing.assert_close(out.flatten().cpu(), torch.tensor([np.log(0.25), np.log(0.75)], dtype=torch.float32))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_cam_unary_opcheck(device):
+    cam, labels, K, present = random_cam_case(2, device)
+    torch.library.opcheck(torch.ops.spl._cam_unary.default, (cam, labels, present, K, 0.15, 1e-6))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_cam_unary_bad_inputs(device):
+    cam, labels, K, present = random_cam_case(4, device)
+    unary = spl.ops._cam_unary
+    with pytest.raises(TypeError, match="cam must be float32 or float64"):
+        unary(cam.half(), labels, present, K, 0.15, 1e-6)
+    with pytest.raises(ValueError, match=r"cam must have shape \[B, C, H, W\]"):
+        unary(cam[0], labels, present, K, 0.15, 1e-6)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        unary(cam, labels[:, 1:], present, K, 0.15, 1e-6)
+    with pytest.raises(TypeError, match="labels must be an int64"):
+        unary(cam, labels.int(), present, K, 0.15, 1e-6)
+    with pytest.raises(TypeError, match="class_mask must be a bool"):
+        unary(cam, labels, present.long(), K, 0.15, 1e-6)
+    with pytest.raises(ValueError, match="class_mask must have shape"):
+        unary(cam, labels, present[:, 1:], K, 0.15, 1e-6)
+    with pytest.raises(ValueError, match="num_superpixels"):
+        unary(cam, labels, present, -1, 0.15, 1e-6)
+    with pytest.raises(ValueError, match="bg_threshold"):
+        unary(cam, labels, present, K, 0.0, 1e-6)
+    with pytest.raises(ValueError, match="floor"):
+        unary(cam, labels, present, K, 0.15, 1.0)
+    if device == "cuda":
+        with pytest.raises(ValueError, match="one device"):
+            unary(cam, labels.cpu(), present, K, 0.15, 1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
 # asam_refine and cam_to_mask
 
 def two_region_case(device="cpu", size=64):

@@ -16,6 +16,7 @@ namespace cuda {
 
 struct WarpSegment {
   int id;     // index of this lane's segment within the warp
+  int first;  // the lane where this lane's segment starts
   bool last;  // the last lane of its segment: the one that writes
 };
 
@@ -28,6 +29,7 @@ __device__ __forceinline__ WarpSegment warp_segment(int64_t key) {
   const unsigned heads = __ballot_sync(kFullMask, head);
   WarpSegment s;
   s.id = __popc(heads & ((2u << lane) - 1u)) - 1;  // heads at lanes <= this one, minus one
+  s.first = 31 - __clz(heads & ((2u << lane) - 1u));  // the nearest head at or below this lane
   const bool next_head = lane == 31 || next != key || next < 0;
   s.last = next_head;
   return s;
@@ -41,6 +43,19 @@ __device__ __forceinline__ T segmented_scan(T v, int segment, Op op) {
     const T other = __shfl_up_sync(kFullMask, v, offset);
     const int other_segment = __shfl_up_sync(kFullMask, segment, offset);
     if (lane >= offset && other_segment == segment) v = op(v, other);
+  }
+  return v;
+}
+
+// Inclusive sum of v within segments, like segmented_scan but with no shuffle of segment ids: a
+// segment is a run of lanes, so lane - offset is in it exactly when lane - offset >= seg.first.
+// Segments are the same for every channel of a pixel, so callers compute them once.
+template <typename T>
+__device__ __forceinline__ T segment_sum(T v, const WarpSegment& seg) {
+  const int lane = threadIdx.x & 31;
+  for (int offset = 1; offset < 32; offset *= 2) {
+    const T other = __shfl_up_sync(kFullMask, v, offset);
+    if (lane - offset >= seg.first) v += other;
   }
   return v;
 }
