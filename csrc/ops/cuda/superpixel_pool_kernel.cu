@@ -88,6 +88,14 @@ __global__ void plane_exponent_kernel(const unsigned long long* max_abs, int64_t
   }
 }
 
+// v * 2^e. A multiplication by the double 2^e where that is a normal number (every float32 plane's
+// exponent is): exact, or for results too small to be normal rounded as ldexp rounds them (and
+// they round to 0 in the fixed point anyway). ldexp for the extreme exponents of float64 planes.
+__device__ __forceinline__ double scale_by_power_of_two(double v, int e) {
+  if (e >= -1022 && e <= 1023) return v * __longlong_as_double(static_cast<long long>(1023 + e) << 52);
+  return ldexp(v, e);
+}
+
 // Sums (fixed point), counts and non-finite flags of every (image, channel, superpixel).
 template <typename scalar_t>
 __global__ void pool_sum_kernel(const scalar_t* x, const int64_t* labels, int64_t batch, int64_t channels,
@@ -99,9 +107,8 @@ __global__ void pool_sum_kernel(const scalar_t* x, const int64_t* labels, int64_
        base += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t i = base + threadIdx.x;
     const int64_t key = pixel_key(labels, i, n, pixels, K, error);
-    const WarpSegment seg = warp_segment(key);
-    const long long one = key >= 0 ? 1 : 0;
-    const long long count = segmented_scan(one, seg.id, [](long long a, long long b) { return a + b; });
+    const WarpSegment seg = warp_segment(key);  // the same segments for every channel
+    const long long count = segment_sum<long long>(key >= 0 ? 1 : 0, seg);
     if (seg.last && key >= 0) atomicAdd(reinterpret_cast<unsigned long long*>(counts + key),
                                         static_cast<unsigned long long>(count));
     const int64_t b = i < n ? i / pixels : 0, p = i - b * pixels;
@@ -110,12 +117,12 @@ __global__ void pool_sum_kernel(const scalar_t* x, const int64_t* labels, int64_
       if (key >= 0) {
         const double v = static_cast<double>(x[(b * channels + c) * pixels + p]);
         if (isfinite(v)) {
-          fixed = static_cast<long long>(rint(ldexp(v, exponent[b * channels + c])));
+          fixed = llrint(scale_by_power_of_two(v, exponent[b * channels + c]));
         } else {
           atomicOr(flags + (b * channels + c) * K + (key - b * K), isnan(v) ? kNaN : (v > 0 ? kPosInf : kNegInf));
         }
       }
-      const long long sum = segmented_scan(fixed, seg.id, [](long long a, long long q) { return a + q; });
+      const long long sum = segment_sum<long long>(fixed, seg);
       if (seg.last && key >= 0 && sum != 0) {
         atomicAdd(reinterpret_cast<unsigned long long*>(sums + (b * channels + c) * K + (key - b * K)),
                   static_cast<unsigned long long>(sum));
