@@ -237,17 +237,12 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     flat = cam.flatten(2).float()
     high = flat.amax(2) if cam.numel() else cam.new_zeros(B, C)
     low = flat.amin(2) if cam.numel() else cam.new_zeros(B, C)
-    finite, negative = torch.stack([(torch.isfinite(low) & torch.isfinite(high)).all(), (low < 0).any()]).tolist()
-    if not finite:
-        raise ValueError(f"{fn}: cam holds NaN or infinite values")
     cam = _upsample(cam.float(), H, W, fn, "cam")  # bilinear: stays within [low, high]
-    if negative:  # negative scores count as 0
-        cam = cam.clamp_min(0)
-        high = high.clamp_min(0)
 
     if labels is None:
         labels, counts = ops.slic(image, n_segments, compactness, return_counts=True) if B else (
             torch.zeros(0, H, W, dtype=torch.int64, device=device), torch.zeros(0, dtype=torch.int64, device=device))
+        lowest = counts.new_zeros(())
     else:
         if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
             raise TypeError(f"{fn}: labels must be an int64 tensor")
@@ -255,20 +250,35 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
             raise ValueError(f"{fn}: labels must have shape [B, H, W] = [{B}, {H}, {W}], got {list(labels.shape)}")
         if labels.device != device:
             raise ValueError(f"{fn}: labels are on {labels.device} but image is on {device}")
-        if labels.numel() and int(labels.min()) < -1:
-            raise ValueError(f"{fn}: labels must be >= -1 (-1: pixel left out)")
+        lowest = labels.amin() if labels.numel() else labels.new_zeros(())
         counts = labels.flatten(1).amax(1) + 1 if B else labels.new_zeros(0)
     if class_mask is None:
         class_mask = high > 0
+    # Every fact the host needs, in one device synchronisation (each one stalls the GPU's queue).
+    facts = [(torch.isfinite(low) & torch.isfinite(high)).all(), (low < 0).any(), lowest]
+    if B:
+        facts += [counts.max(), counts.sum()]
+    finite, negative, lowest, *sizes = torch.stack([f.long() for f in facts]).tolist()
+    if not finite:
+        raise ValueError(f"{fn}: cam holds NaN or infinite values")
+    if lowest < -1:
+        raise ValueError(f"{fn}: labels must be >= -1 (-1: pixel left out)")
+    if negative:  # negative scores count as 0
+        cam = cam.clamp_min(0)
     if B == 0:
         out = cam.new_zeros(0, C, H, W)
         return (out, labels) if return_labels else out
 
-    k_max = int(counts.max())  # a device sync: the graph's size
-    valid = torch.arange(k_max, device=device)[None, :] < counts[:, None]  # [B, K]: nodes of the batch graph
+    # Nodes of the batch graph: superpixel k of image b is node offsets[b] + k. Long index tensors
+    # (not boolean masks, whose indexing synchronises to count) move values between [B, K] and [N].
+    k_max, N = sizes
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    node = torch.arange(N, device=device)
+    image_of_node = torch.searchsorted(offsets[1:], node, right=True)
+    node_index = image_of_node * k_max + node - offsets[image_of_node]  # into [B * K]
 
     def nodes(per_image: torch.Tensor) -> torch.Tensor:  # [B, D, K] -> [N, D]
-        return per_image.permute(0, 2, 1)[valid]
+        return per_image.transpose(1, 2).reshape(B * k_max, per_image.shape[1])[node_index]
 
     # Node features: mean colour in CIELAB, the unary (mean log-probability), optional deep features.
     rgb = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
@@ -279,7 +289,6 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     # The unary in one pass over the CAM, reading only the present classes' planes (ops._cam_unary).
     unary = nodes(ops._cam_unary(cam, labels, class_mask, k_max, t, _LOG_FLOOR))
     allowed = torch.cat([class_mask.new_ones(B, 1), class_mask], 1)
-    image_of_node = torch.arange(B, device=device)[:, None].expand(B, k_max)[valid]
     unary = unary.masked_fill(~allowed[image_of_node], float("-inf"))
 
     graph = ops.superpixel_adjacency(labels, counts)
@@ -300,9 +309,9 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
         q = torch.softmax(unary + weight * messages, 1)
     score = t * q[:, 1:] / q[:, :1].clamp_min(1e-30)
 
-    per_image = score.new_zeros(B, k_max, C)
-    per_image[valid] = score
-    out = ops.superpixel_unpool(per_image.permute(0, 2, 1).contiguous(), labels)
+    per_image = score.new_zeros(B * k_max, C)
+    per_image[node_index] = score
+    out = ops.superpixel_unpool(per_image.view(B, k_max, C).permute(0, 2, 1).contiguous(), labels)
     if numpy_in:
         out, labels = out[0].cpu().numpy(), labels[0].cpu().numpy()
     return (out, labels) if return_labels else out
