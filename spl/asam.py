@@ -232,11 +232,16 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
         features = _upsample(_float_maps(fn, "features", features, B, device), H, W, fn, "features")
     # One pass over the CAM gives every per-channel fact needed below (the CAM is the largest input:
     # on the CPU each pass over it costs about as much as the propagation).
-    # Per-channel extremes (two vectorised reductions; torch.aminmax over a dim is ~3x slower on the
-    # CPU) give: NaN and infinities, negative scores, and the default class mask.
+    # Its extremes give NaN and infinities (NaN propagates into both) and negative scores; without a
+    # class mask, per-channel maxima also give the default one (two vectorised reductions then:
+    # torch.aminmax over a dim is ~3x slower on the CPU), else one global aminmax pass.
     flat = cam.flatten(2).float()
-    high = flat.amax(2) if cam.numel() else cam.new_zeros(B, C)
-    low = flat.amin(2) if cam.numel() else cam.new_zeros(B, C)
+    if not cam.numel():
+        low = high = cam.new_zeros(B, C)
+    elif class_mask is None:
+        high, low = flat.amax(2), flat.amin(2)
+    else:
+        low, high = torch.aminmax(flat)
     cam = _upsample(cam.float(), H, W, fn, "cam")  # bilinear: stays within [low, high]
 
     if labels is None:
