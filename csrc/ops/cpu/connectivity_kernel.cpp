@@ -45,7 +45,7 @@ struct Scratch {
   // Regions.
   std::vector<Run> runs;
   std::vector<int64_t> run_label;
-  std::vector<int32_t> row_begin, parent, region;
+  std::vector<int32_t> row_begin, starts, parent, region;
   std::vector<int64_t> region_size;
   std::vector<Border> borders;
   // Border lists of the small regions (CSR): neighbours of small region i are
@@ -94,17 +94,25 @@ bool find_regions(const label_t* labels, int64_t height, int64_t width, Scratch&
   s.borders.clear();
   s.row_begin.resize(height + 1);
   // Runs, row by row; horizontally adjacent runs always differ in label, so they are borders.
+  // The starts of a row's runs are found first without branches (a label change every few pixels
+  // would make a branch per pixel mispredict once per run).
   bool outside = false;
+  s.starts.resize(width + 2);
+  int32_t* starts = s.starts.data();
   for (int64_t y = 0; y < height; ++y) {
     s.row_begin[y] = static_cast<int32_t>(s.runs.size());
     const label_t* row = labels + y * width;
-    int64_t x = 0;
+    int64_t count = 1;
+    starts[0] = 0;
+    for (int64_t x = 1; x < width; ++x) {
+      starts[count] = static_cast<int32_t>(x);
+      count += row[x] != row[x - 1];
+    }
+    starts[count] = static_cast<int32_t>(width);
     bool previous_inside = false;
-    while (x < width) {
-      const label_t v = row[x];
-      const int64_t x0 = x;
-      while (++x < width && row[x] == v) {
-      }
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t x0 = starts[i], x = starts[i + 1];
+      const label_t v = row[x0];
       if (v >= 0) {
         const int32_t r = static_cast<int32_t>(s.runs.size());
         if (previous_inside) s.borders.push_back({r - 1, r, 1});

@@ -513,31 +513,71 @@ SPL_TARGET_CLONES void process_cell(const SlicConfig& cfg, int64_t k, const Imag
   }
 }
 
+// New centres [begin, end) of one image: the same sums and means as slic_common.h's update_centre
+// (so the same bits as the GPU), with the statistics of the 9 cells summed in one sweep, the
+// channel count known at compile time where it is (kC > 0), and no division per centre.
+template <int kC>
+void update_centres(const SlicConfig& cfg, const ImageState& im, int64_t begin, int64_t end) {
+  constexpr int64_t kMaxStats = kC > 0 ? kC + 3 : kUpdateChunk;
+  const Grid& g = cfg.grid;
+  const int64_t C = kC > 0 ? kC : cfg.channels, S = C + 3, D = C + 2;
+  if (kC == 0 && S > kMaxStats) {  // many channels: the shared function sums them in chunks
+    for (int64_t k = begin; k < end; ++k) {
+      if (im.alive[k]) update_centre(im.stats, g.cells_y, g.cells_x, k, C, im.scales, im.centres + k * D);
+    }
+    return;
+  }
+  int64_t ky = begin / g.cells_x, kx = begin % g.cells_x;
+  for (int64_t k = begin; k < end; ++k) {
+    if (im.alive[k]) {
+      int64_t sums[kMaxStats] = {};
+      const int64_t ny0 = ky > 0 ? ky - 1 : 0, ny1 = ky + 1 < g.cells_y ? ky + 1 : ky;
+      const int64_t nx0 = kx > 0 ? kx - 1 : 0, nx1 = kx + 1 < g.cells_x ? kx + 1 : kx;
+      for (int64_t ny = ny0; ny <= ny1; ++ny) {
+        for (int64_t nx = nx0; nx <= nx1; ++nx) {
+          const int64_t slot = (ky - ny + 1) * 3 + (kx - nx + 1);  // k as seen from cell (ny, nx)
+          const int64_t* st = im.stats + ((ny * g.cells_x + nx) * kSlots + slot) * S;
+          for (int64_t j = 0; j < S; ++j) sums[j] += st[j];
+        }
+      }
+      const int64_t count = sums[C + 2];
+      if (count > 0) {
+        float* centre = im.centres + k * D;
+        centre[C] = fixed_mean(sums[C], count, 1.0f);
+        centre[C + 1] = fixed_mean(sums[C + 1], count, 1.0f);
+        for (int64_t j = 0; j < C; ++j) centre[j] = fixed_mean(sums[j], count, im.scales[j]);
+      }
+    }
+    if (++kx == g.cells_x) kx = 0, ++ky;
+  }
+}
+
 // All iterations for one image. With parallel_cells, the cells of each iteration are shared among
-// threads; otherwise the calling thread does everything.
+// threads; otherwise the calling thread does everything, with one scratch for all iterations.
 template <int kC>
 void slic_image(const SlicConfig& cfg, const ImageState& im, bool parallel_cells) {
   const int64_t K = cfg.num_centres();
-  auto over_range = [&](int64_t n, int64_t grain, auto&& f) {
-    if (parallel_cells) at::parallel_for(0, n, grain, f);
-    else f(0, n);
-  };
+  std::unique_ptr<Scratch> own_scratch = parallel_cells ? nullptr : std::make_unique<Scratch>(cfg.channels);
   for (int64_t it = 0; it < cfg.iterations; ++it) {
     const bool last = it + 1 == cfg.iterations;
     const CellOutput output = last ? CellOutput::kLabels : (it == 0 ? CellOutput::kFirstStats : CellOutput::kStats);
-    over_range(K, 8, [&](int64_t begin, int64_t end) {
-      Scratch scratch(cfg.channels);
+    auto assign = [&](int64_t begin, int64_t end, Scratch& scratch) {
       for (int64_t k = begin; k < end; ++k) process_cell<kC>(cfg, k, im, output, scratch);
-    });
-    if (!last) {
-      over_range(K, 256, [&](int64_t begin, int64_t end) {
-        for (int64_t k = begin; k < end; ++k) {
-          if (im.alive[k]) {
-            update_centre(im.stats, cfg.grid.cells_y, cfg.grid.cells_x, k, cfg.channels, im.scales,
-                          im.centres + k * cfg.centre_dims());
-          }
-        }
+    };
+    if (parallel_cells) {
+      at::parallel_for(0, K, 8, [&](int64_t begin, int64_t end) {
+        Scratch scratch(cfg.channels);
+        assign(begin, end, scratch);
       });
+    } else {
+      assign(0, K, *own_scratch);
+    }
+    if (!last) {
+      if (parallel_cells) {
+        at::parallel_for(0, K, 256, [&](int64_t begin, int64_t end) { update_centres<kC>(cfg, im, begin, end); });
+      } else {
+        update_centres<kC>(cfg, im, 0, K);
+      }
     }
   }
 }
