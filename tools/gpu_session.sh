@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device-machine call: build spl with CUDA, run the whole test suite (each file in its own process,
 # so a CUDA fault in one cannot poison the others) and the full `spl bench` on the GPU; logs under $OUT.
-# Usage (from the repository root, on the GPU machine): tools/gpu_session.sh [tests|bench|all] [pytest -k expr]
+# Usage (from the repository root, on the GPU machine): tools/gpu_session.sh [tests|profile|bench|all] [pytest -k expr]
+#   tests: the test files; profile: per-kernel GPU times of W1-W3 (tools/profile_kernels.py);
+#   bench: spl bench; all: the three, in that order.
 # Expects the VOC sample copied to .gpu/voc-dev and synth_cams.py to .gpu/ (carried with the call).
 set -uo pipefail
 what=${1:-all}
@@ -21,7 +23,7 @@ repo=$(pwd)
 cd /tmp  # import the installed package, not the source tree
 ldd "$(python3 -c "import importlib.util as u; print(u.find_spec('spl._C').origin)" 2>/dev/null)" | grep -E "stdc|gomp|cudart"
 python3 -c "import spl; print('cuda kernels:', spl.has_cuda_kernels(), 'cuda version', spl.cuda_version())"
-if [ "$what" != bench ]; then
+if [ "$what" = all ] || [ "$what" = tests ]; then
   for f in "$repo"/tests/test_*.py; do
     n=$(basename "$f" .py)
     args=(-v -rs -p no:cacheprovider --timeout 600 "$f")
@@ -36,7 +38,11 @@ if [ "$what" != bench ]; then
   done
 fi
 tar -C "$OUT" -czf "$OUT/tests.tgz" $(cd "$OUT" && ls test_*.log) 2>/dev/null && rm -f "$OUT"/test_*.log
-if [ "$what" != tests ]; then  # the full benchmark, peers included where installed (PYTHONPATH)
+if [ "$what" = all ] || [ "$what" = profile ]; then
+  timeout 300 python3 "$repo/tools/profile_kernels.py" > "$OUT/profile.log" 2>&1
+  echo "profile: rc=$?"; cat "$OUT/profile.log"
+fi
+if [ "$what" = all ] || [ "$what" = bench ]; then  # the full benchmark, peers included where installed (PYTHONPATH)
   SPL_VOC="$repo/.gpu/voc-dev" SPL_SYNTH_CAMS="$repo/.gpu/synth_cams.py" timeout "${BENCH_TIMEOUT:-560}" \
     python3 -m spl bench --device cuda --peers --out "$OUT/bench" > "$OUT/bench.log" 2>&1
   echo "spl bench: rc=$?"; tail -80 "$OUT/bench.log"
