@@ -15,7 +15,6 @@ namespace spl {
 namespace cuda {
 
 struct WarpSegment {
-  int id;     // index of this lane's segment within the warp
   int first;  // the lane where this lane's segment starts
   bool last;  // the last lane of its segment: the one that writes
 };
@@ -28,7 +27,6 @@ __device__ __forceinline__ WarpSegment warp_segment(int64_t key) {
   const bool head = lane == 0 || previous != key || key < 0;
   const unsigned heads = __ballot_sync(kFullMask, head);
   WarpSegment s;
-  s.id = __popc(heads & ((2u << lane) - 1u)) - 1;  // heads at lanes <= this one, minus one
   s.first = 31 - __clz(heads & ((2u << lane) - 1u));  // the nearest head at or below this lane
   const bool next_head = lane == 31 || next != key || next < 0;
   s.last = next_head;
@@ -36,28 +34,22 @@ __device__ __forceinline__ WarpSegment warp_segment(int64_t key) {
 }
 
 // Inclusive scan of v within segments (lanes are combined only with lanes of the same segment).
+// A segment is a run of lanes, so lane - offset is in it exactly when lane - offset >= seg.first:
+// no shuffle of segment ids, and callers reducing several channels find the segments once.
 template <typename T, typename Op>
-__device__ __forceinline__ T segmented_scan(T v, int segment, Op op) {
+__device__ __forceinline__ T segmented_scan(T v, const WarpSegment& seg, Op op) {
   const int lane = threadIdx.x & 31;
   for (int offset = 1; offset < 32; offset *= 2) {
     const T other = __shfl_up_sync(kFullMask, v, offset);
-    const int other_segment = __shfl_up_sync(kFullMask, segment, offset);
-    if (lane >= offset && other_segment == segment) v = op(v, other);
+    if (lane - offset >= seg.first) v = op(v, other);
   }
   return v;
 }
 
-// Inclusive sum of v within segments, like segmented_scan but with no shuffle of segment ids: a
-// segment is a run of lanes, so lane - offset is in it exactly when lane - offset >= seg.first.
-// Segments are the same for every channel of a pixel, so callers compute them once.
+// Inclusive sum within segments.
 template <typename T>
 __device__ __forceinline__ T segment_sum(T v, const WarpSegment& seg) {
-  const int lane = threadIdx.x & 31;
-  for (int offset = 1; offset < 32; offset *= 2) {
-    const T other = __shfl_up_sync(kFullMask, v, offset);
-    if (lane - offset >= seg.first) v += other;
-  }
-  return v;
+  return segmented_scan(v, seg, [](T a, T b) { return a + b; });
 }
 
 // Floats (as double) to unsigned integers that order like the values; NaN above everything.

@@ -37,7 +37,7 @@ __global__ void histogram_kernel(const int64_t* target, const int64_t* labels, i
       if (!bad_label && !bad_target && k >= 0 && y != ignore_index) key = ((i / pixels) * K + k) * num_classes + y;
     }
     const WarpSegment seg = warp_segment(key);
-    const int32_t count = segmented_scan(key >= 0 ? 1 : 0, seg.id, [](int32_t a, int32_t b) { return a + b; });
+    const int32_t count = segment_sum<int32_t>(key >= 0 ? 1 : 0, seg);
     if (seg.last && key >= 0) add_count(hist + key, count);
   }
 }

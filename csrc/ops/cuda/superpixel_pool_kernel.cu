@@ -167,7 +167,7 @@ __global__ void pool_max_kernel(const scalar_t* x, const int64_t* labels, int64_
       const unsigned long long v =
           key >= 0 ? ordered_key(static_cast<double>(x[(b * channels + c) * pixels + p])) : 0ull;
       const unsigned long long m =
-          segmented_scan(v, seg.id, [](unsigned long long a, unsigned long long q) { return a > q ? a : q; });
+          segmented_scan(v, seg, [](unsigned long long a, unsigned long long q) { return a > q ? a : q; });
       if (seg.last && key >= 0) atomicMax(best + (b * channels + c) * K + (key - b * K), m);
     }
   }
