@@ -614,6 +614,30 @@ torch.library.register_autograd("spl::superpixel_unpool", _unpool_backward, setu
 torch.library.register_autograd("spl::sparse_propagate", _propagate_backward, setup_context=_propagate_setup_context)
 
 
+def _cam_unary_setup_context(ctx, inputs, output):
+    cam, labels, class_mask, num_superpixels, bg_threshold, floor = inputs
+    ctx.save_for_backward(cam, labels, class_mask)
+    ctx.args = (num_superpixels, bg_threshold, floor)
+
+
+def _cam_unary_backward(ctx, grad):
+    # ASAM runs without gradients; when one is asked for, it is the reference formula's (the same
+    # function: max(cam, floor * T) / T is the reference's clamped probability), differentiated by
+    # autograd. It costs the dense tensor passes the kernel avoids, on the backward only.
+    from . import reference
+
+    cam, labels, class_mask = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None, None, None, None, None, None
+    with torch.enable_grad():
+        leaf = cam.detach().requires_grad_()
+        (g,) = torch.autograd.grad(reference.cam_unary(leaf, labels, class_mask, *ctx.args), leaf, grad)
+    return g, None, None, None, None, None
+
+
+torch.library.register_autograd("spl::_cam_unary", _cam_unary_backward, setup_context=_cam_unary_setup_context)
+
+
 # ---------------------------------------------------------------------------------------------
 # Fake kernels: output shapes follow from input shapes alone.
 

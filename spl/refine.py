@@ -427,7 +427,7 @@ def _upsampled(item, device, num_classes: int) -> torch.Tensor:
     if maps.shape[1] and maps.shape[-2:] != (H, W):
         maps = torch.nn.functional.interpolate(maps, size=(H, W), mode="bilinear", align_corners=False)
     cam = torch.zeros(1, num_classes, H, W, dtype=maps.dtype, device=device)
-    cam[:, torch.from_numpy(item["present"]).to(device)] = maps
+    cam[:, torch.from_numpy(np.flatnonzero(item["present"])).to(device)] = maps  # an index: no device sync
     return cam
 
 

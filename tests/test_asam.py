@@ -296,6 +296,22 @@ def test_cam_unary_edge_cases(device):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+def test_cam_unary_gradient(device):
+    """The op's float32 output against finite differences (hence the loose tolerances), and the gradient
+    reaching the CAM through asam_refine."""
+    g = torch.Generator().manual_seed(0)
+    cam = (0.2 + torch.rand(2, 3, 5, 6, generator=g, dtype=torch.float64)).to(device).requires_grad_()
+    labels = torch.randint(-1, 4, (2, 5, 6), generator=g).to(device)
+    present = torch.tensor([[True, False, True], [True, True, True]], device=device)
+    assert torch.autograd.gradcheck(lambda c: spl.ops._cam_unary(c, labels, present, 5, 0.15, 1e-6).double(),
+                                    (cam,), eps=1e-3, atol=2e-3, rtol=1e-2)
+    img, cam2, _ = two_region_case(device, size=32)
+    cam2.requires_grad_()
+    spl.asam_refine(img, cam2, n_segments=20)[:, 1].sum().backward()
+    assert cam2.grad is not None and bool(torch.isfinite(cam2.grad).all()) and bool((cam2.grad != 0).any())
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_cam_unary_opcheck(device):
     cam, labels, K, present = random_cam_case(2, device)
     torch.library.opcheck(torch.ops.spl._cam_unary.default, (cam, labels, present, K, 0.15, 1e-6))

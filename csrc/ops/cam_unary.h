@@ -16,7 +16,8 @@
 // order (threads, atomics) never matters, on the CPU and the GPU alike.
 //
 // A private op: asam_refine checks the inputs first (finite, non-negative CAM; labels in [-1, K)).
-// The kernels still check shapes, dtypes and devices, and skip labels outside [0, K).
+// The kernels still check shapes, dtypes and devices, and skip labels outside [0, K). Its gradient
+// (spl/ops.py) is the reference formula's, differentiated by autograd.
 #pragma once
 
 #include "ops/check.h"
@@ -61,7 +62,6 @@ inline void check_args(const at::Tensor& cam, const at::Tensor& labels, const at
   SPL_CHECK_VALUE(std::isfinite(bg_threshold) && bg_threshold > 0.0, op, ": bg_threshold must be finite and > 0, got ",
                   bg_threshold);
   SPL_CHECK_VALUE(floor >= 1e-30 && floor < 1.0, op, ": floor must be in [1e-30, 1), got ", floor);
-  SPL_CHECK_VALUE(H * W < (int64_t{1} << 31), op, ": images of 2^31 pixels or more are not supported");
 }
 
 }  // namespace cam_unary
