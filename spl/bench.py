@@ -8,7 +8,9 @@ Workloads (the benchmarks of the issues that built each part):
 - W1, SLIC: 32 RGB 512x512 uint8 images, n_segments 1000, compactness 10, 10 iterations,
   connectivity on. spl and ``spl.reference.slic`` on the device; with ``--peers`` scikit-image,
   fast-slic, OpenCV ximgproc (CPU) and cuda-slic (GPU). Quality beside speed: boundary recall,
-  undersegmentation error, achievable segmentation accuracy, on images with ground truth.
+  undersegmentation error, achievable segmentation accuracy, on images with ground truth; then the
+  same against compactness for every method (each scales it its own way), with spl's UE and ASA
+  at each peer point's boundary recall: the comparison at equal BR (table and ``quality_slic.png``).
 - W2, the loss: B=16, C=21, 512x512, K=1000: ``consistency_weights``, and ``superpixel_pool`` (mean)
   + ``superpixel_unpool`` forward and backward, against the reference ops.
 - W3, ASAM: 32 VOC-size images (375x500), 21 classes, K=1000, 40 rounds, SLIC included; the
@@ -287,6 +289,25 @@ def slic_peers(device: str, n_segments: int, compactness: float, iters: int) -> 
     return peers
 
 
+def compare_at_equal_recall(rows: List[dict]) -> None:
+    """Adds ``spl_ue_at_br`` and ``spl_asa_at_br`` to each peer row of a quality sweep: spl's UE and
+    ASA at the peer's boundary recall, linear between the two spl points of nearest BR on either side
+    (spl's points ordered by BR). A peer point outside the BR range of spl's sweep gets none."""
+    mine = sorted((r for r in rows if r["method"] == "spl"), key=lambda r: r["boundary_recall"])
+    for r in rows:
+        if r["method"] == "spl":
+            continue
+        br = r["boundary_recall"]
+        for lo, hi in zip(mine, mine[1:]):
+            if lo["boundary_recall"] <= br <= hi["boundary_recall"]:
+                span = hi["boundary_recall"] - lo["boundary_recall"]
+                w = (br - lo["boundary_recall"]) / span if span > 0 else 0.0
+                for key, out in (("undersegmentation_error", "spl_ue_at_br"),
+                                 ("achievable_segmentation_accuracy", "spl_asa_at_br")):
+                    r[out] = (1 - w) * lo[key] + w * hi[key]
+                break
+
+
 def densecrf(rgb: np.ndarray, cam: np.ndarray, present: np.ndarray, t: float) -> np.ndarray:
     """Labels (H, W) 0..20 by DenseCRF (pydensecrf2): 10 iterations, Gaussian sxy 3 compat 3, bilateral
     sxy 50 srgb 5 compat 10, the background's probability t before normalising, image-level classes."""
@@ -410,6 +431,48 @@ class Bench:
                 except Exception as e:  # a peer that breaks on this machine is reported, not fatal
                     self.skip(f"W1 {name}: failed ({type(e).__name__}: {e})")
         self._speedups("W1", base)
+        self._slic_quality_sweep(described, qset, K, iters)
+
+    def _slic_quality_sweep(self, described: str, qset, K: int, iters: int) -> None:
+        """Boundary recall, UE and ASA against compactness for spl and each peer.
+
+        Implementations scale compactness differently (fast-slic, for one, measures colour and space
+        in its own units), so quality at one nominal compactness compares trade-off points, not
+        methods. Sweeping it traces each method's BR-UE curve; each peer point then gets spl's UE and
+        ASA at the same BR, interpolated along spl's curve: the comparison at equal boundary recall."""
+        from . import metrics, ops
+
+        grid = [5.0, 10.0, 20.0] if self.quick else [3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0]
+        case = f"{described}, n_segments={K}, {iters} iterations"
+        print(f"W1 quality against compactness {grid[0]:g}..{grid[-1]:g}", flush=True)
+
+        def spl_at(c):
+            def segment(rgb):
+                x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).to(self.device)
+                return ops.slic(x, K, c, iters).cpu().numpy()
+            return segment
+
+        methods = [("spl", self.device, spl_at)]
+        if self.peers:
+            for name, segment in slic_peers(self.device, K, 10.0, iters).items():
+                if segment is not None:
+                    methods.append((name, "cuda" if name == "cuda-slic" else "cpu",
+                                    lambda c, name=name: slic_peers(self.device, K, c, iters)[name]))
+        for name, device, make in methods:
+            for c in grid:
+                try:
+                    segment = make(c)
+                    scores = [metrics.superpixel_scores(np.asarray(segment(rgb)), gt, ignore_index=255)
+                              for rgb, gt in qset]
+                except Exception as e:  # a peer that breaks is reported, not fatal
+                    if name == "spl":
+                        raise
+                    self.skip(f"W1 quality {name}: failed at compactness {c:g} ({type(e).__name__}: {e})")
+                    break
+                self.rows.append({"workload": "W1 quality", "case": case, "method": name, "device": device,
+                                  "compactness": c,
+                                  **{k: float(np.mean([s[k] for s in scores])) for k in scores[0]}})
+        compare_at_equal_recall([r for r in self.rows if r["workload"] == "W1 quality" and r["case"] == case])
 
     # --------------------------------------------------------------------------------------- W2
     def w2(self) -> None:
@@ -781,10 +844,13 @@ def tables(report: dict) -> str:
     lines = [f"spl bench on {env['gpu'] or env['cpu']} ({env['device']}), torch {env['torch']}, "
              f"{env['cpu_threads']} CPU threads, {env['date']}; copy bandwidth {env['copy_bandwidth_gb_s']:.0f} GB/s"]
     rows = report["results"]
-    order = ("W1", "W2", "W3", "W3 quality", "refine")
+    order = ("W1", "W1 quality", "W2", "W3", "W3 quality", "refine")
     for workload in [w for w in order if any(r["workload"] == w for r in rows)]:
         mine = [r for r in rows if r["workload"] == workload]
         lines.append("")
+        if workload == "W1 quality":
+            lines += slic_quality_table(mine)
+            continue
         if workload == "W3 quality":
             lines.append(f"### W3 quality: {mine[0]['case']}")
             lines.append("| method | mIoU | gain over raw CAM | best t | ms / image |")
@@ -817,6 +883,63 @@ def tables(report: dict) -> str:
     if report["skipped"]:
         lines.append("\nskipped: " + "; ".join(report["skipped"]))
     return "\n".join(lines)
+
+
+def slic_quality_table(rows: List[dict]) -> List[str]:
+    """The quality sweep of W1 as a table, and per peer how often spl does better at equal BR."""
+    lines = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        mine = [r for r in rows if r["case"] == case]
+        lines.append(f"### W1 quality against compactness: {case}")
+        lines.append("| method | compactness | BR | UE | ASA | segments | spl's UE at this BR | spl's ASA at this BR |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for r in mine:
+            at = (f"{r['spl_ue_at_br']:.4f} | {r['spl_asa_at_br']:.4f}" if "spl_ue_at_br" in r
+                  else ("" if r["method"] == "spl" else "outside spl's BR range") + " | ")
+            lines.append(f"| {r['method']} | {r['compactness']:g} | {r['boundary_recall']:.3f} | "
+                         f"{r['undersegmentation_error']:.4f} | {r['achievable_segmentation_accuracy']:.4f} | "
+                         f"{r['segments']:.0f} | {at} |")
+        for peer in dict.fromkeys(r["method"] for r in mine if r["method"] != "spl"):
+            inside = [r for r in mine if r["method"] == peer and "spl_ue_at_br" in r]
+            if inside:
+                ue = sum(r["spl_ue_at_br"] <= r["undersegmentation_error"] for r in inside)
+                asa = sum(r["spl_asa_at_br"] >= r["achievable_segmentation_accuracy"] for r in inside)
+                lines.append(f"- {peer}: at equal boundary recall spl's UE is as low or lower at {ue} of "
+                             f"{len(inside)} points, its ASA as high or higher at {asa} of {len(inside)}")
+    return lines
+
+
+def plot_slic_quality(report: dict, out: str) -> List[str]:
+    """UE against BR over the compactness sweep, one curve per method (lower right is better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["results"] if r["workload"] == "W1 quality"]
+    if not rows:
+        return []
+    env = report["environment"]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        line = [r for r in rows if r["method"] == method]
+        ax.plot([r["boundary_recall"] for r in line], [r["undersegmentation_error"] for r in line],
+                marker="o", label=method)
+        for r in line:
+            ax.annotate(f"{r['compactness']:g}", (r["boundary_recall"], r["undersegmentation_error"]),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("boundary recall (r = 2 px), higher is better")
+    ax.set_ylabel("undersegmentation error, lower is better")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"SLIC quality against compactness (labels): {rows[0]['case'].split(' (')[0]}", fontsize=9)
+    fig.suptitle(f"spl bench: {env['gpu'] or env['cpu']}, {env['date'][:10]}", fontsize=9)
+    fig.tight_layout()
+    path = os.path.join(out, "quality_slic.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
 
 
 def plot(report: dict, out: str) -> List[str]:
@@ -910,9 +1033,9 @@ def write_outputs(report: dict, out: str) -> List[str]:
     with open(os.path.join(out, "bench.md"), "w") as f:
         f.write(text + "\n")
     written = [json_path]
-    if report["scaling"]:
+    if report["scaling"] or any(r["workload"] == "W1 quality" for r in report["results"]):
         try:
-            written += plot(report, out)
+            written += plot(report, out) + plot_slic_quality(report, out)
         except ImportError:
             print("spl bench: matplotlib is not installed: no plots (pip install matplotlib)", file=sys.stderr)
     return written

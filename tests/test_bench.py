@@ -25,7 +25,7 @@ def test_quick_bench_writes_every_figure(quick_report):
     assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["date"][:4].isdigit()
     assert env["copy_bandwidth_gb_s"] > 0
     rows = report["results"]
-    assert {r["workload"] for r in rows} == {"W1", "W2", "W3", "W3 quality", "refine"}
+    assert {r["workload"] for r in rows} == {"W1", "W1 quality", "W2", "W3", "W3 quality", "refine"}
     for r in rows:
         if "ms" in r:
             assert 0 < r["ms_min"] <= r["ms"] <= r["ms_max"] and r["runs"] >= 1 and r["images"] >= 1
@@ -36,6 +36,9 @@ def test_quick_bench_writes_every_figure(quick_report):
         assert all(0 < r["floor_fraction"] for r in mine if r["method"].startswith("spl"))
     slic = next(r for r in rows if r["workload"] == "W1" and r["method"] == "spl")
     assert 0 < slic["boundary_recall"] <= 1 and 0 <= slic["undersegmentation_error"] < 1
+    sweep = [r for r in rows if r["workload"] == "W1 quality"]  # spl only without --peers
+    assert {r["method"] for r in sweep} == {"spl"} and [r["compactness"] for r in sweep] == [5.0, 10.0, 20.0]
+    assert all(0 < r["boundary_recall"] <= 1 and r["segments"] > 0 for r in sweep)
     quality = {r["method"]: r for r in rows if r["workload"] == "W3 quality"}
     assert set(quality) == {"raw CAM", "ASAM (defaults)"}  # DenseCRF only with --peers
     assert quality["ASAM (defaults)"]["gain"] > 0
@@ -46,11 +49,33 @@ def test_quick_bench_writes_every_figure(quick_report):
         points = [s for s in report["scaling"] if s["op"] == op]
         assert {s["axis"] for s in points} == {"batch", "size", "K"}
         assert {"spl", "spl.reference"} <= {s["method"].split(" (")[0] for s in points}
-    for name in ("scaling_slic.png", "scaling_asam.png"):
+    for name in ("scaling_slic.png", "scaling_asam.png", "quality_slic.png"):
         with open(out / name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     text = (out / "bench.md").read_text()
-    assert "### W1" in text and "### W3 quality" in text and "| spl |" in text
+    assert "### W1" in text and "### W1 quality against compactness" in text and "### W3 quality" in text
+    assert "| spl |" in text
+
+
+def test_quality_at_equal_boundary_recall_interpolates_along_spl_curve():
+    def row(method, c, br, ue, asa):
+        return {"workload": "W1 quality", "case": "x", "method": method, "compactness": c, "boundary_recall": br,
+                "undersegmentation_error": ue, "achievable_segmentation_accuracy": asa, "segments": 100}
+
+    # spl's points out of BR order on purpose (BR falls as compactness grows).
+    rows = [row("spl", 20, 0.70, 0.010, 0.990), row("spl", 5, 0.90, 0.030, 0.970), row("spl", 10, 0.80, 0.020, 0.980),
+            row("peer", 1, 0.85, 0.020, 0.990), row("peer", 2, 0.80, 0.010, 0.975), row("peer", 3, 0.95, 0.0, 1.0),
+            row("peer", 4, 0.65, 0.0, 1.0)]
+    bench.compare_at_equal_recall(rows)
+    p1, p2, p3, p4 = rows[3:]
+    assert p1["spl_ue_at_br"] == pytest.approx(0.025) and p1["spl_asa_at_br"] == pytest.approx(0.975)
+    assert p2["spl_ue_at_br"] == pytest.approx(0.020) and p2["spl_asa_at_br"] == pytest.approx(0.980)
+    assert "spl_ue_at_br" not in p3 and "spl_ue_at_br" not in p4  # outside spl's BR range
+    assert all("spl_ue_at_br" not in r for r in rows[:3])
+    text = "\n".join(bench.slic_quality_table(rows))
+    # p1: spl worse on UE (0.025 > 0.020) and ASA (0.975 < 0.990); p2: spl worse on UE, better on ASA.
+    assert "UE is as low or lower at 0 of 2 points, its ASA as high or higher at 1 of 2" in text
+    assert text.count("outside spl's BR range") == 2
 
 
 def test_measure_warms_up_rotates_and_counts():
