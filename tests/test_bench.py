@@ -153,3 +153,17 @@ def test_merge_combines_runs_of_one_device_and_rejects_others(quick_report, tmp_
         capsys.readouterr()
         assert main(["bench", "--merge", str(paths[0]), str(tmp_path / bad), "--out", str(tmp_path / "x")]) == 2
         assert "--merge" in capsys.readouterr().err
+
+
+def test_profile_tool_runs_on_the_cpu():
+    """tools/profile_kernels.py (the GPU sessions' per-kernel profile) on small inputs, so that it cannot rot."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, os.path.join(root, "tools", "profile_kernels.py"), "--device", "cpu",
+                             "--quick", "--rows", "3"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for workload in ("W1 slic", "W2 pool(mean)+unpool fwd+bwd", "W2 consistency_weights",
+                     "W3 asam_refine, SLIC included", "W3 asam_refine, superpixels given"):
+        assert f"## {workload}: " in result.stdout
+    assert "spl::sparse_propagate" in result.stdout and "spl::slic" in result.stdout
