@@ -31,6 +31,21 @@ inline unsigned blocks_for(int64_t n, int threads) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n);         \
        i += static_cast<int64_t>(blockDim.x) * gridDim.x)
 
+// A 2-D grid over `planes` planes (image x channel) of `pixels` elements: blockIdx.y walks the
+// planes, blockIdx.x and the threads walk a plane. Kernels over every element of a [B, C, H, W]
+// tensor then find plane and pixel without a 64-bit division per element (one such division and
+// modulo cost more instructions than the element's loads and store).
+inline dim3 plane_blocks(int64_t planes, int64_t pixels, int threads) {
+  const int64_t x = ceil_div(pixels, threads);
+  return dim3(static_cast<unsigned>(x < 1 ? 1 : (x > 1024 ? 1024 : x)),
+              static_cast<unsigned>(planes < 1 ? 1 : (planes > 65535 ? 65535 : planes)));
+}
+
+#define SPL_CUDA_PLANES(plane, planes) for (int64_t plane = blockIdx.y; plane < (planes); plane += gridDim.y)
+#define SPL_CUDA_PLANE_PIXELS(p, pixels)                                                           \
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < (pixels);    \
+       p += static_cast<int64_t>(blockDim.x) * gridDim.x)
+
 // Exact integer sum over a full warp (every lane must call it).
 __device__ __forceinline__ int32_t warp_sum(int32_t v) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

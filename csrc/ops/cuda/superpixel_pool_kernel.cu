@@ -10,6 +10,7 @@
 #include "ops/check.h"
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -177,11 +178,16 @@ __global__ void pool_max_kernel(const scalar_t* x, const int64_t* labels, int64_
 template <typename scalar_t>
 __global__ void pool_argmax_kernel(const scalar_t* x, const int64_t* labels, int64_t batch, int64_t channels,
                                    int64_t pixels, int64_t K, const unsigned long long* best, long long* argmax) {
-  SPL_CUDA_1D_LOOP(i, batch * channels * pixels) {
-    const int64_t bc = i / pixels, p = i % pixels, b = bc / channels;
-    const int64_t k = labels[b * pixels + p];
-    if (k < 0 || k >= K) continue;
-    if (ordered_key(static_cast<double>(x[i])) == best[bc * K + k]) atomicMin(argmax + bc * K + k, static_cast<long long>(p));
+  SPL_CUDA_PLANES(bc, batch * channels) {
+    const int64_t* l = labels + (bc / channels) * pixels;
+    const scalar_t* plane = x + bc * pixels;
+    SPL_CUDA_PLANE_PIXELS(p, pixels) {
+      const int64_t k = l[p];
+      if (k < 0 || k >= K) continue;
+      if (ordered_key(static_cast<double>(plane[p])) == best[bc * K + k]) {
+        atomicMin(argmax + bc * K + k, static_cast<long long>(p));
+      }
+    }
   }
 }
 
@@ -240,8 +246,8 @@ std::tuple<at::Tensor, at::Tensor> superpixel_pool_cuda(const at::Tensor& x, con
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       raise_if_bad_labels(error, op, K, stream);
       auto* ap = reinterpret_cast<long long*>(aux.data_ptr<int64_t>());
-      pool_argmax_kernel<scalar_t><<<blocks_for(B * C * HW, kThreads), kThreads, 0, stream>>>(xp, lp, B, C, HW, K,
-                                                                                             bp, ap);
+      pool_argmax_kernel<scalar_t><<<plane_blocks(B * C, HW, kThreads), kThreads, 0, stream>>>(xp, lp, B, C, HW, K,
+                                                                                               bp, ap);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       pool_max_finish_kernel<scalar_t><<<blocks_for(B * C * K, kThreads), kThreads, 0, stream>>>(
           bp, B * C * K, ap, out.data_ptr<scalar_t>());
@@ -275,19 +281,30 @@ std::tuple<at::Tensor, at::Tensor> superpixel_pool_cuda(const at::Tensor& x, con
   return {out, aux};
 }
 
+// The gradient of each pooled value as its pixels receive it: g (sum) or g / n (mean), rounded to
+// scalar_t. Once per (image, channel, superpixel) rather than per pixel: a float64 division costs
+// more than the gather itself, and the value, hence every bit, is the same.
 template <typename scalar_t>
-__global__ void pool_backward_gather_kernel(const scalar_t* grad, const int64_t* labels, const int64_t* counts,
-                                            int64_t batch, int64_t channels, int64_t pixels, int64_t K, bool mean,
-                                            scalar_t* grad_x) {
-  SPL_CUDA_1D_LOOP(i, batch * channels * pixels) {
-    const int64_t bc = i / pixels, p = i % pixels, b = bc / channels;
-    const int64_t k = labels[b * pixels + p];
-    if (k < 0) {
-      grad_x[i] = scalar_t(0);
-      continue;
+__global__ void pool_backward_values_kernel(const scalar_t* grad, const int64_t* counts, int64_t batch,
+                                            int64_t channels, int64_t K, scalar_t* values) {
+  SPL_CUDA_1D_LOOP(i, batch * channels * K) {
+    const int64_t b = i / (channels * K), k = i % K;
+    values[i] = static_cast<scalar_t>(static_cast<double>(grad[i]) / static_cast<double>(counts[b * K + k]));
+  }
+}
+
+// grad_x[b, c, p] = values[b, c, labels[b, p]] (0 where the label is -1), over (plane, pixel).
+template <typename scalar_t>
+__global__ void pool_backward_gather_kernel(const scalar_t* values, const int64_t* labels, int64_t batch,
+                                            int64_t channels, int64_t pixels, int64_t K, scalar_t* grad_x) {
+  SPL_CUDA_PLANES(bc, batch * channels) {
+    const int64_t* l = labels + (bc / channels) * pixels;
+    const scalar_t* v = values + bc * K;
+    scalar_t* out = grad_x + bc * pixels;
+    SPL_CUDA_PLANE_PIXELS(p, pixels) {
+      const int64_t k = l[p];
+      out[p] = k < 0 ? scalar_t(0) : v[k];
     }
-    const double g = static_cast<double>(grad[bc * K + k]);
-    grad_x[i] = static_cast<scalar_t>(mean ? g / static_cast<double>(counts[b * K + k]) : g);
   }
 }
 
@@ -315,9 +332,15 @@ at::Tensor superpixel_pool_backward_cuda(const at::Tensor& grad, const at::Tenso
       pool_backward_max_kernel<scalar_t><<<blocks_for(B * C * K, kThreads), kThreads, 0, stream>>>(
           g.const_data_ptr<scalar_t>(), ac.const_data_ptr<int64_t>(), B * C, HW, K, grad_x.data_ptr<scalar_t>());
     } else {
-      pool_backward_gather_kernel<scalar_t><<<blocks_for(B * C * HW, kThreads), kThreads, 0, stream>>>(
-          g.const_data_ptr<scalar_t>(), lc.const_data_ptr<int64_t>(), ac.const_data_ptr<int64_t>(), B, C, HW, K,
-          reduce == PoolReduce::kMean, grad_x.data_ptr<scalar_t>());
+      at::Tensor values = g;
+      if (reduce == PoolReduce::kMean) {
+        values = at::empty_like(g);
+        pool_backward_values_kernel<scalar_t><<<blocks_for(B * C * K, kThreads), kThreads, 0, stream>>>(
+            g.const_data_ptr<scalar_t>(), ac.const_data_ptr<int64_t>(), B, C, K, values.data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      pool_backward_gather_kernel<scalar_t><<<plane_blocks(B * C, HW, kThreads), kThreads, 0, stream>>>(
+          values.const_data_ptr<scalar_t>(), lc.const_data_ptr<int64_t>(), B, C, HW, K, grad_x.data_ptr<scalar_t>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
