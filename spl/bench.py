@@ -455,7 +455,9 @@ class Bench:
         methods = [("spl", self.device, spl_at)]
         if self.peers:
             for name, segment in slic_peers(self.device, K, 10.0, iters).items():
-                if segment is not None:
+                # A GPU run sweeps the GPU peer only: the CPU peers' curves belong to a CPU run (their
+                # labels do not depend on the machine, and scikit-image's sweep takes minutes).
+                if segment is not None and not (self.device.startswith("cuda") and name != "cuda-slic"):
                     methods.append((name, "cuda" if name == "cuda-slic" else "cpu",
                                     lambda c, name=name: slic_peers(self.device, K, c, iters)[name]))
         for name, device, make in methods:
