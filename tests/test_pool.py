@@ -97,6 +97,24 @@ def test_gradients_match_reference(device, reduce):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_backward_writes_every_element(device, reduce):
+    # The sum/mean backward allocates its output uninitialised; a block freed just before, full of
+    # NaN, is what the allocator usually hands it, so a pixel left unwritten (label -1) shows.
+    x, labels = random_case(7, device=device)
+    _, aux = torch.ops.spl.superpixel_pool(x, labels, 6, reduce)
+    g = torch.randn(2, 3, 6).to(device)
+    want = torch.ops.spl._superpixel_pool_backward(g, labels, aux, 7, 9, reduce)
+    for _ in range(3):
+        poison = torch.full_like(x, float("nan"))
+        del poison
+        grad_x = torch.ops.spl._superpixel_pool_backward(g, labels, aux, 7, 9, reduce)
+        assert not grad_x.isnan().any()
+        assert (grad_x[(labels < 0)[:, None].expand_as(grad_x)] == 0).all()
+        assert torch.equal(grad_x, want)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_pool_is_deterministic(device):
     x, labels = random_case(7, B=3, C=5, H=64, W=48, K=40, device=device)
     first = spl.superpixel_pool(x, labels, 40, "sum")

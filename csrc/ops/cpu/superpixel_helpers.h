@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/aminmax.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 
@@ -36,6 +37,28 @@ bool image_histogram(const int64_t* target, const int64_t* labels, int64_t pixel
     if (k >= 0 && y >= 0 && y < num_classes) ++hist[k * num_classes + y];
   }
   return ok;
+}
+
+// out[b, c, p] = values[b, c, labels[b, p]], 0 where the label is -1 (labels already checked):
+// superpixel_unpool, and the backward of sum and mean pooling. Tiles of pixels, every channel of a
+// tile in turn: the tile's labels stay in L1 and are read from memory once, not once per channel
+// (int64 labels outweigh a float channel).
+template <typename scalar_t>
+void gather_by_label(const scalar_t* values, const int64_t* labels, int64_t B, int64_t C, int64_t HW, int64_t K,
+                     scalar_t* out) {
+  constexpr int64_t kTile = 2048;
+  const int64_t tiles = (HW + kTile - 1) / kTile;
+  at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bt = begin; bt < end; ++bt) {
+      const int64_t b = bt / tiles, p0 = (bt % tiles) * kTile, p1 = std::min(HW, p0 + kTile);
+      const int64_t* lb = labels + b * HW;
+      for (int64_t c = 0; c < C; ++c) {
+        const scalar_t* fk = values + (b * C + c) * K;
+        scalar_t* ob = out + (b * C + c) * HW;
+        for (int64_t p = p0; p < p1; ++p) ob[p] = lb[p] >= 0 ? fk[lb[p]] : scalar_t(0);
+      }
+    }
+  });
 }
 
 }  // namespace cpu

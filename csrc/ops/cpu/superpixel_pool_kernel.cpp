@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -109,41 +110,49 @@ std::tuple<at::Tensor, at::Tensor> superpixel_pool_cpu(const at::Tensor& x, cons
   return {out, aux};
 }
 
-// Gradient of the pooling with respect to x: a gather (sum, mean) or a scatter to the argmax pixel
-// (max); every element of grad_x is written by exactly one task, so it is deterministic.
+// Gradient of the pooling with respect to x: for sum and mean a gather of each superpixel's
+// gradient (divided by its size for mean, once per superpixel rather than per pixel: the same
+// values); for max a scatter to the argmax pixel. Every element of grad_x is written by exactly one
+// task, so it is deterministic.
 at::Tensor superpixel_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& labels, const at::Tensor& aux,
                                         int64_t H, int64_t W, c10::string_view reduce_name) {
   const PoolReduce reduce = parse_reduce(reduce_name);
   const int64_t B = grad.size(0), C = grad.size(1), K = grad.size(2), HW = H * W;
   const at::Tensor g = grad.contiguous(), lc = labels.contiguous(), ac = aux.contiguous();
-  at::Tensor grad_x = at::zeros({B, C, H, W}, grad.options());
+  // Sum and mean write every element (the gather writes 0 where the label is -1): no zero fill.
+  at::Tensor grad_x = reduce == PoolReduce::kMax ? at::zeros({B, C, H, W}, grad.options())
+                                                 : at::empty({B, C, H, W}, grad.options());
   if (grad_x.numel() == 0) return grad_x;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "superpixel_pool_backward_cpu", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    const int64_t* l = lc.const_data_ptr<int64_t>();
     const int64_t* a = ac.const_data_ptr<int64_t>();
     scalar_t* out = grad_x.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bc = begin; bc < end; ++bc) {
-        const int64_t b = bc / C;
-        const scalar_t* gk = gp + bc * K;
-        scalar_t* o = out + bc * HW;
-        if (reduce == PoolReduce::kMax) {
+    if (reduce == PoolReduce::kMax) {
+      at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t bc = begin; bc < end; ++bc) {
+          const scalar_t* gk = gp + bc * K;
+          scalar_t* o = out + bc * HW;
           for (int64_t k = 0; k < K; ++k) {
             if (a[bc * K + k] >= 0) o[a[bc * K + k]] = gk[k];
           }
-          continue;
         }
-        const int64_t* lb = l + b * HW;
-        const int64_t* n = a + b * K;
-        for (int64_t p = 0; p < HW; ++p) {
-          const int64_t k = lb[p];
-          if (k < 0) continue;
-          o[p] = reduce == PoolReduce::kMean ? static_cast<scalar_t>(static_cast<double>(gk[k]) / static_cast<double>(n[k]))
-                                             : gk[k];
+      });
+      return;
+    }
+    at::Tensor values = g;
+    if (reduce == PoolReduce::kMean) {
+      values = at::empty_like(g);
+      scalar_t* v = values.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t bc = begin; bc < end; ++bc) {
+          const int64_t* n = a + (bc / C) * K;
+          for (int64_t k = 0; k < K; ++k) {
+            v[bc * K + k] = static_cast<scalar_t>(static_cast<double>(gp[bc * K + k]) / static_cast<double>(n[k]));
+          }
         }
-      }
-    });
+      });
+    }
+    gather_by_label(values.const_data_ptr<scalar_t>(), lc.const_data_ptr<int64_t>(), B, C, HW, K, out);
   });
   return grad_x;
 }

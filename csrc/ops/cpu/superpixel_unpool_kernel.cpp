@@ -26,24 +26,8 @@ at::Tensor superpixel_unpool_cpu(const at::Tensor& features, const at::Tensor& l
   at::Tensor out = at::empty({B, C, H, W}, features.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "superpixel_unpool_cpu", [&] {
-    const scalar_t* fp = f.const_data_ptr<scalar_t>();
-    const int64_t* l = lc.const_data_ptr<int64_t>();
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    // Tiles of pixels, every channel of a tile in turn: the tile's labels stay in L1 and are read
-    // from memory once, not once per channel (int64 labels outweigh a float channel).
-    constexpr int64_t kTile = 2048;
-    const int64_t tiles = (HW + kTile - 1) / kTile;
-    at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bt = begin; bt < end; ++bt) {
-        const int64_t b = bt / tiles, p0 = (bt % tiles) * kTile, p1 = std::min(HW, p0 + kTile);
-        const int64_t* lb = l + b * HW;
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* fk = fp + (b * C + c) * K;
-          scalar_t* ob = o + (b * C + c) * HW;
-          for (int64_t p = p0; p < p1; ++p) ob[p] = lb[p] >= 0 ? fk[lb[p]] : scalar_t(0);
-        }
-      }
-    });
+    gather_by_label(f.const_data_ptr<scalar_t>(), lc.const_data_ptr<int64_t>(), B, C, HW, K,
+                    out.mutable_data_ptr<scalar_t>());
   });
   return out;
 }
