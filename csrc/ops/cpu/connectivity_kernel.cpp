@@ -12,6 +12,7 @@
 
 #include "ops/connectivity.h"
 #include "ops/connectivity_common.h"
+#include "ops/cpu/target_clones.h"
 
 namespace spl {
 namespace cpu {
@@ -84,6 +85,24 @@ void unite(int32_t* parent, int32_t a, int32_t b) {
   else if (b < a) parent[a] = b;
 }
 
+// The starts of the runs of equal labels in one row (x = 0 first), then `width`; returns the
+// number of runs. A label changes every few pixels, so a branch per pixel would mispredict once per
+// run, and a store per pixel at a moving index serialises: each block of 64 pixels is compared at
+// once into a bit mask (vectorised), then its set bits are listed.
+template <typename label_t>
+SPL_TARGET_CLONES int64_t row_run_starts(const label_t* row, int64_t width, int32_t* starts) {
+  int64_t count = 1;
+  starts[0] = 0;
+  for (int64_t x0 = 1; x0 < width; x0 += 64) {
+    const int64_t len = std::min<int64_t>(64, width - x0);
+    uint64_t changed = 0;
+    for (int64_t j = 0; j < len; ++j) changed |= static_cast<uint64_t>(row[x0 + j] != row[x0 + j - 1]) << j;
+    for (; changed; changed &= changed - 1) starts[count++] = static_cast<int32_t>(x0 + __builtin_ctzll(changed));
+  }
+  starts[count] = static_cast<int32_t>(width);
+  return count;
+}
+
 // Splits the labels into runs and their regions (4-connected components of equal labels, numbered
 // 0..M-1 in raster order of their first pixel); records every border between runs. Returns
 // whether any pixel lies outside every region (negative label).
@@ -94,21 +113,13 @@ bool find_regions(const label_t* labels, int64_t height, int64_t width, Scratch&
   s.borders.clear();
   s.row_begin.resize(height + 1);
   // Runs, row by row; horizontally adjacent runs always differ in label, so they are borders.
-  // The starts of a row's runs are found first without branches (a label change every few pixels
-  // would make a branch per pixel mispredict once per run).
   bool outside = false;
   s.starts.resize(width + 2);
   int32_t* starts = s.starts.data();
   for (int64_t y = 0; y < height; ++y) {
     s.row_begin[y] = static_cast<int32_t>(s.runs.size());
     const label_t* row = labels + y * width;
-    int64_t count = 1;
-    starts[0] = 0;
-    for (int64_t x = 1; x < width; ++x) {
-      starts[count] = static_cast<int32_t>(x);
-      count += row[x] != row[x - 1];
-    }
-    starts[count] = static_cast<int32_t>(width);
+    const int64_t count = row_run_starts(row, width, starts);
     bool previous_inside = false;
     for (int64_t i = 0; i < count; ++i) {
       const int64_t x0 = starts[i], x = starts[i + 1];

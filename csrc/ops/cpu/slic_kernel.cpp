@@ -24,16 +24,12 @@
 #include <vector>
 
 #include "ops/cpu/connectivity_kernel.h"
+#include "ops/cpu/target_clones.h"
 #include "ops/slic.h"
 #include "ops/slic_common.h"
 
-// The hot loops are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time. The
-// arithmetic is the same in every clone (no FMA contraction), so the labels are too.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define SPL_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SPL_TARGET_CLONES
-#endif
+// The hot loops are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time
+// (target_clones.h); the labels are the same in every clone.
 
 namespace spl {
 namespace {
