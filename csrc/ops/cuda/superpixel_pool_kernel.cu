@@ -20,6 +20,7 @@
 #include <cmath>
 
 #include "ops/cuda/cuda_helpers.h"
+#include "ops/cuda/gather_by_label.cuh"
 #include "ops/cuda/segmented_reduce.cuh"
 #include "ops/superpixel_pool.h"
 
@@ -293,21 +294,6 @@ __global__ void pool_backward_values_kernel(const scalar_t* grad, const int64_t*
   }
 }
 
-// grad_x[b, c, p] = values[b, c, labels[b, p]] (0 where the label is -1), over (plane, pixel).
-template <typename scalar_t>
-__global__ void pool_backward_gather_kernel(const scalar_t* values, const int64_t* labels, int64_t batch,
-                                            int64_t channels, int64_t pixels, int64_t K, scalar_t* grad_x) {
-  SPL_CUDA_PLANES(bc, batch * channels) {
-    const int64_t* l = labels + (bc / channels) * pixels;
-    const scalar_t* v = values + bc * K;
-    scalar_t* out = grad_x + bc * pixels;
-    SPL_CUDA_PLANE_PIXELS(p, pixels) {
-      const int64_t k = l[p];
-      out[p] = k < 0 ? scalar_t(0) : v[k];
-    }
-  }
-}
-
 template <typename scalar_t>
 __global__ void pool_backward_max_kernel(const scalar_t* grad, const int64_t* argmax, int64_t planes, int64_t pixels,
                                          int64_t K, scalar_t* grad_x) {
@@ -339,8 +325,9 @@ at::Tensor superpixel_pool_backward_cuda(const at::Tensor& grad, const at::Tenso
             g.const_data_ptr<scalar_t>(), ac.const_data_ptr<int64_t>(), B, C, K, values.data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-      pool_backward_gather_kernel<scalar_t><<<plane_blocks(B * C, HW, kThreads), kThreads, 0, stream>>>(
-          values.const_data_ptr<scalar_t>(), lc.const_data_ptr<int64_t>(), B, C, HW, K, grad_x.data_ptr<scalar_t>());
+      gather_by_label_kernel<scalar_t, false><<<plane_blocks(B * C, HW, kThreads), kThreads, 0, stream>>>(
+          values.const_data_ptr<scalar_t>(), lc.const_data_ptr<int64_t>(), B, C, HW, K, grad_x.data_ptr<scalar_t>(),
+          nullptr);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -1,5 +1,5 @@
-// superpixel_unpool on the GPU: a gather, out[b, c, p] = features[b, c, labels[b, p]], over a grid of
-// (plane, pixel) (cuda_helpers.h: plane_blocks).
+// superpixel_unpool on the GPU: a gather, out[b, c, p] = features[b, c, labels[b, p]]
+// (gather_by_label.cuh), then one host read of the label-range flag.
 #include "ops/check.h"
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "ops/cuda/cuda_helpers.h"
+#include "ops/cuda/gather_by_label.cuh"
 #include "ops/superpixel_pool.h"
 
 namespace spl {
@@ -14,25 +15,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-template <typename scalar_t>
-__global__ void unpool_kernel(const scalar_t* features, const int64_t* labels, int64_t batch, int64_t channels,
-                              int64_t pixels, int64_t K, scalar_t* out, int* error) {
-  SPL_CUDA_PLANES(bc, batch * channels) {
-    const int64_t* l = labels + (bc / channels) * pixels;
-    const scalar_t* f = features + bc * K;
-    scalar_t* o = out + bc * pixels;
-    SPL_CUDA_PLANE_PIXELS(p, pixels) {
-      const int64_t k = l[p];
-      if (k < -1 || k >= K) {
-        atomicOr(error, 1);
-        o[p] = scalar_t(0);
-        continue;
-      }
-      o[p] = k < 0 ? scalar_t(0) : f[k];
-    }
-  }
-}
 
 at::Tensor superpixel_unpool_cuda(const at::Tensor& features, const at::Tensor& labels) {
   const char* op = "superpixel_unpool";
@@ -48,7 +30,7 @@ at::Tensor superpixel_unpool_cuda(const at::Tensor& features, const at::Tensor& 
   if (out.numel() == 0) return out;
   at::Tensor error = at::zeros({1}, features.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "superpixel_unpool_cuda", [&] {
-    unpool_kernel<scalar_t><<<plane_blocks(B * C, HW, kThreads), kThreads, 0, stream>>>(
+    gather_by_label_kernel<scalar_t, true><<<plane_blocks(B * C, HW, kThreads), kThreads, 0, stream>>>(
         f.const_data_ptr<scalar_t>(), lc.const_data_ptr<int64_t>(), B, C, HW, K, out.data_ptr<scalar_t>(),
         error.data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
