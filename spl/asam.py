@@ -286,8 +286,11 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
         return per_image.transpose(1, 2).reshape(B * k_max, per_image.shape[1])[node_index]
 
     # Node features: mean colour in CIELAB, the unary (mean log-probability), optional deep features.
-    rgb = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-    mean_rgb = nodes(ops.superpixel_pool(rgb, labels, k_max, "mean"))
+    # uint8 images are scaled to [0, 1] after pooling (on the means, not on every pixel: one pass
+    # less over the image).
+    mean_rgb = nodes(ops.superpixel_pool(image.float(), labels, k_max, "mean"))
+    if image.dtype == torch.uint8:
+        mean_rgb = mean_rgb / 255.0
     # float64: float32 pow / cube root round differently in vector bodies and loop tails, which would
     # make a superpixel's colour depend on its position in the batch.
     lab = reference.rgb_to_lab(mean_rgb.double().T[None, :, :, None])[0, :, :, 0].T.float()  # [N, 3]

@@ -430,8 +430,10 @@ def asam_refine(image: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor, cl
     k_max = int(counts.max())
     valid = torch.arange(k_max, device=cam.device)[None, :] < counts[:, None]
     nodes = lambda per_image: per_image.permute(0, 2, 1)[valid]  # noqa: E731
-    rgb = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-    lab = rgb_to_lab(nodes(superpixel_pool(rgb, labels, k_max)).double().T[None, :, :, None])[0, :, :, 0].T.float()
+    mean_rgb = nodes(superpixel_pool(image.float(), labels, k_max))  # uint8: scaled to [0, 1] after pooling
+    if image.dtype == torch.uint8:
+        mean_rgb = mean_rgb / 255.0
+    lab = rgb_to_lab(mean_rgb.double().T[None, :, :, None])[0, :, :, 0].T.float()
     t = bg_threshold
     unary = nodes(cam_unary(cam.float().clamp_min(0), labels, class_mask, k_max, t))
     allowed = torch.cat([class_mask.new_ones(B, 1), class_mask], 1)
