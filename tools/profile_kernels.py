@@ -13,13 +13,12 @@ For each workload:
 On the CPU the same tables show host time only: a way to check the tool without a GPU.
 """
 import argparse
-import statistics
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import spl
+from spl.bench import measure
 
 # Host calls that wait for the device (a synchronous cudaMemcpy included: torch reads scalars with
 # cudaMemcpyAsync + cudaStreamSynchronize, counted once, as the sync).
@@ -36,22 +35,8 @@ def _device_us(event, self_only=True):
     return 0
 
 
-def wall_ms(fn, device: str, runs: int = 5) -> float:
-    times = []
-    for _ in range(runs):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
-
-
 def show(name: str, fn, device: str, rows: int) -> None:
-    fn()  # warm-up
-    wall = wall_ms(fn, device)
+    wall = 1e3 * measure(lambda r: fn(), device, repeats=5, budget_s=30.0).median  # warm-up, then 5 calls
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with profile(activities=activities) as prof:
         fn()
