@@ -259,8 +259,10 @@ std::tuple<at::Tensor, at::Tensor> superpixel_pool_cuda(const at::Tensor& x, con
     at::Tensor sums = at::zeros({B, C, K}, long_opts);
     at::Tensor flags = at::zeros({B, C, K}, x.options().dtype(at::kInt));
     auto* mp = reinterpret_cast<unsigned long long*>(max_abs.data_ptr<int64_t>());
+    // (C == 0 still runs pool_sum_kernel below, for the counts and the label check; a grid
+    // dimension of 0 would be an invalid launch.)
     const dim3 plane_grid(static_cast<unsigned>(std::min<int64_t>(ceil_div(HW, kThreads), 64)),
-                          static_cast<unsigned>(std::min<int64_t>(B * C, 65535)));
+                          static_cast<unsigned>(std::clamp<int64_t>(B * C, 1, 65535)));
     plane_max_abs_kernel<scalar_t><<<plane_grid, kThreads, 0, stream>>>(xp, lp, B * C, C, HW, mp);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     at::Tensor exponent = at::empty({B * C}, x.options().dtype(at::kInt));
