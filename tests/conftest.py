@@ -1,4 +1,6 @@
 """Shared test helpers: devices (CUDA cases skip without a GPU), seeds, synthetic images."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,33 @@ import torch
 import spl
 
 cuda_ok = torch.cuda.is_available() and spl.has_cuda_kernels()
+
+# SPL_EMULATE_CUDA=1: the CPU cases run spl's CUDA kernels in the CUDA emulator (tests/cuda_emu),
+# so a machine without a GPU still exercises the CUDA code against every check of the suite.
+emulating_cuda = os.environ.get("SPL_EMULATE_CUDA") == "1"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _emulated_cuda_kernels():
+    if not emulating_cuda:
+        yield
+        return
+    from cuda_emu import emulated_kernels
+
+    with emulated_kernels():
+        yield
+
+
+def pytest_report_header(config):
+    if emulating_cuda:
+        return "spl: the CPU cases run the CUDA kernels in the CUDA emulator (SPL_EMULATE_CUDA=1)"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if emulating_cuda:
+        from cuda_emu import launches
+
+        terminalreporter.write_line(f"spl CUDA emulator: {launches()} kernel launches in this run")
 needs_cuda = pytest.mark.skipif(not cuda_ok, reason="needs a CUDA GPU and spl's CUDA kernels")
 
 

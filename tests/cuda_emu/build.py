@@ -1,0 +1,157 @@
+"""Builds spl's CUDA kernels for the CUDA emulator (runtime.h) and loads them as ``torch.ops.spl_emu``.
+
+The kernel sources are copied with three rewrites (``translate``):
+  - ``kernel<<<grid, block, shared, stream>>>(args);`` becomes
+    ``::spl_emu::launch([&] { kernel(args); }, grid, block, shared, stream);``,
+  - ``extern __shared__ T name[];`` becomes a pointer to the launch's dynamic shared memory,
+  - ``TORCH_LIBRARY_IMPL(spl, CUDA, m)`` becomes ``TORCH_LIBRARY_IMPL(spl_emu, CPU, m)``,
+and are compiled as C++ with runtime.h included first; csrc/spl.cpp's schemas are registered again
+under ``spl_emu``. So ``torch.ops.spl_emu.<op>(cpu tensors)`` runs the CUDA kernel of ``<op>`` on the
+CPU, next to ``torch.ops.spl.<op>``, the CPU kernel.
+
+Usage: ``python -m tests.cuda_emu.build`` (or ``load()`` from a test). The build is cached under
+build/cuda_emu, keyed by the sources, and takes a few minutes the first time on two cores.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+CSRC = os.path.join(ROOT, "csrc")
+
+_LAUNCH = re.compile(r"<<<")
+
+
+def _matching(text: str, start: int, open_ch: str, close_ch: str) -> int:
+    """Index just past the bracket that closes the one at ``start``."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == open_ch:
+            depth += 1
+        elif text[i] == close_ch:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    raise ValueError(f"unbalanced {open_ch}{close_ch} from offset {start}")
+
+
+def translate(text: str, name: str = "<source>") -> str:
+    """The three rewrites of the module docstring; line numbers are kept."""
+    out = []
+    pos = 0
+    while True:
+        m = _LAUNCH.search(text, pos)
+        if m is None:
+            out.append(text[pos:])
+            break
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        indent = len(text[line_start:m.start()]) - len(text[line_start:m.start()].lstrip())
+        kernel = text[line_start + indent:m.start()].strip()
+        if not kernel or not re.fullmatch(r"[\w:<>, ]+", kernel):
+            raise ValueError(f"{name}: cannot parse the kernel of the launch at offset {m.start()}: {kernel!r}")
+        config_end = text.index(">>>", m.end())
+        config = text[m.end():config_end]
+        args_start = config_end + 3
+        while text[args_start].isspace():
+            args_start += 1
+        if text[args_start] != "(":
+            raise ValueError(f"{name}: launch without arguments at offset {m.start()}")
+        args_end = _matching(text, args_start, "(", ")")
+        if text[args_end] != ";":
+            raise ValueError(f"{name}: launch not followed by ';' at offset {args_end}")
+        out.append(text[pos:line_start + indent])
+        out.append(f"::spl_emu::launch([&] {{ {kernel}{text[args_start:args_end]}; }}, {config});")
+        pos = args_end + 1
+    text = "".join(out)
+    text = re.sub(r"extern\s+__shared__\s+([\w:]+)\s+(\w+)\s*\[\s*\]\s*;",
+                  r"\1* \2 = reinterpret_cast<\1*>(::spl_emu::dynamic_shared_memory());", text)
+    text = re.sub(r"TORCH_LIBRARY_IMPL\(\s*spl\s*,\s*CUDA\s*,", "TORCH_LIBRARY_IMPL(spl_emu, CPU,", text)
+    if "<<<" in text or "TORCH_LIBRARY_IMPL(spl," in text:
+        raise ValueError(f"{name}: untranslated launch or registration left")
+    return text
+
+
+def _sources_digest() -> str:
+    h = hashlib.sha256()
+    files = sorted(glob.glob(os.path.join(CSRC, "**", "*"), recursive=True)) + sorted(
+        glob.glob(os.path.join(HERE, "**", "*"), recursive=True))
+    for f in files:
+        if os.path.isfile(f) and not f.endswith((".pyc",)) and "__pycache__" not in f:
+            h.update(os.path.relpath(f, ROOT).encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def _write_if_changed(path: str, text: str) -> None:
+    """Leaves an unchanged file alone, so that ninja does not rebuild it."""
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() == text:
+                return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def prepare(build_root: str) -> list:
+    """Writes the translated tree under build_root; returns the C++ sources to compile."""
+    tree = os.path.join(build_root, "csrc")
+    sources = []
+    for path in sorted(glob.glob(os.path.join(CSRC, "**", "*"), recursive=True)):
+        rel = os.path.relpath(path, CSRC)
+        if not os.path.isfile(path) or rel.startswith("ops" + os.sep + "cpu"):
+            continue
+        with open(path) as f:
+            text = f.read()
+        if rel.startswith(os.path.join("ops", "cuda")):
+            text = translate(text, rel)
+            if rel.endswith(".cu"):
+                rel += ".cpp"
+                sources.append(os.path.join(tree, rel))
+        _write_if_changed(os.path.join(tree, rel), text)
+    with open(os.path.join(CSRC, "spl.cpp")) as f:
+        schemas = re.sub(r"TORCH_LIBRARY\(\s*spl\s*,", "TORCH_LIBRARY(spl_emu,", f.read())
+    schema_file = os.path.join(tree, "spl_emu_schemas.cpp")
+    _write_if_changed(schema_file, "#define SPL_NO_PYTHON_MODULE\n" + schemas)
+    sources.append(schema_file)
+    with open(os.path.join(HERE, "selftest.cu")) as f:
+        _write_if_changed(os.path.join(tree, "emu_selftest.cu.cpp"), translate(f.read(), "selftest.cu"))
+    sources.append(os.path.join(tree, "emu_selftest.cu.cpp"))
+    sources.append(os.path.join(HERE, "runtime.cpp"))
+    return sources
+
+
+def load(verbose: bool = False):
+    """Builds (if needed) and loads the emulated CUDA kernels; afterwards torch.ops.spl_emu holds them."""
+    import torch
+    from torch.utils import cpp_extension
+
+    if hasattr(torch.ops, "spl_emu") and hasattr(torch.ops.spl_emu, "slic"):
+        return
+    build_root = os.path.join(ROOT, "build", "cuda_emu", _sources_digest())
+    os.makedirs(build_root, exist_ok=True)
+    sources = prepare(os.path.join(build_root, "src"))
+    tree = os.path.join(build_root, "src", "csrc")
+    cpp_extension.load(
+        name="spl_cuda_emu",
+        sources=sources,
+        extra_cflags=["-O1", "-DWITH_CUDA", "-ffp-contract=off", "-include", os.path.join(HERE, "runtime.h"),
+                      "-Wno-unused-function", "-Wno-unused-variable"],
+        extra_include_paths=[os.path.join(HERE, "include"), tree],
+        build_directory=build_root,
+        is_python_module=False,
+        verbose=verbose,
+    )
+
+
+if __name__ == "__main__":
+    load(verbose="-v" in sys.argv)
+    import torch
+
+    print("spl_emu ops:", sorted(n for n in dir(torch.ops.spl_emu) if not n.startswith("_") or n.startswith("_c")))
