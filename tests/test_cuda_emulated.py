@@ -6,7 +6,10 @@ cases, under several thread schedules (forward, reverse, shuffled with a switch 
 results promised deterministic must be bit-identical under all of them, whatever order the
 threads run in. ``SPL_EMULATE_CUDA=1 python -m pytest`` runs the whole suite on the emulated kernels.
 """
-import numpy as np
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -111,6 +114,22 @@ def test_emulator_reports_exited_lanes_and_deadlocks():
     assert torch.ops.spl_emu._emu_selftest("barrier").shape == (3, 64)
 
 
+@pytest.mark.skipif(os.environ.get("SPL_EMU_ASAN") != "1", reason="only with tools/cuda_emu_asan.sh")
+def test_address_sanitizer_reports_an_out_of_bounds_write():
+    """Under tools/cuda_emu_asan.sh the kernels are built with AddressSanitizer; a write past the end
+    of a tensor (an illegal address on a GPU) must stop the process with ASan's report."""
+    cxx = os.environ.get("CXX", "g++")
+    preload = " ".join(subprocess.run([cxx, f"-print-file-name={lib}"], capture_output=True, text=True,
+                                      check=True).stdout.strip() for lib in ("libasan.so", "libstdc++.so"))
+    code = ("import sys; sys.path.insert(0, 'tests'); from cuda_emu import build; build.load(); import torch; "
+            "torch.ops.spl_emu._emu_selftest('out_of_bounds')")
+    env = dict(os.environ, LD_PRELOAD=preload, ASAN_OPTIONS="detect_leaks=0")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert run.returncode != 0
+    assert "heap-buffer-overflow" in run.stderr and "out_of_bounds_kernel" in run.stderr, run.stderr[-2000:]
+
+
 # ---------------------------------------------------------------------------------------------
 # SLIC and connectivity
 
@@ -143,6 +162,31 @@ def test_slic(case):
     # they agree exactly.
     assert torch.equal(labels, want_labels), (labels != want_labels).float().mean().item()
     assert torch.equal(counts, want_counts)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_slic_odd_shapes_and_settings(seed):
+    """Random corners of the parameter space: tiny and thin images, one segment or one per pixel,
+    extreme compactness, one iteration, anisotropic spacing, images entirely masked out."""
+    g = torch.Generator().manual_seed(100 + seed)
+    H, W = [(1, 1), (1, 17), (17, 1), (5, 7), (31, 9), (40, 52)][seed]
+    B = 1 + seed % 3
+    C = [1, 3, 3, 2, 3, 4][seed]
+    image = (torch.rand(B, C, H, W, generator=g) * 255).to(torch.uint8) if seed % 2 else torch.rand(B, C, H, W, generator=g)
+    n_segments = [1, H * W, 3, H * W, 7, 30][seed]
+    compactness = [10.0, 0.01, 1000.0, 1.0, 25.0, 0.2][seed]
+    iters = [1, 1, 10, 3, 2, 10][seed]
+    spacing = [[1.0, 1.0], [2.0, 0.5], [1.0, 3.0], [1.0, 1.0], [0.7, 1.3], [1.0, 1.0]][seed]
+    mask = None
+    if seed >= 3:
+        mask = torch.rand(B, H, W, generator=g) > 0.3
+        mask[0] = False  # an image with no pixel inside the mask
+    for connect, min_size_factor in ((True, 0.25), (True, 0.0), (True, 1.0), (False, 0.25)):
+        args = (image, n_segments, compactness, iters, C == 3, connect, min_size_factor, spacing, mask)
+        labels, counts = emulated("slic", *args)
+        want_labels, want_counts = cpu("slic", *args)
+        assert torch.equal(labels, want_labels), (connect, min_size_factor)
+        assert torch.equal(counts, want_counts), (connect, min_size_factor)
 
 
 def test_enforce_connectivity():
@@ -204,6 +248,27 @@ def test_pool_rejects_labels_out_of_range():
             torch.ops.spl_emu.superpixel_pool(x, labels, K, reduce)
     with pytest.raises(ValueError, match="labels"):
         torch.ops.spl_emu.superpixel_unpool(torch.zeros(2, 3, K), labels)
+
+
+def test_pool_unpool_grid_stride_loops():
+    """A plane longer than the x dimension of a plane grid covers (1024 blocks of 256 threads): the
+    kernels' stride loops must take over. (More planes than the y dimension holds, 65535, would
+    need 16.8 M emulated threads per launch, about a minute here: not in the suite.)"""
+    g = torch.Generator().manual_seed(11)
+    B, C, H, W = shape = (1, 1, 513, 513)
+    K = 5
+    x = torch.randn(shape, generator=g)
+    labels = torch.randint(-1, K, (B, H, W), generator=g)
+    for reduce in ("sum", "max"):  # (mean shares sum's kernels)
+        out, aux = emulated("superpixel_pool", x, labels, K, reduce)
+        want, want_aux = cpu("superpixel_pool", x, labels, K, reduce)
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+        assert torch.equal(aux, want_aux)
+        grad = torch.randn(out.shape, generator=g)
+        got = emulated("_superpixel_pool_backward", grad, labels, aux, H, W, reduce)
+        assert torch.equal(got, cpu("_superpixel_pool_backward", grad, labels, aux, H, W, reduce)), reduce
+    f = torch.randn(B, C, K, generator=g)
+    assert torch.equal(emulated("superpixel_unpool", f, labels), cpu("superpixel_unpool", f, labels))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

@@ -18,6 +18,7 @@ import glob
 import hashlib
 import os
 import re
+import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,6 +26,11 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 CSRC = os.path.join(ROOT, "csrc")
 
 _LAUNCH = re.compile(r"<<<")
+
+# SPL_EMU_ASAN=1: AddressSanitizer in the emulated kernels, so that an out-of-bounds access (an
+# "illegal memory access" on a GPU) stops with a report. Python must then start with the ASan
+# runtime preloaded: see tools/cuda_emu_asan.sh.
+ASAN_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer"]
 
 
 def _matching(text: str, start: int, open_ch: str, close_ch: str) -> int:
@@ -134,7 +140,15 @@ def load(verbose: bool = False):
 
     if hasattr(torch.ops, "spl_emu") and hasattr(torch.ops.spl_emu, "slic"):
         return
-    build_root = os.path.join(ROOT, "build", "cuda_emu", _sources_digest())
+    asan = os.environ.get("SPL_EMU_ASAN") == "1"
+    if asan:
+        # This process runs with the ASan runtime preloaded; the compiler it starts must not.
+        os.environ.pop("LD_PRELOAD", None)
+    digest = _sources_digest()
+    build_root = os.path.join(ROOT, "build", "cuda_emu", digest + ("-asan" if asan else ""))
+    for old in glob.glob(os.path.join(ROOT, "build", "cuda_emu", "*")):
+        if not os.path.basename(old).startswith(digest):  # builds of older sources
+            shutil.rmtree(old, ignore_errors=True)
     os.makedirs(build_root, exist_ok=True)
     sources = prepare(os.path.join(build_root, "src"))
     tree = os.path.join(build_root, "src", "csrc")
@@ -142,7 +156,8 @@ def load(verbose: bool = False):
         name="spl_cuda_emu",
         sources=sources,
         extra_cflags=["-O1", "-DWITH_CUDA", "-ffp-contract=off", "-include", os.path.join(HERE, "runtime.h"),
-                      "-Wno-unused-function", "-Wno-unused-variable"],
+                      "-Wno-unused-function", "-Wno-unused-variable"] + ASAN_FLAGS * asan,
+        extra_ldflags=ASAN_FLAGS * asan,
         extra_include_paths=[os.path.join(HERE, "include"), tree],
         build_directory=build_root,
         is_python_module=False,

@@ -151,13 +151,35 @@ struct Block {
 // Context switch between the scheduler and the threads of a block. On x86-64, a few instructions
 // (runtime.cpp: callee-saved registers, MXCSR and the x87 control word); elsewhere
 // ucontext, whose swapcontext also saves the signal mask with a system call per switch.
+#if defined(__SANITIZE_ADDRESS__)
+// AddressSanitizer must be told about every stack switch (and where the new stack lies).
+extern "C" void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom, size_t size);
+extern "C" void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old, size_t* size_old);
+extern "C" void __asan_unpoison_memory_region(void const volatile* addr, size_t size);
+#endif
+
 #if defined(__x86_64__)
 extern "C" void spl_emu_switch(void** save_sp, void* load_sp);
 struct Context {
   void* sp = nullptr;
+  const void* stack_bottom = nullptr;  // for AddressSanitizer; null: the OS thread's own stack
+  size_t stack_bytes = 0;
 };
-inline void switch_to(Context& from, Context& to) { spl_emu_switch(&from.sp, to.sp); }
+inline void switch_to(Context& from, Context& to) {
+#if defined(__SANITIZE_ADDRESS__)
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(&fake_stack, to.stack_bottom, to.stack_bytes);
+  spl_emu_switch(&from.sp, to.sp);
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#else
+  spl_emu_switch(&from.sp, to.sp);
+#endif
+}
 inline void start_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+#if defined(__SANITIZE_ADDRESS__)
+  // The last thread on this stack never returned from its frames: clear their redzones.
+  __asan_unpoison_memory_region(stack, bytes);
+#endif
   uintptr_t top = reinterpret_cast<uintptr_t>(stack + bytes) & ~uintptr_t{15};
   uint64_t* frame = reinterpret_cast<uint64_t*>(top);
   frame[-1] = 0;                                      // entry's (never used) return address
@@ -165,6 +187,8 @@ inline void start_context(Context& c, char* stack, size_t bytes, void (*entry)()
   for (int r = 3; r <= 8; ++r) frame[-r] = 0;         // rbp, rbx, r12-r15
   frame[-9] = 0x1F80ull | (0x037Full << 32);          // MXCSR, x87 control word: the defaults
   c.sp = frame - 9;
+  c.stack_bottom = stack;
+  c.stack_bytes = bytes;
 }
 #else
 struct Context {
@@ -212,6 +236,11 @@ inline void yield() {
 
 [[noreturn]] inline void thread_entry() {
   Machine& m = machine();
+#if defined(__SANITIZE_ADDRESS__) && defined(__x86_64__)
+  // A new thread's first switch ends here, not in switch_to; it came from the scheduler, on the OS
+  // thread's stack, whose bounds AddressSanitizer now reports.
+  __sanitizer_finish_switch_fiber(nullptr, &m.scheduler.stack_bottom, &m.scheduler.stack_bytes);
+#endif
   try {
     (*m.body)();
   } catch (...) {
@@ -490,56 +519,31 @@ inline int __reduce_add_sync(unsigned mask, int v) {
   return static_cast<int>(__reduce_add_sync(mask, static_cast<unsigned>(v)));
 }
 
-// ---- Atomics (plain read-modify-write: one thread runs at a time) -------------------------------
-template <typename T>
-T atomicAdd(T* p, T v) {
-  spl_emu::maybe_preempt();
+// ---- Atomics (plain read-modify-writes: one thread runs at a time) ------------------------------
+namespace spl_emu {
+template <typename T, typename F>
+T atomic_update(T* p, F next) {
+  maybe_preempt();
   const T old = *p;
-  *p = old + v;
+  *p = next(old);
   return old;
 }
+}  // namespace spl_emu
+
 template <typename T>
-T atomicMax(T* p, T v) {
-  spl_emu::maybe_preempt();
-  const T old = *p;
-  if (v > old) *p = v;
-  return old;
-}
+T atomicAdd(T* p, T v) { return spl_emu::atomic_update(p, [v](T old) { return static_cast<T>(old + v); }); }
 template <typename T>
-T atomicMin(T* p, T v) {
-  spl_emu::maybe_preempt();
-  const T old = *p;
-  if (v < old) *p = v;
-  return old;
-}
+T atomicMax(T* p, T v) { return spl_emu::atomic_update(p, [v](T old) { return v > old ? v : old; }); }
 template <typename T>
-T atomicOr(T* p, T v) {
-  spl_emu::maybe_preempt();
-  const T old = *p;
-  *p = old | v;
-  return old;
-}
+T atomicMin(T* p, T v) { return spl_emu::atomic_update(p, [v](T old) { return v < old ? v : old; }); }
 template <typename T>
-T atomicAnd(T* p, T v) {
-  spl_emu::maybe_preempt();
-  const T old = *p;
-  *p = old & v;
-  return old;
-}
+T atomicOr(T* p, T v) { return spl_emu::atomic_update(p, [v](T old) { return static_cast<T>(old | v); }); }
 template <typename T>
-T atomicExch(T* p, T v) {
-  spl_emu::maybe_preempt();
-  const T old = *p;
-  *p = v;
-  return old;
-}
+T atomicAnd(T* p, T v) { return spl_emu::atomic_update(p, [v](T old) { return static_cast<T>(old & v); }); }
 template <typename T>
-T atomicCAS(T* p, T compare, T v) {
-  spl_emu::maybe_preempt();
-  const T old = *p;
-  if (old == compare) *p = v;
-  return old;
-}
+T atomicExch(T* p, T v) { return spl_emu::atomic_update(p, [v](T) { return v; }); }
+template <typename T>
+T atomicCAS(T* p, T compare, T v) { return spl_emu::atomic_update(p, [=](T old) { return old == compare ? v : old; }); }
 
 // ---- Loads and bit casts -------------------------------------------------------------------------
 template <typename T>

@@ -49,6 +49,11 @@ __global__ void deadlock_kernel(int* out) {
   }
 }
 
+// One thread too many writes past the end of its output: an illegal address on a GPU, and for the
+// AddressSanitizer build of the emulator (tools/cuda_emu_asan.sh) a heap-buffer-overflow. Only that
+// build may run it (tests/test_cuda_emulated.py does, in a child process).
+__global__ void out_of_bounds_kernel(int* out) { out[threadIdx.x] = 1; }
+
 at::Tensor selftest(std::string which) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (which == "barrier") {
@@ -66,6 +71,8 @@ at::Tensor selftest(std::string which) {
   at::Tensor out = at::full({32}, -1, at::kInt);
   if (which == "exited_lane") {
     exited_lane_kernel<<<1, 32, 0, stream>>>(out.data_ptr<int>());
+  } else if (which == "out_of_bounds") {
+    out_of_bounds_kernel<<<1, 33, 0, stream>>>(out.data_ptr<int>());
   } else if (which == "deadlock") {
     deadlock_kernel<<<1, 32, 0, stream>>>(out.data_ptr<int>());
   } else {

@@ -118,24 +118,23 @@ struct DeviceReduce {
 struct DeviceScan {
   template <typename In, typename Out, typename N>
   static cudaError_t ExclusiveSum(void* temp, size_t& bytes, In in, Out out, N n, cudaStream_t = nullptr) {
+    return Sum(temp, bytes, in, out, n, false);
+  }
+  template <typename In, typename Out, typename N>
+  static cudaError_t InclusiveSum(void* temp, size_t& bytes, In in, Out out, N n, cudaStream_t = nullptr) {
+    return Sum(temp, bytes, in, out, n, true);
+  }
+
+ private:
+  template <typename In, typename Out, typename N>
+  static cudaError_t Sum(void* temp, size_t& bytes, In in, Out out, N n, bool inclusive) {
     if (emu_detail::sizing(temp, bytes)) return cudaSuccess;
     using T = std::remove_cv_t<std::remove_reference_t<decltype(out[0])>>;
     T sum = T(0);
     for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) {
       const T v = static_cast<T>(in[i]);  // read before the write: cub allows in == out
-      out[i] = sum;
+      out[i] = inclusive ? sum + v : sum;
       sum = sum + v;
-    }
-    return cudaSuccess;
-  }
-  template <typename In, typename Out, typename N>
-  static cudaError_t InclusiveSum(void* temp, size_t& bytes, In in, Out out, N n, cudaStream_t = nullptr) {
-    if (emu_detail::sizing(temp, bytes)) return cudaSuccess;
-    using T = std::remove_cv_t<std::remove_reference_t<decltype(out[0])>>;
-    T sum = T(0);
-    for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) {
-      sum = sum + static_cast<T>(in[i]);
-      out[i] = sum;
     }
     return cudaSuccess;
   }
