@@ -114,6 +114,19 @@ def test_emulator_reports_exited_lanes_and_deadlocks():
     assert torch.ops.spl_emu._emu_selftest("barrier").shape == (3, 64)
 
 
+def test_launches_from_several_threads_take_turns():
+    """One emulated GPU: kernels launched from several Python threads at once run one at a time
+    (their __shared__ statics and the scheduler's state are process-wide) and give the same results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, labels, K = pool_inputs(12, B=3, C=5, H=40, W=50)
+    want = torch.ops.spl_emu.superpixel_pool(x, labels, K, "max")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: torch.ops.spl_emu.superpixel_pool(x, labels, K, "max"), range(8)))
+    for out, aux in results:
+        assert torch.equal(out, want[0]) and torch.equal(aux, want[1])
+
+
 @pytest.mark.skipif(os.environ.get("SPL_EMU_ASAN") != "1", reason="only with tools/cuda_emu_asan.sh")
 def test_address_sanitizer_reports_an_out_of_bounds_write():
     """Under tools/cuda_emu_asan.sh the kernels are built with AddressSanitizer; a write past the end

@@ -1,26 +1,32 @@
 // spl's CUDA emulator: runs the kernels of csrc/ops/cuda/*.cu on the CPU, for tests on machines
 // without a GPU.
 //
-// The kernel files are compiled as C++ (tests/cuda_emu/translate.py rewrites `k<<<g, b, s, t>>>(...)`
+// The kernel files are compiled as C++: tests/cuda_emu/build.py rewrites `k<<<g, b, s, t>>>(...)`
 // into `spl_emu::launch(...)` and registers the kernels as the CPU kernels of a separate op library,
-// `spl_emu`); this header, included first, supplies what nvcc and the CUDA runtime would.
+// `spl_emu`. This header, included first, supplies what nvcc and the CUDA runtime would; the
+// folder include/ stands in for the c10/cuda and cub headers.
 //
 // Execution model. The blocks of a grid run one after another. The threads of a block are fibers
-// (ucontext) on one OS thread: a thread runs until it reaches a barrier (__syncthreads, or a warp
-// collective such as __shfl_sync), then the next runnable thread runs. So every barrier is real,
-// `__shared__` memory is a function-local static (one block at a time uses it), and atomics are
-// plain read-modify-writes. What it checks beyond the arithmetic:
+// on one OS thread (a few instructions per switch on x86-64, runtime.cpp; ucontext elsewhere): a
+// thread runs until it reaches a barrier (__syncthreads, or a warp collective such as __shfl_sync),
+// then the next runnable thread runs. So every barrier is real, `__shared__` memory is a
+// function-local static (one block at a time uses it), and atomics are plain read-modify-writes.
+// What it checks beyond the arithmetic:
 //   - a warp collective must be reached by every lane of its mask, with the same mask; a lane that
 //     has exited, or a lane that does not exist (partial warp), named in the mask is an error;
 //   - a block that can make no progress (threads waiting on different barriers) is an error;
+//   - launch configurations are checked as the driver would (no grid dimension of 0, at most 1024
+//     threads per block, at most 227 KiB of dynamic shared memory);
 //   - the order in which threads and blocks run is a knob (SPL_EMU_ORDER=forward|reverse|shuffle,
-//     SPL_EMU_SEED), and SPL_EMU_PREEMPT=1 switches threads at every atomic: a kernel whose result
-//     depends on either has a race or an order-dependent reduction, which the tests look for by
-//     running each op under several schedules.
+//     SPL_EMU_SEED, or torch.ops.spl_emu._emu_schedule), and SPL_EMU_PREEMPT=1 switches threads at
+//     every atomic: a kernel whose result depends on either has a race or an order-dependent
+//     reduction, which the tests look for by running each op under several schedules;
+//   - built with AddressSanitizer (SPL_EMU_ASAN=1, tools/cuda_emu_asan.sh), out-of-bounds accesses.
 // Errors surface as a C++ exception from the launch, i.e. a RuntimeError in Python.
 //
 // What it cannot see: the memory model (every access is immediately visible), the real warp
 // scheduler, the device branches of `#ifdef __CUDA_ARCH__` (the host branch is compiled), timing.
+// Launches from several OS threads take turns (one lock): there is one emulated GPU.
 #pragma once
 
 #include <ucontext.h>
@@ -33,6 +39,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -56,11 +63,13 @@ struct dim3 {
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
-// The kernel-side built-in variables; the scheduler sets them before it resumes a thread.
-inline thread_local uint3 threadIdx{0, 0, 0};
-inline thread_local uint3 blockIdx{0, 0, 0};
-inline thread_local dim3 blockDim{1, 1, 1};
-inline thread_local dim3 gridDim{1, 1, 1};
+// The kernel-side built-in variables; the scheduler sets them before it resumes a thread. (Plain
+// globals, not thread_local, which costs a call per access in a shared library: launches take
+// turns, see launch_impl.)
+inline uint3 threadIdx{0, 0, 0};
+inline uint3 blockIdx{0, 0, 0};
+inline dim3 blockDim{1, 1, 1};
+inline dim3 gridDim{1, 1, 1};
 constexpr int warpSize = 32;
 
 // ---- Runtime API -------------------------------------------------------------------------------
@@ -218,7 +227,7 @@ struct Machine {
 };
 
 inline Machine& machine() {
-  static thread_local Machine m;
+  static Machine m;
   return m;
 }
 
@@ -391,6 +400,9 @@ inline void run_block(Machine& m, int threads) {
 }
 
 inline void launch_impl(std::function<void()> body, dim3 grid, dim3 block, size_t shared_bytes) {
+  // One emulated GPU: launches from several OS threads take turns.
+  static std::recursive_mutex one_launch_at_a_time;
+  std::lock_guard<std::recursive_mutex> lock(one_launch_at_a_time);
   Machine& m = machine();
   if (m.running) fail("kernel launch from inside a kernel");
   ++m.launches;
