@@ -110,8 +110,9 @@ setup(
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy", "scikit-image>=0.19", "pillow", "tqdm"],
-    # bench: the plots of `spl bench`; test: the suite (which draws those plots too)
-    extras_require={"test": ["pytest", "matplotlib"], "bench": ["matplotlib"]},
+    # bench: the plots of `spl bench`; test: the suite (which draws those plots too, and builds the
+    # CUDA emulator of tests/cuda_emu with torch.utils.cpp_extension, which needs ninja)
+    extras_require={"test": ["pytest", "matplotlib", "ninja"], "bench": ["matplotlib"]},
     entry_points={"console_scripts": ["spl = spl.cli:main"]},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )
