@@ -145,15 +145,12 @@ struct Warp {
   uint64_t result[32][32] = {};
   unsigned arrived = 0;   // lanes that reached the collective in progress
   unsigned mask = 0;      // its mask
-  uint64_t generation = 0;
 };
 
 struct Block {
   std::vector<State> state;
-  std::vector<uint64_t> wait_generation;
   std::vector<Warp> warps;
   int threads = 0, alive = 0, block_arrived = 0;
-  uint64_t block_generation = 0;
   int current = -1;
 };
 
@@ -272,16 +269,13 @@ inline void block_barrier() {
   Machine& m = machine();
   if (!m.running) fail("__syncthreads outside a kernel");
   Block& b = m.block;
-  const uint64_t gen = b.block_generation;
   if (++b.block_arrived == b.alive) {
     b.block_arrived = 0;
-    ++b.block_generation;
     for (int t = 0; t < b.threads; ++t)
       if (b.state[t] == State::waiting_block) b.state[t] = State::ready;
     return;
   }
   b.state[b.current] = State::waiting_block;
-  b.wait_generation[b.current] = gen;
   yield();
 }
 
@@ -312,7 +306,6 @@ inline const uint64_t* warp_exchange(unsigned mask, uint64_t value, const char* 
   w.arrived |= 1u << lane;
   if (w.arrived == mask) {
     w.arrived = 0;
-    ++w.generation;
     for (int l = 0; l < 32; ++l) {
       if (!(mask >> l & 1u)) continue;
       std::copy(std::begin(w.collecting), std::end(w.collecting), std::begin(w.result[l]));
@@ -350,8 +343,10 @@ inline void run_block(Machine& m, int threads) {
   b.alive = threads;
   b.block_arrived = 0;
   b.state.assign(threads, State::ready);
-  b.wait_generation.assign(threads, 0);
-  b.warps.assign((threads + 31) / 32, Warp{});
+  // (Only the bookkeeping of a warp is reset: its 8 KB of values are always written before read,
+  // and zeroing them per block dominated launches of many small blocks.)
+  b.warps.resize((threads + 31) / 32);
+  for (Warp& w : b.warps) w.arrived = w.mask = 0;
   if (m.contexts.size() < static_cast<size_t>(threads)) m.contexts.resize(threads);
   while (m.stacks.size() < static_cast<size_t>(threads)) m.stacks.emplace_back(new char[Machine::kStackBytes]);
   for (int t = 0; t < threads; ++t) start_context(m.contexts[t], m.stacks[t].get(), Machine::kStackBytes, thread_entry);
@@ -381,8 +376,7 @@ inline void run_block(Machine& m, int threads) {
     // A thread that exits can complete a __syncthreads the others wait at.
     if (b.alive > 0 && b.block_arrived > 0 && b.block_arrived == b.alive) {
       b.block_arrived = 0;
-      ++b.block_generation;
-      for (int t = 0; t < threads; ++t)
+        for (int t = 0; t < threads; ++t)
         if (b.state[t] == State::waiting_block) b.state[t] = State::ready;
       progress = true;
     }
