@@ -228,10 +228,9 @@ inline Machine& machine() {
   return m;
 }
 
-inline void set_thread_index(const Block& b, int t) {
+inline void set_thread_index(int t) {
   threadIdx = uint3{static_cast<unsigned>(t) % blockDim.x, (static_cast<unsigned>(t) / blockDim.x) % blockDim.y,
                     static_cast<unsigned>(t) / (blockDim.x * blockDim.y)};
-  (void)b;
 }
 
 // Back to the scheduler; returns when this thread is resumed.
@@ -357,7 +356,7 @@ inline void run_block(Machine& m, int threads) {
       if (b.state[t] != State::ready) continue;
       progress = true;
       b.current = t;
-      set_thread_index(b, t);
+      set_thread_index(t);
       switch_to(m.scheduler, m.contexts[t]);
       if (m.error) return;
       if (b.state[t] == State::done) {
@@ -468,42 +467,41 @@ inline void __syncwarp(unsigned mask = 0xFFFFFFFFu) { spl_emu::warp_exchange(mas
 inline void __threadfence() {}
 inline void __threadfence_block() {}
 
+namespace spl_emu {
+// The four shuffles differ only in the lane they read: source(lane) gives it, or -1 where the lane
+// keeps its own value (outside its width segment).
+template <typename T, typename Source>
+T shuffle(unsigned mask, T v, const char* what, Source source) {
+  const int lane = lane_id();
+  const uint64_t* all = warp_exchange(mask, to_bits(v), what);
+  const int from = source(lane);
+  if (from < 0) return v;
+  if (!(mask >> from & 1u)) fail(std::string(what) + " reads lane " + std::to_string(from) + ", outside the mask");
+  return from_bits<T>(all[from]);
+}
+}  // namespace spl_emu
+
 template <typename T>
 T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
-  const int lane = spl_emu::lane_id();
-  const uint64_t* all = spl_emu::warp_exchange(mask, spl_emu::to_bits(v), "__shfl_sync");
-  const int from = (lane & ~(width - 1)) + (src & (width - 1));
-  if (!(mask >> from & 1u)) spl_emu::fail("__shfl_sync reads lane " + std::to_string(from) + ", outside the mask");
-  return spl_emu::from_bits<T>(all[from]);
+  return spl_emu::shuffle(mask, v, "__shfl_sync", [=](int lane) { return (lane & ~(width - 1)) + (src & (width - 1)); });
 }
 template <typename T>
 T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-  const int lane = spl_emu::lane_id();
-  const uint64_t* all = spl_emu::warp_exchange(mask, spl_emu::to_bits(v), "__shfl_up_sync");
-  const int in_segment = lane & (width - 1);
-  if (in_segment < static_cast<int>(delta)) return v;
-  const int from = lane - static_cast<int>(delta);
-  if (!(mask >> from & 1u)) spl_emu::fail("__shfl_up_sync reads lane " + std::to_string(from) + ", outside the mask");
-  return spl_emu::from_bits<T>(all[from]);
+  const int d = static_cast<int>(delta);
+  return spl_emu::shuffle(mask, v, "__shfl_up_sync", [=](int lane) { return (lane & (width - 1)) < d ? -1 : lane - d; });
 }
 template <typename T>
 T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-  const int lane = spl_emu::lane_id();
-  const uint64_t* all = spl_emu::warp_exchange(mask, spl_emu::to_bits(v), "__shfl_down_sync");
-  const int in_segment = lane & (width - 1);
-  if (in_segment + static_cast<int>(delta) >= width) return v;
-  const int from = lane + static_cast<int>(delta);
-  if (!(mask >> from & 1u)) spl_emu::fail("__shfl_down_sync reads lane " + std::to_string(from) + ", outside the mask");
-  return spl_emu::from_bits<T>(all[from]);
+  const int d = static_cast<int>(delta);
+  return spl_emu::shuffle(mask, v, "__shfl_down_sync",
+                          [=](int lane) { return (lane & (width - 1)) + d >= width ? -1 : lane + d; });
 }
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
-  const int lane = spl_emu::lane_id();
-  const uint64_t* all = spl_emu::warp_exchange(mask, spl_emu::to_bits(v), "__shfl_xor_sync");
-  const int from = lane ^ lane_mask;
-  if ((from & ~(width - 1)) != (lane & ~(width - 1))) return v;
-  if (!(mask >> from & 1u)) spl_emu::fail("__shfl_xor_sync reads lane " + std::to_string(from) + ", outside the mask");
-  return spl_emu::from_bits<T>(all[from]);
+  return spl_emu::shuffle(mask, v, "__shfl_xor_sync", [=](int lane) {
+    const int from = lane ^ lane_mask;
+    return (from & ~(width - 1)) != (lane & ~(width - 1)) ? -1 : from;
+  });
 }
 inline unsigned __ballot_sync(unsigned mask, int predicate) {
   const uint64_t* all = spl_emu::warp_exchange(mask, predicate ? 1 : 0, "__ballot_sync");
