@@ -45,6 +45,10 @@ TORCH_LIBRARY(spl, m) {
       "_superpixel_pool_backward(Tensor grad, Tensor labels, Tensor aux, SymInt height, SymInt width, str reduce) "
       "-> Tensor");
   m.def("superpixel_unpool(Tensor features, Tensor labels) -> Tensor");
+  // Unpooling with colour-guided soft boundaries (ops/edge_aware_unpool.h): ASAM's pixel-level step.
+  m.def(
+      "edge_aware_unpool(Tensor features, Tensor labels, Tensor guide, Tensor guide_means, float sigma, int radius) "
+      "-> Tensor");
   m.def(
       "superpixel_histogram(Tensor target, Tensor labels, SymInt num_superpixels, int num_classes, int ignore_index) "
       "-> Tensor");

@@ -16,6 +16,7 @@ from .losses import SuperpixelConsistencyLoss
 from .ops import (
     Graph,
     consistency_weights,
+    edge_aware_unpool,
     sparse_propagate,
     superpixel_adjacency,
     enforce_connectivity,
@@ -33,6 +34,7 @@ __all__ = [
     "enforce_connectivity",
     "superpixel_pool",
     "superpixel_unpool",
+    "edge_aware_unpool",
     "superpixel_histogram",
     "consistency_weights",
     "SuperpixelConsistencyLoss",

@@ -1,27 +1,34 @@
-"""ASAM: refinement of class activation maps over the graph of adjacent superpixels (SPEC section 3).
+"""ASAM: refinement of class activation maps over the graph of adjacent superpixels.
 
 ``asam_refine`` runs SLIC (unless superpixels are given), pools the CAM and the colour over the
-superpixels, builds the adjacency graph with colour (and optional deep-feature) affinities, and runs a
-mean-field inference in which the background competes with the classes:
+superpixels, and builds the adjacency graph with colour (and optional deep-feature) affinities
+``a_ij = exp(-|Lab_i - Lab_j|^2 / (2 sigma_c^2))^beta``. Then, by ``mode``:
 
-    u_i   = mean over the pixels of superpixel i of log p(class | pixel), where p normalises
-            [bg_threshold, cam_1, ..., cam_C] (the background's score is the threshold, as in DenseCRF
-            practice for WSSS); classes absent from the image are excluded
-    q     = softmax(u)
-    steps times:  m = sparse_propagate(graph, a, q, iters, alpha)     (messages: an edge-aware
-                  q = softmax(u + weight * m)                          random walk of iters rounds)
+- ``"meanfield"`` (default): **a mean field at every background threshold.** For each t of a grid
+  over (0, 1) (``THRESHOLDS``), the background competes with the classes with the score t: the
+  unary is ``log p`` with p normalising ``[t, s_1, ..., s_C]`` (s: the superpixel's mean CAM), then
+  ``steps`` times ``q <- softmax(unary + weight * walk(q))``, where ``walk`` is an edge-aware random
+  walk of ``iters`` rounds (``spl.sparse_propagate``; every threshold is one block of channels of
+  the same propagation). A superpixel's refined score is the **highest threshold at which the mean
+  field still labels it foreground** (interpolated between grid points on the log-odds), so
+  ``cam_to_mask(refined, t)`` is the mean field's decision at t for every t: the background
+  threshold is chosen after refinement, exactly as for a raw CAM, and the usual sweep over t works.
+  Optionally (``diffuse_mix > 0``) the mean field starts from a mix of the CAM and its diffusion.
+- ``"diffusion"``: **the SPL paper's linear diffusion**, ``s <- alpha T s + (1 - alpha) s0`` for
+  ``iters`` rounds with the row-normalised transition ``T = D^-1 A``, each class rescaled to its CAM
+  maximum (the walk averages, which lowers peaks).
 
-The random walk over edge-aware affinities ``a_ij = exp(-|Lab_i - Lab_j|^2 / (2 sigma_c^2))^beta`` is a
-sparse stand-in for DenseCRF's dense Gaussian kernels: it reaches far along regions of similar colour
-and stops at colour edges, at a cost linear in the number of superpixels. The output is
-``bg_threshold * q_c / q_bg`` per class, so ``cam_to_mask(out, bg_threshold)`` gives the label of highest
-posterior, and a different threshold moves the background decision monotonically.
+A present class keeps its confident core: where a class leads the CAM with a mean score of at least
+``core`` times its highest in the image, its refined score is at least the CAM's and it wins. Scores
+are in [0, 1] on the CAM's scale (CAMs normalised to a maximum of 1, the IRN convention). The
+superpixel scores go back to the pixels by ``superpixel_unpool``, or with ``edge_sigma`` by
+``edge_aware_unpool`` (soft boundaries decided by each pixel's colour).
 """
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -29,14 +36,19 @@ import torch.nn.functional as F
 
 from . import ops, reference
 
-__all__ = ["asam_refine", "cam_to_mask", "ASAM_DEFAULTS"]
+__all__ = ["asam_refine", "cam_to_mask", "threshold_mean_field", "ASAM_DEFAULTS", "THRESHOLDS"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
 #: The defaults of ``asam_refine`` (chosen on PASCAL VOC images with simulated CAMs, see
 #: benchmarks/eval_asam.py and benchmarks/RESULTS.md).
-ASAM_DEFAULTS = dict(bg_threshold=0.15, n_segments=1000, compactness=10.0, iters=40, steps=5, alpha=1.0,
-                     weight=10.0, sigma_c=6.0, beta=1.0, hops=1, sigma_f=1.0)
+ASAM_DEFAULTS = dict(mode="meanfield", n_segments=500, compactness=10.0, sigma_c=5.0, beta=1.0, hops=1,
+                     diffuse_iters=10, diffuse_mix=0.0, iters=20, steps=5, alpha=1.0, weight=10.0, core=0.9,
+                     edge_sigma=None, sigma_f=1.0)
+
+#: The background thresholds at which the mean field runs (mode "meanfield"): every 0.05 from 0.05 to
+#: 0.95, and 0.02 and 0.98 at the ends.
+THRESHOLDS = (0.02,) + tuple(round(0.05 * i, 2) for i in range(1, 20)) + (0.98,)
 
 _LOG_FLOOR = 1e-6  # probabilities below this count as this in the unary (log 0 is -inf)
 
@@ -135,73 +147,91 @@ def cam_to_mask(cam: ArrayLike, bg_threshold: float, class_mask: Optional[ArrayL
 
 
 def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = None, *,
-                bg_threshold: float = ASAM_DEFAULTS["bg_threshold"],
                 class_mask: Optional[ArrayLike] = None,
+                mode: str = ASAM_DEFAULTS["mode"],
                 n_segments: int = ASAM_DEFAULTS["n_segments"],
                 compactness: float = ASAM_DEFAULTS["compactness"],
+                sigma_c: float = ASAM_DEFAULTS["sigma_c"],
+                beta: float = ASAM_DEFAULTS["beta"],
+                hops: int = ASAM_DEFAULTS["hops"],
+                diffuse_iters: int = ASAM_DEFAULTS["diffuse_iters"],
+                diffuse_mix: float = ASAM_DEFAULTS["diffuse_mix"],
                 iters: int = ASAM_DEFAULTS["iters"],
                 steps: int = ASAM_DEFAULTS["steps"],
                 alpha: float = ASAM_DEFAULTS["alpha"],
                 weight: float = ASAM_DEFAULTS["weight"],
-                sigma_c: float = ASAM_DEFAULTS["sigma_c"],
-                beta: float = ASAM_DEFAULTS["beta"],
-                hops: int = ASAM_DEFAULTS["hops"],
+                thresholds: Optional[Sequence[float]] = None,
+                bg_threshold: Optional[float] = None,
+                core: float = ASAM_DEFAULTS["core"],
+                edge_sigma: Optional[float] = ASAM_DEFAULTS["edge_sigma"],
                 features: Optional[ArrayLike] = None,
                 sigma_f: float = ASAM_DEFAULTS["sigma_f"],
                 return_labels: bool = False):
-    """Refines class activation maps by mean-field propagation over adjacent superpixels (ASAM).
+    """Refines class activation maps over the graph of adjacent superpixels (ASAM).
 
     Args:
         image (Tensor[B, 3, H, W] uint8 or float in [0, 1], or NumPy [H, W, 3]): the RGB images.
         cam (Tensor[B, C, h, w] float, or NumPy [C, h, w]): non-negative foreground class scores (no
-            background channel), at the image's size or smaller (upsampled bilinearly). Negative
-            values count as 0.
+            background channel), normalised to a maximum of about 1 per class (the IRN convention),
+            at the image's size or smaller (upsampled bilinearly). Negative values count as 0.
         labels (Tensor[B, H, W] int64, or NumPy [H, W], optional): superpixels; computed with
             ``spl.slic(image, n_segments, compactness)`` when not given. -1 leaves a pixel out.
-        bg_threshold (float): the background's score (> 0), as for ``cam_to_mask``.
-        class_mask (Tensor[B, C] bool, optional): classes present in each image; default: the classes
-            whose CAM is positive somewhere in the image.
+        class_mask (Tensor[B, C] bool, optional): classes present in each image (image-level
+            labels); default: the classes whose CAM is positive somewhere in the image.
+        mode (str): ``"meanfield"`` (diffusion, then a mean field at every background threshold) or
+            ``"diffusion"`` (the SPL paper's linear diffusion alone).
         n_segments, compactness: SLIC parameters (when labels are not given).
-        iters (int): random-walk rounds per message (the reach of the smoothing).
-        steps (int): mean-field updates.
-        alpha (float): restart of the walk: 1 is a pure random walk of ``iters`` rounds.
-        weight (float): the weight of the messages against the unary.
         sigma_c (float): colour scale of the affinity, in CIELAB units.
         beta (float): the affinity's exponent (larger: sharper edges).
-        hops (int): also connect superpixels up to ``hops`` steps apart in the adjacency graph.
+        hops (int): also connect superpixels up to ``hops`` steps apart.
+        diffuse_iters (int): rounds of the diffusion stage (mode "meanfield").
+        diffuse_mix (float): in [0, 1], the share of the diffused scores in the mean field's input
+            (0: the pooled CAM alone).
+        iters (int): rounds of each random walk (mode "meanfield"), or of the diffusion (mode
+            "diffusion").
+        steps (int): mean-field updates.
+        alpha (float): in [0, 1], the walk's restart: ``s <- alpha T s + (1 - alpha) s0`` (1: pure walk).
+        weight (float): weight of the messages against the unary.
+        thresholds (sequence of float, optional): the background thresholds of the mean field, in
+            (0, 1), increasing (default ``THRESHOLDS``). Refined scores are exact at these values and
+            interpolated between them.
+        bg_threshold (float, optional): run the mean field at this one threshold only (faster; the
+            refined scores then separate background from foreground exactly at this threshold and are
+            extrapolated elsewhere).
+        core (float): in (0, 1]; where a class leads the CAM with a mean score of at least ``core``
+            times its highest in the image, the refined score keeps at least the CAM's, and the class
+            wins; > 1 turns this off.
+        edge_sigma (float, optional): the pixel-level step: superpixel scores go back to the pixels
+            with ``spl.edge_aware_unpool`` (a pixel at a superpixel boundary takes the scores of the
+            superpixels around it, weighted by how close its RGB colour, in [0, 1], is to theirs,
+            with this scale); None: plain ``superpixel_unpool``.
         features (Tensor[B, D, h, w] float, optional): deep features; their mean per superpixel adds
             a factor ``exp(-|f_i - f_j|^2 / (2 sigma_f^2))`` to the affinity.
         sigma_f (float): feature scale.
         return_labels (bool): also return the superpixels used.
 
     Returns:
-        Tensor[B, C, H, W] float32 (NumPy [C, H, W] for NumPy input): refined scores,
-        ``bg_threshold * q_c / q_background`` with q the posterior of each superpixel, 0 for absent
-        classes and for pixels labelled -1; ``cam_to_mask(out, bg_threshold)`` is the most probable
-        label. With return_labels, ``(refined, labels)``.
+        Tensor[B, C, H, W] float32 (NumPy [C, H, W] for NumPy input): refined scores in [0, 1], 0 for
+        absent classes and for pixels labelled -1. A superpixel's score is the highest threshold at
+        which the mean field labels it foreground, so ``cam_to_mask(out, t)`` is the mean field's
+        foreground at t (where that decision is monotone in t, nearly everywhere; elsewhere the
+        masks stay nested: foreground at t stays foreground at lower thresholds). In mode
+        "diffusion", each class's maximum is the CAM's. With return_labels, ``(refined, labels)``.
 
     Raises:
         TypeError / ValueError naming the argument: shapes, dtypes or devices that do not match, a
         CAM larger than the image, C = 0, NaN or infinite scores, superpixel labels out of range,
         parameters out of range.
+
+    Example::
+
+        >>> refined = spl.asam_refine(images, cams, class_mask=present)   # [B, C, H, W]
+        >>> masks = spl.cam_to_mask(refined, 0.3, present)                 # pick t as for raw CAMs
     """
     fn = "asam_refine"
     numpy_in = isinstance(image, np.ndarray)
     if numpy_in:
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"{fn}: a NumPy image must have shape [H, W, 3], got {list(image.shape)}")
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
-        if not isinstance(cam, np.ndarray) or cam.ndim != 3:
-            raise ValueError(f"{fn}: with a NumPy image, cam must be a NumPy array of shape [C, h, w]")
-        cam = cam[None]
-        if labels is not None:
-            if not isinstance(labels, np.ndarray) or labels.ndim != 2:
-                raise ValueError(f"{fn}: with a NumPy image, labels must be a NumPy array of shape [H, W]")
-            labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))[None]
-        if isinstance(class_mask, np.ndarray) and class_mask.ndim == 1:
-            class_mask = class_mask[None]
-        if isinstance(features, np.ndarray) and features.ndim == 3:
-            features = features[None]
+        image, cam, labels, class_mask, features = _numpy_inputs(fn, image, cam, labels, class_mask, features)
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"{fn}: image must be a tensor or NumPy array, got {type(image).__name__}")
     if image.dim() != 4 or image.shape[1] != 3:
@@ -216,88 +246,84 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     C = cam.shape[1]
     if C < 1:
         raise ValueError(f"{fn}: cam must have at least one class channel (C >= 1), got shape {list(cam.shape)}")
-    t = _number(fn, "bg_threshold", bg_threshold, 0.0, low_open=True)
+    h, w = cam.shape[-2:]
+    if h > H or w > W or h < 1 or w < 1:
+        raise ValueError(f"{fn}: cam is {h}x{w} but the image is {H}x{W}; cam must have the image's size or a "
+                         "smaller one (it is then upsampled)")
+    if mode not in ("meanfield", "diffusion"):
+        raise ValueError(f"{fn}: mode must be 'meanfield' or 'diffusion', got {mode!r}")
     n_segments = _integer(fn, "n_segments", n_segments, 1)
+    diffuse_iters = _integer(fn, "diffuse_iters", diffuse_iters, 0)
     iters = _integer(fn, "iters", iters, 0)
     steps = _integer(fn, "steps", steps, 0)
     hops = _integer(fn, "hops", hops, 1)
+    diffuse_mix = _number(fn, "diffuse_mix", diffuse_mix, 0.0, 1.0)
     alpha = _number(fn, "alpha", alpha, 0.0, 1.0)
     weight = _number(fn, "weight", weight, 0.0)
     sigma_c = _number(fn, "sigma_c", sigma_c, 0.0, low_open=True)
     sigma_f = _number(fn, "sigma_f", sigma_f, 0.0, low_open=True)
     beta = _number(fn, "beta", beta, 0.0)
+    core = _number(fn, "core", core, 0.0, low_open=True)
+    if edge_sigma is not None:
+        edge_sigma = _number(fn, "edge_sigma", edge_sigma, 0.0, low_open=True)
     _number(fn, "compactness", compactness, 0.0, low_open=True)
+    if bg_threshold is not None:
+        if thresholds is not None:
+            raise ValueError(f"{fn}: give thresholds or bg_threshold, not both")
+        thresholds = (_number(fn, "bg_threshold", bg_threshold, 0.0, low_open=True),)
+    thresholds = _threshold_grid(fn, THRESHOLDS if thresholds is None else thresholds)
     class_mask = _class_mask(fn, class_mask, B, C, device)
     if features is not None:
         features = _upsample(_float_maps(fn, "features", features, B, device), H, W, fn, "features")
-    # One pass over the CAM gives every per-channel fact needed below (the CAM is the largest input:
-    # on the CPU each pass over it costs about as much as the propagation).
-    # Its extremes give NaN and infinities (NaN propagates into both) and negative scores; without a
-    # class mask, per-channel maxima also give the default one (two vectorised reductions then:
-    # torch.aminmax over a dim is ~3x slower on the CPU), else one global aminmax pass.
-    flat = cam.flatten(2).float()
+
+    # One pass over the CAM gives every per-channel fact needed below: its extremes give NaN and
+    # infinities (NaN propagates into both) and negative scores; without a class mask, per-channel
+    # maxima also give the default one.
+    flat = cam.flatten(2)
     if not cam.numel():
         low = high = cam.new_zeros(B, C)
     elif class_mask is None:
         high, low = flat.amax(2), flat.amin(2)
     else:
         low, high = torch.aminmax(flat)
-    cam = _upsample(cam.float(), H, W, fn, "cam")  # bilinear: stays within [low, high]
-
-    if labels is None:
-        labels, counts = ops.slic(image, n_segments, compactness, return_counts=True) if B else (
-            torch.zeros(0, H, W, dtype=torch.int64, device=device), torch.zeros(0, dtype=torch.int64, device=device))
-        lowest = counts.new_zeros(())
-    else:
-        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
-            raise TypeError(f"{fn}: labels must be an int64 tensor")
-        if tuple(labels.shape) != (B, H, W):
-            raise ValueError(f"{fn}: labels must have shape [B, H, W] = [{B}, {H}, {W}], got {list(labels.shape)}")
-        if labels.device != device:
-            raise ValueError(f"{fn}: labels are on {labels.device} but image is on {device}")
-        lowest = labels.amin() if labels.numel() else labels.new_zeros(())
-        counts = labels.flatten(1).amax(1) + 1 if B else labels.new_zeros(0)
     if class_mask is None:
         class_mask = high > 0
+    labels, counts, lowest = _superpixels(fn, image, labels, n_segments, compactness)
     # Every fact the host needs, in one device synchronisation (each one stalls the GPU's queue).
+    present = class_mask.sum(1)
     facts = [(torch.isfinite(low) & torch.isfinite(high)).all(), (low < 0).any(), lowest]
     if B:
-        facts += [counts.max(), counts.sum()]
+        facts += [counts.max(), counts.sum(), present.max()]
     finite, negative, lowest, *sizes = torch.stack([f.long() for f in facts]).tolist()
     if not finite:
         raise ValueError(f"{fn}: cam holds NaN or infinite values")
     if lowest < -1:
         raise ValueError(f"{fn}: labels must be >= -1 (-1: pixel left out)")
+    if B == 0 or sizes[2] == 0:  # no image, or no class present anywhere: all background
+        out = torch.zeros(B, C, H, W, dtype=torch.float32, device=device)
+        return (_numpy_out(out, numpy_in), _numpy_out(labels, numpy_in)) if return_labels else _numpy_out(out, numpy_in)
+    k_max, N, S = sizes
+
+    # Slots: image b's present classes, in order, padded to S = the most classes of any image. The
+    # refinement works on [nodes, S] (a VOC image has 1-4 classes, not C = 20).
+    slot_class = torch.argsort((~class_mask).to(torch.uint8), dim=1, stable=True)[:, :S]  # [B, S]
+    slot_valid = torch.arange(S, device=device)[None, :] < present[:, None]  # [B, S]
+    cam_slots = cam.gather(1, slot_class[:, :, None, None].expand(B, S, *cam.shape[2:])).float()
+    cam_slots = _upsample(cam_slots, H, W, fn, "cam")  # bilinear: stays within [low, high]
     if negative:  # negative scores count as 0
-        cam = cam.clamp_min(0)
-    if B == 0:
-        out = cam.new_zeros(0, C, H, W)
-        return (out, labels) if return_labels else out
+        cam_slots = cam_slots.clamp_min(0)
+    cam_slots = cam_slots * slot_valid[:, :, None, None]
 
-    # Nodes of the batch graph: superpixel k of image b is node offsets[b] + k. Long index tensors
-    # (not boolean masks, whose indexing synchronises to count) move values between [B, K] and [N].
-    k_max, N = sizes
-    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    node = torch.arange(N, device=device)
-    image_of_node = torch.searchsorted(offsets[1:], node, right=True)
-    node_index = image_of_node * k_max + node - offsets[image_of_node]  # into [B * K]
-
-    def nodes(per_image: torch.Tensor) -> torch.Tensor:  # [B, D, K] -> [N, D]
-        return per_image.transpose(1, 2).reshape(B * k_max, per_image.shape[1])[node_index]
-
-    # Node features: mean colour in CIELAB, the unary (mean log-probability), optional deep features.
-    # uint8 images are scaled to [0, 1] after pooling (on the means, not on every pixel: one pass
-    # less over the image).
-    mean_rgb = nodes(ops.superpixel_pool(image.float(), labels, k_max, "mean"))
-    if image.dtype == torch.uint8:
-        mean_rgb = mean_rgb / 255.0
+    nodes = _Nodes(counts, k_max, N)
+    rgb_means = ops.superpixel_pool(image.float(), labels, k_max, "mean")  # [B, 3, K]
+    if image.dtype == torch.uint8:  # scaled on the means, not on every pixel (one pass less)
+        rgb_means = rgb_means / 255.0
+    mean_rgb = nodes.gather(rgb_means)
     # float64: float32 pow / cube root round differently in vector bodies and loop tails, which would
     # make a superpixel's colour depend on its position in the batch.
     lab = reference.rgb_to_lab(mean_rgb.double().T[None, :, :, None])[0, :, :, 0].T.float()  # [N, 3]
-    # The unary in one pass over the CAM, reading only the present classes' planes (ops._cam_unary).
-    unary = nodes(ops._cam_unary(cam, labels, class_mask, k_max, t, _LOG_FLOOR))
-    allowed = torch.cat([class_mask.new_ones(B, 1), class_mask], 1)
-    unary = unary.masked_fill(~allowed[image_of_node], float("-inf"))
+    pooled = nodes.gather(ops.superpixel_pool(cam_slots, labels, k_max, "mean"))  # [N, S]
+    valid = slot_valid[nodes.image]  # [N, S]
 
     graph = ops.superpixel_adjacency(labels, counts)
     if hops > 1:
@@ -305,24 +331,192 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     rows, cols = graph.rows(), graph.indices
     affinity = torch.exp(-((lab[rows] - lab[cols]) ** 2).sum(1) / (2 * sigma_c ** 2))
     if features is not None:
-        f = nodes(ops.superpixel_pool(features.float(), labels, k_max, "mean"))
+        f = nodes.gather(ops.superpixel_pool(features.float(), labels, k_max, "mean"))
         affinity = affinity * torch.exp(-((f[rows] - f[cols]) ** 2).sum(1) / (2 * sigma_f ** 2))
     if beta != 1.0:
         affinity = affinity ** beta
 
-    # Mean field with the background competing; messages are edge-aware random walks.
-    q = torch.softmax(unary, 1)
-    for _ in range(steps):
-        messages = ops.sparse_propagate(graph, affinity, q, iters, alpha, _check_weight=False)
-        q = torch.softmax(unary + weight * messages, 1)
-    score = t * q[:, 1:] / q[:, :1].clamp_min(1e-30)
+    if mode == "diffusion":  # each class's maximum becomes the CAM's (pixel) maximum
+        peak = cam_slots.flatten(2).amax(2) if cam_slots.numel() else cam_slots.new_zeros(B, S)
+        score = _diffuse(graph, affinity, pooled, nodes, iters, alpha, peak[nodes.image])
+    else:
+        scores = pooled
+        if diffuse_mix > 0:
+            scores = (1 - diffuse_mix) * pooled + diffuse_mix * _diffuse(graph, affinity, pooled, nodes,
+                                                                          diffuse_iters, 1.0)
+        score = threshold_mean_field(graph, affinity, scores, valid, thresholds, iters, steps, weight, alpha)
+    if core <= 1.0:
+        score = _keep_core(score, pooled, valid, nodes, core)
 
-    per_image = score.new_zeros(B * k_max, C)
-    per_image[node_index] = score
-    out = ops.superpixel_unpool(per_image.view(B, k_max, C).permute(0, 2, 1).contiguous(), labels)
-    if numpy_in:
-        out, labels = out[0].cpu().numpy(), labels[0].cpu().numpy()
-    return (out, labels) if return_labels else out
+    # [N, S] -> [B, C, K] (absent classes and slots 0) -> pixels.
+    per_node = torch.zeros(B * k_max, S, dtype=torch.float32, device=device)
+    per_node[nodes.index] = score.float()
+    per_image = torch.zeros(B, C + 1, k_max, dtype=torch.float32, device=device)
+    target = torch.where(slot_valid, slot_class, C)[:, :, None].expand(B, S, k_max)
+    per_image.scatter_(1, target, per_node.view(B, k_max, S).transpose(1, 2))
+    per_image = per_image[:, :C].contiguous()
+    if edge_sigma is None:
+        out = ops.superpixel_unpool(per_image, labels)
+    else:
+        guide = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+        out = torch.ops.spl.edge_aware_unpool(per_image, labels, guide, rgb_means.float().contiguous(), edge_sigma, 1)
+    return (_numpy_out(out, numpy_in), _numpy_out(labels, numpy_in)) if return_labels else _numpy_out(out, numpy_in)
+
+
+class _Nodes:
+    """The nodes of a batch graph: superpixel k of image b is node ``offsets[b] + k``. Long index
+    tensors (not boolean masks, whose indexing synchronises to count) move values between [B, K] and
+    [N]."""
+
+    def __init__(self, counts: torch.Tensor, k_max: int, N: int):
+        B = counts.shape[0]
+        self.B, self.k_max = B, k_max
+        offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        node = torch.arange(N, device=counts.device)
+        self.image = torch.searchsorted(offsets[1:], node, right=True)  # [N]
+        self.index = self.image * k_max + node - offsets[self.image]  # into [B * K]
+
+    def gather(self, per_image: torch.Tensor) -> torch.Tensor:  # [B, D, K] -> [N, D]
+        return per_image.transpose(1, 2).reshape(self.B * self.k_max, per_image.shape[1])[self.index]
+
+    def image_max(self, x: torch.Tensor) -> torch.Tensor:  # [N, D] -> [B, D], max over each image's nodes
+        out = x.new_zeros(self.B, x.shape[1])
+        return out.scatter_reduce(0, self.image[:, None].expand_as(x), x, "amax", include_self=False)
+
+
+def _diffuse(graph, affinity, scores, nodes: _Nodes, iters: int, alpha: float,
+             peak: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``iters`` rounds of ``s <- alpha T s + (1 - alpha) s0``, each class of each image rescaled to
+    ``peak`` ([N, S], default: the maximum of its input; the walk averages, which lowers peaks)."""
+    s = ops.sparse_propagate(graph, affinity, scores, iters, alpha, _check_weight=False)
+    if peak is None:
+        peak = nodes.image_max(scores)[nodes.image]
+    return s * (peak / nodes.image_max(s)[nodes.image].clamp_min(1e-30))
+
+
+def threshold_mean_field(graph: "ops.Graph", affinity: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor,
+                         thresholds: Sequence[float], iters: int, steps: int, weight: float,
+                         alpha: float = 1.0) -> torch.Tensor:
+    """The mean field with the background competing at every threshold of ``thresholds``, summarised
+    as each node's threshold of turning to background.
+
+    Args:
+        graph, affinity: the superpixel graph and its edge affinities.
+        scores (Tensor[N, S]): non-negative class scores per node (S class slots).
+        valid (Tensor[N, S] of bool): the slots that hold a class of the node's image.
+        thresholds: increasing background thresholds t_1 < ... < t_M in (0, 1).
+        iters, steps, weight, alpha: the walk's rounds, the mean-field updates, the messages' weight
+            and the walk's restart.
+
+    Returns:
+        Tensor[N, S]: for the slot that wins where the node is foreground, the threshold at which the
+        node turns to background (exact at the grid points; between t_j and t_j+1 interpolated on the
+        log-odds; above t_M towards 1, below t_1 towards 0); other slots that score times their
+        posterior ratio to the winner (so they stay below it); 0 for invalid slots.
+    """
+    N, S = scores.shape
+    M = len(thresholds)
+    t = torch.tensor(thresholds, dtype=torch.float32, device=scores.device)
+    scores = scores.float().clamp_min(0) * valid
+    p = torch.cat([t.view(1, M, 1).expand(N, M, 1), scores[:, None, :].expand(N, M, S)], 2)  # [N, M, 1 + S]
+    unary = torch.log((p / p.sum(2, keepdim=True)).clamp_min(_LOG_FLOOR))
+    allowed = torch.cat([valid.new_ones(N, 1), valid], 1)[:, None, :]
+    unary = unary.masked_fill(~allowed, float("-inf"))
+    logits = unary
+    for _ in range(steps):
+        q = torch.softmax(logits, 2).reshape(N, M * (1 + S))
+        messages = ops.sparse_propagate(graph, affinity, q, iters, alpha, _check_weight=False)
+        logits = unary + weight * messages.view(N, M, 1 + S)
+    log_odds = logits[:, :, 1:] - logits[:, :, :1]  # [N, M, S]: log q_c - log q_background
+    return _turning_threshold(log_odds, t, valid)
+
+
+def _turning_threshold(log_odds: torch.Tensor, t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    N, M, S = log_odds.shape
+    best = log_odds.amax(2)  # [N, M]: the leading class against the background
+    grid = torch.arange(M, device=t.device)
+    last = torch.where(best >= 0, grid, -1).amax(1)  # the highest threshold still foreground
+    j = last.clamp_min(0)
+    above = (j + 1).clamp_max(M - 1)
+    b_j = best.gather(1, j[:, None])[:, 0]
+    b_above = best.gather(1, above[:, None])[:, 0]
+    # b_j >= 0 > b_above: the log-odds cross 0 in between.
+    frac = (b_j / (b_j - b_above)).nan_to_num(0.0).clamp(0, 1)
+    between = t[j] + frac * (t[above] - t[j])
+    top = t[j] + (1 - t[j]) * (1 - torch.exp(-b_j))  # foreground at every grid threshold
+    bottom = t[0] * torch.exp(best[:, 0].clamp_max(0))  # background at every grid threshold
+    turn = torch.where(last < 0, bottom, torch.where(above > j, between, top))
+    at = log_odds[torch.arange(N, device=t.device), j]  # [N, S], at the deciding threshold
+    lead = at.amax(1, keepdim=True)
+    ratio = torch.exp(at - lead.clamp_min(-1e30)).masked_fill(~valid, 0.0).nan_to_num(0.0)
+    return turn[:, None] * ratio
+
+
+def _keep_core(score: torch.Tensor, pooled: torch.Tensor, valid: torch.Tensor, nodes: _Nodes,
+               core: float) -> torch.Tensor:
+    """Where a class leads the CAM with at least ``core`` times its highest mean score in the image,
+    its refined score is at least the CAM's and the other classes' at most theirs (so it wins)."""
+    pooled = pooled.float().masked_fill(~valid, -1.0)
+    lead, leader = pooled.max(1)
+    highest = nodes.image_max(pooled.clamp_min(0))[nodes.image]  # [N, S]
+    slot = torch.arange(pooled.shape[1], device=pooled.device)[None, :]
+    is_core = (slot == leader[:, None]) & (lead[:, None] > 0) & (pooled >= core * highest)
+    in_core = is_core.any(1, keepdim=True)
+    raised = torch.where(is_core, torch.maximum(score, pooled), torch.minimum(score, pooled.clamp_min(0)))
+    return torch.where(in_core, raised, score)
+
+
+def _threshold_grid(fn: str, thresholds) -> tuple:
+    try:
+        values = tuple(float(t) for t in thresholds)
+    except TypeError:
+        raise TypeError(f"{fn}: thresholds must be a sequence of numbers") from None
+    if not values or any(not (0.0 < v < 1.0) for v in values) or any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"{fn}: thresholds must be increasing numbers in (0, 1), got {list(thresholds)}")
+    return values
+
+
+def _superpixels(fn, image, labels, n_segments, compactness):
+    """(labels, counts [B], the lowest label (a tensor)) from SLIC or the given labels (checked)."""
+    B, _, H, W = image.shape
+    device = image.device
+    if labels is None:
+        if not B:
+            return (torch.zeros(0, H, W, dtype=torch.int64, device=device), torch.zeros(0, dtype=torch.int64, device=device),
+                    torch.zeros((), dtype=torch.int64, device=device))
+        labels, counts = ops.slic(image, min(n_segments, H * W), compactness, return_counts=True)
+        return labels, counts, counts.new_zeros(())
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
+        raise TypeError(f"{fn}: labels must be an int64 tensor")
+    if tuple(labels.shape) != (B, H, W):
+        raise ValueError(f"{fn}: labels must have shape [B, H, W] = [{B}, {H}, {W}], got {list(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"{fn}: labels are on {labels.device} but image is on {device}")
+    lowest = labels.amin() if labels.numel() else labels.new_zeros(())
+    counts = labels.flatten(1).amax(1).clamp_min(-1) + 1 if B else labels.new_zeros(0)
+    return labels, counts, lowest
+
+
+def _numpy_inputs(fn, image, cam, labels, class_mask, features):
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{fn}: a NumPy image must have shape [H, W, 3], got {list(image.shape)}")
+    image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    if not isinstance(cam, np.ndarray) or cam.ndim != 3:
+        raise ValueError(f"{fn}: with a NumPy image, cam must be a NumPy array of shape [C, h, w]")
+    cam = cam[None]
+    if labels is not None:
+        if not isinstance(labels, np.ndarray) or labels.ndim != 2:
+            raise ValueError(f"{fn}: with a NumPy image, labels must be a NumPy array of shape [H, W]")
+        labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))[None]
+    if isinstance(class_mask, np.ndarray) and class_mask.ndim == 1:
+        class_mask = class_mask[None]
+    if isinstance(features, np.ndarray) and features.ndim == 3:
+        features = features[None]
+    return image, cam, labels, class_mask, features
+
+
+def _numpy_out(x: torch.Tensor, numpy_in: bool):
+    return x[0].cpu().numpy() if numpy_in else x
 
 
 def expand_hops(graph: "ops.Graph", hops: int) -> "ops.Graph":

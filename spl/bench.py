@@ -51,6 +51,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .peers import has_densecrf
+
 WORKLOADS = ("W1", "W2", "W3", "refine")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -115,6 +117,21 @@ def default_voc() -> Optional[str]:
         if d and glob.glob(os.path.join(d, "JPEGImages", "*.jpg")):
             return os.path.abspath(d)
     return None
+
+
+def default_voc_val() -> Optional[str]:
+    """$SPL_VOC_VAL, else the project's ``shared/data/voc-val-dev`` beside a source checkout."""
+    for d in (os.environ.get("SPL_VOC_VAL"), os.path.join(_HERE, "..", "..", "shared", "data", "voc-val-dev"),
+              os.path.join("shared", "data", "voc-val-dev"), os.path.join("..", "shared", "data", "voc-val-dev")):
+        if d and glob.glob(os.path.join(d, "JPEGImages", "*.jpg")):
+            return os.path.abspath(d)
+    return None
+
+
+def report_split() -> Optional[str]:
+    """benchmarks/splits/voc-val-dev-report.txt of a source checkout (the images no default was tuned on)."""
+    path = os.path.join(_HERE, "..", "benchmarks", "splits", "voc-val-dev-report.txt")
+    return os.path.abspath(path) if os.path.exists(path) else None
 
 
 def default_synth(voc: Optional[str]) -> Optional[str]:
@@ -309,29 +326,10 @@ def compare_at_equal_recall(rows: List[dict]) -> None:
 
 
 def densecrf(rgb: np.ndarray, cam: np.ndarray, present: np.ndarray, t: float) -> np.ndarray:
-    """Labels (H, W) 0..20 by DenseCRF (pydensecrf2): 10 iterations, Gaussian sxy 3 compat 3, bilateral
-    sxy 50 srgb 5 compat 10, the background's probability t before normalising, image-level classes."""
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
+    """Labels (H, W) 0..20 by DenseCRF (``spl.peers.densecrf_labels``) of the present classes' scores."""
+    from .peers import densecrf_labels
 
-    H, W = rgb.shape[:2]
-    probs = np.concatenate([np.full((1, H, W), t, np.float32), cam[present]])
-    probs = probs / probs.sum(0, keepdims=True)
-    d = dcrf.DenseCRF2D(W, H, probs.shape[0])
-    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
-    d.addPairwiseGaussian(sxy=3, compat=3)
-    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(rgb), compat=10)
-    q = np.array(d.inference(10)).reshape(-1, H, W).argmax(0)
-    return np.concatenate([[0], np.nonzero(present)[0] + 1])[q]
-
-
-def has_densecrf() -> bool:
-    try:
-        import pydensecrf.densecrf  # noqa: F401
-
-        return True
-    except ImportError:
-        return False
+    return np.concatenate([[0], np.nonzero(present)[0] + 1])[densecrf_labels(rgb, cam[present], t)]
 
 
 # ------------------------------------------------------------------------------------------ the bench
@@ -344,6 +342,9 @@ class Bench:
     peers: bool = False
     voc: Optional[str] = None
     synth: Optional[str] = None
+    voc_val: Optional[str] = None  # voc-val-dev: W3's quality on its report half
+    w3_cams: Optional[str] = None  # IRN-format CAMs for it (default: simulated)
+    w3_images: int = 60
     rows: List[dict] = field(default_factory=list)
     scaling: List[dict] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
@@ -528,8 +529,11 @@ class Bench:
     def w3(self) -> None:
         from . import asam, ops, reference
 
-        B, (H, W), K = (2, (128, 160), 100) if self.quick else (32, (375, 500), 1000)
-        case = f"{B} images {H}x{W}, 20 classes + background, K={K}, 5 x 40 rounds"
+        from .asam import ASAM_DEFAULTS, THRESHOLDS
+
+        B, (H, W), K = (2, (128, 160), 100) if self.quick else (32, (375, 500), ASAM_DEFAULTS["n_segments"])
+        case = (f"{B} images {H}x{W}, 20 classes (3 present) + background, K={K}, mean field at {len(THRESHOLDS)} "
+                f"thresholds, {ASAM_DEFAULTS['steps']} x {ASAM_DEFAULTS['iters']} rounds")
         print(f"W3 ASAM: {case}", flush=True)
         pool = photo_pool(self.voc)
         data = [tuple(t.to(self.device) for t in asam_inputs(pool, B, (H, W), seed=s)) for s in range(3)]
@@ -554,37 +558,78 @@ class Bench:
                 imgs = data[0][0].permute(0, 2, 3, 1).cpu().numpy()
                 cams, masks = data[0][1].cpu().numpy(), data[0][2].cpu().numpy()
                 crf_t, n = self.per_image(lambda i: densecrf(imgs[i], cams[i], masks[i], 0.15), list(range(B)))
-                crf = self.add("W3", case, "DenseCRF (pydensecrf2, 10 iterations)", "cpu", n, crf_t)
+                crf = self.add("W3", case, "DenseCRF (pydensecrf2, 10 iterations, one threshold)", "cpu", n, crf_t)
                 crf["vs_spl"] = crf["ms_per_image"] / base["ms_per_image"]
             else:
                 self.skip("W3 DenseCRF: pydensecrf2 not installed")
         self._asam_quality()
 
     def _asam_quality(self) -> None:
-        """mIoU of raw CAM, ASAM and (with --peers) DenseCRF, each at its best background threshold."""
-        from .asam import asam_refine, cam_to_mask
+        """The WSSS protocol (spl.cam_eval): each method refines once with its defaults, then the
+        background threshold is swept over its output; raw CAM, ASAM and, with --peers, PAR and
+        DenseCRF (run again at each threshold: it takes t as input). Images: the report half of
+        voc-val-dev when it is found (never the tuning half), else the VOC sample or scenes."""
+        from . import cam_eval, peers
+        from .asam import asam_refine
+        from .metrics import DEFAULT_THRESHOLDS
 
-        grid = [0.11, 0.15, 0.19] if self.quick else [round(float(t), 2) for t in np.arange(0.05, 0.41, 0.02)]
+        thresholds = (0.1, 0.15, 0.2) if self.quick else DEFAULT_THRESHOLDS
         with tempfile.TemporaryDirectory() as tmp:
-            described, items = cam_set(self.voc, self.synth, 3 if self.quick else 11, tmp)
-        self.note("W3", f"quality on {described}; thresholds {grid[0]}..{grid[-1]}")
-        methods = {"raw CAM": lambda it, t: cam_to_mask(it[3], t, it[4])}
-        if self.peers and has_densecrf():
-            methods["DenseCRF"] = lambda it, t: densecrf(it[1], it[3], it[4], t)
+            described, items = self._quality_items(3 if self.quick else self.w3_images, tmp)
+        self.note("W3", f"quality on {described}; thresholds {thresholds[0]}..{thresholds[-1]}")
 
-        def refine(it, t):
-            image = torch.from_numpy(it[1]).permute(2, 0, 1)[None].to(self.device)
-            cam = torch.from_numpy(it[3])[None].to(self.device)
-            mask = torch.from_numpy(it[4])[None].to(self.device)
-            return cam_to_mask(asam_refine(image, cam, bg_threshold=t, class_mask=mask), t, mask)[0].cpu().numpy()
+        def on_device(fn):
+            def run(it):
+                image = torch.from_numpy(it.rgb).permute(2, 0, 1)[None].to(self.device)
+                out = fn(image, torch.from_numpy(it.cam)[None].to(self.device))
+                _sync(self.device)
+                return out[0].cpu().numpy()
+            return run
 
-        methods["ASAM (defaults)"] = refine
-        results = asam_quality(methods, items, grid)
-        for r in results:
-            r["gain"] = r["miou"] - results[0]["miou"]
+        methods = [cam_eval.Method("raw CAM", scores=lambda it: it.cam),
+                   cam_eval.Method("ASAM (defaults)", scores=on_device(lambda im, cam: asam_refine(im, cam)))]
+        if self.peers:
+            methods.append(cam_eval.Method("PAR (AFA/ToCo)", scores=on_device(peers.par_refine)))
+            if has_densecrf():
+                methods.append(cam_eval.Method("DenseCRF", labels=lambda it, t: peers.densecrf_labels(it.rgb, it.cam, t)))
+        for m in methods[1:]:  # warm-up (caches, the device)
+            (m.scores or (lambda it: m.labels(it, 0.2)))(items[0])
+        results = cam_eval.evaluate(methods, items, thresholds)
+        raw_t = results["raw CAM"].sweep.best()[0]
+        for m in methods:
+            r = results[m.name].summary(raw_t)
+            r["gain"] = r["miou"] - results["raw CAM"].sweep.best()[1] * 100
+            r["threshold"] = r["best_t"]
+            r["thresholds"] = list(thresholds)
             self.rows.append({"workload": "W3 quality", "case": described, "device": self.device, **r})
-            print(f"  {r['method']:16s} mIoU {r['miou']:.2f} ({r['gain']:+.2f}) at t = {r['threshold']:.2f}",
-                  flush=True)
+            print(f"  {r['method']:16s} mIoU {r['miou']:.2f} ({r['gain']:+.2f}) at t = {r['best_t']:.2f}, "
+                  f"{r['miou_at_raw_t']:.2f} at the raw CAM's t", flush=True)
+
+    def _quality_items(self, count: int, tmp: str):
+        from . import cam_eval
+
+        val = self.voc_val
+        if val is not None:
+            ids = cam_eval.read_ids(os.path.join(val, "ids.txt"))
+            split = report_split()
+            if split is not None:
+                ids = cam_eval.read_ids(split)
+            ids = ids[:count]
+            cams = self.w3_cams
+            source = f"CAMs from {cams}"
+            if cams is None and self.synth:
+                cams = os.path.join(tmp, "synth-cams")
+                subprocess.run([sys.executable, self.synth, val, cams], check=True, stdout=subprocess.DEVNULL)
+                source = "CAMs simulated by synth_cams.py"
+            if cams is not None:
+                ids = [i for i in ids if os.path.exists(os.path.join(cams, i + ".npy"))]
+                items = [cam_eval.load_item(val, cams, i) for i in ids]
+                half = "report half of " if split is not None else ""
+                return f"{len(items)} PASCAL VOC 2012 val images ({half}voc-val-dev), {source}", items
+        described, legacy = cam_set(self.voc, self.synth, count, tmp)
+        items = [cam_eval.Item(name, rgb, truth, np.flatnonzero(present), cam[present])
+                 for name, rgb, truth, cam, present in legacy]
+        return described, items
 
     # ----------------------------------------------------------------------------------- refine
     def refine(self) -> None:
@@ -756,13 +801,15 @@ import torch
 import spl.asam, spl.reference as ref
 from spl.cli import main
 
-def asam_refine(images, cams, bg_threshold, class_mask=None, n_segments=1000, compactness=10.0, iters=40,
-                steps=5, alpha=1.0, weight=10.0, sigma_c=6.0, beta=1.0, hops=1):
+REFERENCE_OPTIONS = ("mode", "diffuse_iters", "diffuse_mix", "iters", "steps", "alpha", "weight", "sigma_c", "beta",
+                     "core")
+
+def asam_refine(images, cams, class_mask=None, n_segments=500, compactness=10.0, **options):
     if class_mask is None:
         class_mask = torch.ones(cams.shape[:2], dtype=torch.bool, device=cams.device)
     labels = ref.slic(images, n_segments, compactness)
-    return ref.asam_refine(images, cams, labels, class_mask, bg_threshold=bg_threshold, iters=iters, steps=steps,
-                           alpha=alpha, weight=weight, sigma_c=sigma_c, beta=beta)
+    return ref.asam_refine(images, cams, labels, class_mask, thresholds=spl.asam.THRESHOLDS,
+                           **{k: v for k, v in options.items() if k in REFERENCE_OPTIONS})
 
 spl.asam.asam_refine = asam_refine
 sys.exit(main(["refine"] + sys.argv[1:]))
@@ -778,32 +825,6 @@ def run_refine_job(args: List[str], cwd: str, reference: bool = False) -> float:
     if result.returncode != 0:
         raise RuntimeError(f"spl refine failed ({result.returncode}):\n{result.stdout}{result.stderr}")
     return seconds
-
-
-def asam_quality(methods: Dict[str, Callable], items, grid) -> List[dict]:
-    """For each method (item, t) -> labels: the best mIoU over the thresholds (21 VOC classes, 255
-    ignored), that threshold, the per-class IoU there, and the median milliseconds per image there."""
-    from .metrics import ConfusionMatrix
-
-    results = []
-    for name, predict in methods.items():
-        best = None
-        for t in grid:
-            cm = ConfusionMatrix(21)
-            for item in items:
-                cm.update(np.asarray(predict(item, t)), item[2])
-            if best is None or cm.miou() > best[0]:
-                best = (cm.miou(), float(t), cm.iou())
-        times = []
-        for item in items:
-            predict(item, best[1])  # warm (caches, the device)
-            start = time.perf_counter()
-            predict(item, best[1])
-            times.append(time.perf_counter() - start)
-        results.append({"method": name, "miou": 100 * best[0], "threshold": best[1],
-                        "iou": [None if np.isnan(v) else 100 * v for v in best[2].tolist()],
-                        "ms_per_image": 1e3 * statistics.median(times)})
-    return results
 
 
 # ---------------------------------------------------------------------------------------- reporting
@@ -855,11 +876,14 @@ def tables(report: dict) -> str:
             continue
         if workload == "W3 quality":
             lines.append(f"### W3 quality: {mine[0]['case']}")
-            lines.append("| method | mIoU | gain over raw CAM | best t | ms / image |")
-            lines.append("|---|---|---|---|---|")
+            lines.append("Each method refines once with its defaults; the background threshold t is swept over "
+                         "its output (DenseCRF, which takes t as input, runs at each t).")
+            lines.append("| method | mIoU (best t) | gain over raw CAM | best t | mIoU at the raw CAM's t | ms / image |")
+            lines.append("|---|---|---|---|---|---|")
             for r in mine:
+                at = r.get("miou_at_raw_t")
                 lines.append(f"| {r['method']} | {r['miou']:.2f} | {r['gain']:+.2f} | {r['threshold']:.2f} | "
-                             f"{_fmt_ms(r['ms_per_image'])} |")
+                             f"{'' if at is None else f'{at:.2f}'} | {_fmt_ms(r['ms_per_image'])} |")
             continue
         for case in dict.fromkeys(r["case"] for r in mine):
             lines.append(f"### {workload}: {case}")
@@ -1069,11 +1093,19 @@ def run_bench(args) -> int:
         synth = args.synth if args.synth is not None else default_synth(voc)
         if args.synth is not None and not os.path.isfile(args.synth):
             raise BenchError(f"--synth {args.synth}: no such file")
+        voc_val = args.voc_val if args.voc_val is not None else default_voc_val()
+        if args.voc_val is not None and not _voc_files(args.voc_val):
+            raise BenchError(f"--voc-val {args.voc_val}: no JPEGImages/*.jpg there")
+        if args.w3_cams is not None and not os.path.isdir(args.w3_cams):
+            raise BenchError(f"--w3-cams {args.w3_cams}: not a folder")
+        if synth is None and voc_val is not None:
+            synth = default_synth(voc_val)
     except BenchError as e:
         print(f"spl bench: {e}", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
-    bench = Bench(device, quick=args.quick, peers=args.peers, voc=voc, synth=synth)
+    bench = Bench(device, quick=args.quick, peers=args.peers, voc=voc, synth=synth, voc_val=voc_val,
+                  w3_cams=args.w3_cams, w3_images=args.w3_images)
     env = environment(device, bench.bandwidth)
     start = time.perf_counter()
     json_path = os.path.join(args.out, "bench.json")
@@ -1120,5 +1152,10 @@ def add_arguments(p) -> None:
     p.add_argument("--voc", help="PASCAL VOC-style folder (JPEGImages, SegmentationClass) for the photos and the "
                                  "quality figures (default: $SPL_VOC or the project's shared/data/voc-dev; else "
                                  "scikit-image samples)")
+    p.add_argument("--voc-val", help="voc-val-dev-style folder for W3's quality figures, on the report half of "
+                                     "benchmarks/splits (default: $SPL_VOC_VAL or the project's shared/data/voc-val-dev)")
+    p.add_argument("--w3-cams", help="folder of IRN-format CAMs of those images for W3's quality (e.g. real CAMs "
+                                     "from shared/tools/real_cams.py; default: simulated by --synth)")
+    p.add_argument("--w3-images", type=int, default=60, help="images of W3's quality figures (default 60)")
     p.add_argument("--synth", help="CAM simulator for the ASAM quality figures (default: $SPL_SYNTH_CAMS or "
                                    "shared/tools/synth_cams.py beside the VOC folder; else scenes of known shapes)")

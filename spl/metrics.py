@@ -32,6 +32,8 @@ __all__ = [
     "superpixel_scores",
     "ConfusionMatrix",
     "confusion_matrix",
+    "ThresholdSweep",
+    "DEFAULT_THRESHOLDS",
 ]
 
 Labels = Union[torch.Tensor, np.ndarray]
@@ -203,3 +205,123 @@ class ConfusionMatrix:
         iou = self.iou()
         present = ~torch.isnan(iou)
         return float(iou[present].mean()) if bool(present.any()) else float("nan")
+
+
+#: The background thresholds of the WSSS evaluation protocol (IRN's eval_cam, SEAM's ``--curve``):
+#: 0.05, 0.10, ..., 0.60.
+DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 13))
+
+
+class ThresholdSweep:
+    """mIoU of class scores against the background threshold, accumulated over a data set: the WSSS
+    protocol for CAMs and refined CAMs (IRN's eval_cam, SEAM's ``--curve``).
+
+    At threshold t a pixel is background (0) where no allowed class's score reaches t, else
+    ``classes[k]`` for the channel k of highest score (``spl.cam_to_mask``'s rule). One confusion
+    matrix per threshold is kept (``num_classes`` squared int64 counts each).
+
+    Args:
+        thresholds (sequence of float): the background thresholds (default ``DEFAULT_THRESHOLDS``).
+        num_classes (int): classes of the ground truth, background included (21 for VOC).
+        ignore_index (int): ground-truth value left out (255 for VOC).
+
+    Example::
+
+        sweep = ThresholdSweep()
+        for scores, gt in data:            # scores [C, H, W] foreground scores, gt [H, W]
+            sweep.update(scores, gt)
+        t, miou = sweep.best()             # the best threshold and its mIoU (in [0, 1])
+        curve = sweep.miou()               # one mIoU per threshold
+    """
+
+    def __init__(self, thresholds=DEFAULT_THRESHOLDS, num_classes: int = 21, ignore_index: int = 255):
+        thresholds = [float(t) for t in thresholds]
+        if not thresholds or any(not np.isfinite(t) for t in thresholds):
+            raise ValueError("ThresholdSweep: thresholds must be a non-empty sequence of finite numbers")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"ThresholdSweep: num_classes must be an int >= 2, got {num_classes!r}")
+        self.thresholds = tuple(thresholds)
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.matrix = np.zeros((len(thresholds), num_classes, num_classes), np.int64)
+
+    def update(self, scores, ground_truth, classes=None) -> "ThresholdSweep":
+        """Adds one image.
+
+        Args:
+            scores (Tensor or NumPy [C, H, W], float): the scores of C candidate classes (the classes
+                of the image-level label, or all of them); C may be 0 (all background).
+            ground_truth (Tensor or NumPy [H, W], int): labels in [0, num_classes) or ignore_index.
+            classes (sequence of int, optional): the label of each channel (default ``1 .. C``, the
+                VOC numbering of 20 foreground channels).
+        """
+        fn = "ThresholdSweep.update"
+        s = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+        gt = ground_truth.cpu().numpy() if isinstance(ground_truth, torch.Tensor) else np.asarray(ground_truth)
+        if s.ndim != 3 or gt.ndim != 2 or s.shape[1:] != gt.shape:
+            raise ValueError(f"{fn}: scores must be [C, H, W] and ground_truth [H, W] of the same size, got "
+                             f"{list(s.shape)} and {list(gt.shape)}")
+        if not np.issubdtype(s.dtype, np.floating) or not np.issubdtype(gt.dtype, np.integer):
+            raise TypeError(f"{fn}: scores must be floating point and ground_truth integer, got {s.dtype} and "
+                            f"{gt.dtype}")
+        if not np.isfinite(s).all():
+            raise ValueError(f"{fn}: scores hold NaN or infinite values")
+        classes = np.arange(1, s.shape[0] + 1) if classes is None else np.asarray(classes, np.int64).reshape(-1)
+        if classes.shape[0] != s.shape[0]:
+            raise ValueError(f"{fn}: classes must give one label per channel ({s.shape[0]}), got {classes.shape[0]}")
+        n = self.num_classes
+        if classes.size and (classes.min() < 1 or classes.max() >= n):
+            raise ValueError(f"{fn}: classes must be in [1, {n}), got {classes.tolist()}")
+        valid = gt != self.ignore_index
+        g = gt[valid].astype(np.int64)
+        if g.size and (g.min() < 0 or g.max() >= n):
+            raise ValueError(f"{fn}: ground_truth holds a class outside [0, {n}) (other than ignore_index "
+                             f"{self.ignore_index})")
+        if s.shape[0]:
+            top, arg = s.max(0)[valid], classes[s.argmax(0)][valid]
+        else:
+            top, arg = np.full(g.shape, -np.inf, np.float32), np.zeros_like(g)
+        # One histogram over (truth, arg-max class, how many thresholds the top score reaches) gives
+        # every threshold's matrix: at threshold i a pixel is foreground iff it reaches more than i.
+        order = np.argsort(self.thresholds, kind="stable")
+        sorted_t = np.asarray(self.thresholds)[order]
+        reached = np.searchsorted(sorted_t, top, side="right")  # thresholds <= top
+        M = len(sorted_t)
+        hist = np.bincount((g * n + arg) * (M + 1) + reached, minlength=n * n * (M + 1)).reshape(n, n, M + 1)
+        above = np.cumsum(hist[:, :, ::-1], axis=2)[:, :, ::-1]  # [.., j] = pixels reaching > j - 1
+        total = hist.sum(2)
+        for rank, i in enumerate(order):
+            fg = above[:, :, rank + 1] if rank + 1 <= M else np.zeros_like(total)
+            m = fg.copy()
+            m[:, 0] += (total - fg).sum(1)  # the rest is predicted background
+            self.matrix[i] += m
+        return self
+
+    def iou(self) -> np.ndarray:
+        """float64 [thresholds, num_classes]: per-class IoU at each threshold (NaN where a class is in
+        neither the ground truth nor the predictions)."""
+        m = self.matrix.astype(np.float64)
+        inter = np.diagonal(m, axis1=1, axis2=2)
+        union = m.sum(1) + m.sum(2) - inter
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(union > 0, inter / union, np.nan)
+
+    def miou(self) -> np.ndarray:
+        """float64 [thresholds]: mIoU at each threshold, over the classes that occur."""
+        iou = self.iou()
+        present = ~np.isnan(iou)
+        return np.where(present.any(1), np.nansum(iou, 1) / np.maximum(present.sum(1), 1), np.nan)
+
+    def best(self):
+        """(threshold, mIoU) at the threshold of highest mIoU (the first on ties); (None, NaN) before
+        any update."""
+        curve = self.miou()
+        if np.isnan(curve).all():
+            return None, float("nan")
+        i = int(np.nanargmax(curve))
+        return self.thresholds[i], float(curve[i])
+
+    def at(self, threshold: float) -> float:
+        """mIoU at one of the thresholds."""
+        if float(threshold) not in self.thresholds:
+            raise ValueError(f"ThresholdSweep.at: {threshold} is not one of the thresholds {list(self.thresholds)}")
+        return float(self.miou()[self.thresholds.index(float(threshold))])

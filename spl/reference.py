@@ -20,6 +20,7 @@ __all__ = [
     "slic_grid",
     "superpixel_pool",
     "superpixel_unpool",
+    "edge_aware_unpool",
     "superpixel_histogram",
     "consistency_weights",
     "superpixel_consistency_loss",
@@ -311,6 +312,35 @@ def superpixel_unpool(features: torch.Tensor, labels: torch.Tensor):
     return torch.where((labels >= 0)[:, None], out, torch.zeros_like(out))
 
 
+def edge_aware_unpool(features: torch.Tensor, labels: torch.Tensor, guide: torch.Tensor, guide_means: torch.Tensor,
+                      sigma: float, radius: int = 1) -> torch.Tensor:
+    """``spl.edge_aware_unpool`` over whole tensors (float64): the distinct labels of each pixel's
+    window, their guide distances and weights, the weighted mean."""
+    B, C, K = features.shape
+    _, H, W = labels.shape
+    r = radius
+    size = 2 * r + 1
+    padded = torch.nn.functional.pad(labels, [r, r, r, r], value=-1)
+    # window[b, i, y, x] = label at (y + dy, x + dx) for the i-th offset in raster order.
+    window = torch.stack([padded[:, dy:dy + H, dx:dx + W] for dy in range(size) for dx in range(size)], 1)
+    window = torch.cat([labels[:, None], window], 1)  # the pixel's own label first
+    first = window >= 0
+    for i in range(1, window.shape[1]):
+        first[:, i] &= (window[:, i:i + 1] != window[:, :i]).all(1)
+    safe = window.clamp_min(0)
+    g = guide.double()
+    m = guide_means.double()
+    means = torch.stack([m[b][:, safe[b]] for b in range(B)])  # [B, D, n, H, W]
+    d = ((means - g[:, :, None]) ** 2).sum(1)  # [B, n, H, W]
+    d = d.masked_fill(~first, float("inf"))
+    w = torch.exp(-(d - d.amin(1, keepdim=True)) / (2 * sigma ** 2)) * first
+    f = features.double()
+    vals = torch.stack([f[b][:, safe[b]] for b in range(B)])  # [B, C, n, H, W]
+    out = (vals * w[:, None]).sum(2) / w.sum(1)[:, None]
+    out = torch.where(labels[:, None] >= 0, out, torch.zeros_like(out))
+    return out.to(features.dtype)
+
+
 def superpixel_histogram(target, labels, num_superpixels: int, num_classes: int, ignore_index: int = 255):
     """Reference of ``spl.superpixel_histogram``."""
     B = target.shape[0]
@@ -419,47 +449,108 @@ def cam_unary(cam: torch.Tensor, labels: torch.Tensor, class_mask: torch.Tensor,
     return pooled * allowed[:, :, None]
 
 
-def asam_refine(image: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor, class_mask: torch.Tensor, *,
-                bg_threshold: float = 0.15, iters: int = 40, steps: int = 5, alpha: float = 1.0,
-                weight: float = 10.0, sigma_c: float = 6.0, beta: float = 1.0):
-    """The ASAM pipeline of ``spl.asam_refine`` in plain PyTorch: reference pooling, the dense-counts
-    adjacency, and ``iters`` rounds of ``torch.sparse`` CSR products per mean-field step (a Python
-    loop of SpMMs). ``cam`` at the image's size, superpixels given, hops = 1, no deep features."""
-    B, C, H, W = cam.shape
-    counts = labels.flatten(1).amax(1) + 1
-    k_max = int(counts.max())
-    valid = torch.arange(k_max, device=cam.device)[None, :] < counts[:, None]
-    nodes = lambda per_image: per_image.permute(0, 2, 1)[valid]  # noqa: E731
-    mean_rgb = nodes(superpixel_pool(image.float(), labels, k_max))  # uint8: scaled to [0, 1] after pooling
-    if image.dtype == torch.uint8:
-        mean_rgb = mean_rgb / 255.0
-    lab = rgb_to_lab(mean_rgb.double().T[None, :, :, None])[0, :, :, 0].T.float()
-    t = bg_threshold
-    unary = nodes(cam_unary(cam.float().clamp_min(0), labels, class_mask, k_max, t))
-    allowed = torch.cat([class_mask.new_ones(B, 1), class_mask], 1)
-    image_of_node = torch.arange(B, device=cam.device)[:, None].expand(B, k_max)[valid]
-    unary = unary.masked_fill(~allowed[image_of_node], float("-inf"))
-    indptr, indices, _, _ = superpixel_adjacency(labels, counts)
-    N = unary.shape[0]
-    rows = torch.repeat_interleave(torch.arange(N, device=cam.device), indptr.diff())
-    a = torch.exp(-((lab[rows] - lab[indices]) ** 2).sum(1) / (2 * sigma_c ** 2)) ** beta
-    degree = torch.ones(N, device=cam.device).index_add(0, rows, a)
-    # T with the diagonal: CSR of (rows, indices) plus (i, i), sorted by (row, column).
-    r = torch.cat([rows, torch.arange(N, device=cam.device)])
-    c = torch.cat([indices, torch.arange(N, device=cam.device)])
+def _transition_matrix(indptr, indices, a, N, device):
+    """T = D^-1 (A + I) as a torch.sparse CSR matrix (rows sorted)."""
+    rows = torch.repeat_interleave(torch.arange(N, device=device), indptr.diff())
+    degree = torch.ones(N, device=device, dtype=a.dtype).index_add(0, rows, a)
+    r = torch.cat([rows, torch.arange(N, device=device)])
+    c = torch.cat([indices, torch.arange(N, device=device)])
     v = torch.cat([a / degree[rows], 1.0 / degree])
     order = torch.argsort(r * N + c)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        T = torch.sparse_coo_tensor(torch.stack([r[order], c[order]]), v[order], (N, N),
-                                    check_invariants=False).to_sparse_csr()
-    q = torch.softmax(unary, 1)
-    for _ in range(steps):
-        m = q
-        for _ in range(iters):
-            m = alpha * (T @ m) + (1 - alpha) * q
-        q = torch.softmax(unary + weight * m, 1)
-    score = t * q[:, 1:] / q[:, :1].clamp_min(1e-30)
+        return torch.sparse_coo_tensor(torch.stack([r[order], c[order]]), v[order], (N, N),
+                                       check_invariants=False).to_sparse_csr()
+
+
+def _walk(T, x, iters: int, alpha: float):
+    s = x
+    for _ in range(iters):
+        s = alpha * (T @ s) + (1 - alpha) * x
+    return s
+
+
+def asam_refine(image: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor, class_mask: torch.Tensor, *,
+                mode: str = "meanfield", thresholds: Sequence[float] = None, diffuse_iters: int = 10,
+                diffuse_mix: float = 0.0, iters: int = 20, steps: int = 5, alpha: float = 1.0, weight: float = 10.0,
+                sigma_c: float = 5.0, beta: float = 1.0, core: float = 0.9, floor: float = 1e-6):
+    """The ASAM pipeline of ``spl.asam_refine`` in plain PyTorch, with every class as a channel (no
+    slots) and each background threshold's mean field run on its own: reference pooling and adjacency,
+    ``torch.sparse`` CSR products for the walks, then each node's threshold of turning to background.
+    ``cam`` at the image's size, superpixels given, hops = 1, no deep features, plain unpooling."""
+    B, C, H, W = cam.shape
+    device = cam.device
+    counts = labels.flatten(1).amax(1) + 1
+    k_max = int(counts.max())
+    valid_node = torch.arange(k_max, device=device)[None, :] < counts[:, None]
+    nodes = lambda per_image: per_image.permute(0, 2, 1)[valid_node]  # noqa: E731
+    image_of_node = torch.arange(B, device=device)[:, None].expand(B, k_max)[valid_node]
+    mean_rgb = nodes(superpixel_pool(image.float(), labels, k_max))
+    if image.dtype == torch.uint8:
+        mean_rgb = mean_rgb / 255.0
+    lab = rgb_to_lab(mean_rgb.double().T[None, :, :, None])[0, :, :, 0].T.float()
+    cam = cam.float().clamp_min(0) * class_mask[:, :, None, None]
+    pooled = nodes(superpixel_pool(cam, labels, k_max)).float()  # [N, C]
+    allowed = class_mask[image_of_node]  # [N, C]
+    indptr, indices, _, _ = superpixel_adjacency(labels, counts)
+    N = pooled.shape[0]
+    rows = torch.repeat_interleave(torch.arange(N, device=device), indptr.diff())
+    a = torch.exp(-((lab[rows] - lab[indices]) ** 2).sum(1) / (2 * sigma_c ** 2)) ** beta
+    T = _transition_matrix(indptr, indices, a, N, device)
+
+    def image_max(x):  # [N, C] -> [N, C], the maximum over the node's image
+        out = torch.stack([x[image_of_node == b].amax(0) if bool((image_of_node == b).any()) else x.new_zeros(C)
+                           for b in range(B)])
+        return out[image_of_node]
+
+    def diffuse(x, rounds, restart, peak=None):
+        s = _walk(T, x, rounds, restart)
+        return s * (image_max(x) if peak is None else peak) / image_max(s).clamp_min(1e-30)
+
+    if mode == "diffusion":
+        peak = cam.flatten(2).amax(2)[image_of_node] if cam.numel() else pooled.new_zeros(N, C)
+        score = diffuse(pooled, iters, alpha, peak)
+    else:
+        s = pooled if diffuse_mix == 0 else (1 - diffuse_mix) * pooled + diffuse_mix * diffuse(pooled, diffuse_iters, 1.0)
+        if thresholds is None:
+            from .asam import THRESHOLDS as thresholds  # spl.asam_refine's grid
+        ts = list(thresholds)
+        best = torch.empty(N, len(ts), device=device)
+        odds = torch.empty(N, len(ts), C, device=device)
+        for m, t in enumerate(ts):
+            p = torch.cat([torch.full((N, 1), t, device=device), s], 1)
+            unary = torch.log((p / p.sum(1, keepdim=True)).clamp_min(floor))
+            unary = unary.masked_fill(~torch.cat([allowed.new_ones(N, 1), allowed], 1), float("-inf"))
+            logits = unary
+            for _ in range(steps):
+                logits = unary + weight * _walk(T, torch.softmax(logits, 1), iters, alpha)
+            odds[:, m] = logits[:, 1:] - logits[:, :1]
+            best[:, m] = odds[:, m].amax(1)
+        # Per node: the last grid threshold still foreground, m, and the turning threshold.
+        M = len(ts)
+        t = torch.tensor(ts, device=device)
+        fg = best >= 0
+        m = torch.where(fg, torch.arange(M, device=device), -1).amax(1)
+        none, top = m < 0, m == M - 1
+        m = m.clamp_min(0)
+        nxt = (m + 1).clamp_max(M - 1)
+        b0, b1 = best[torch.arange(N), m], best[torch.arange(N), nxt]
+        crossing = t[m] + b0 / (b0 - b1) * (t[nxt] - t[m])
+        turn = torch.where(none, t[0] * torch.exp(best[:, 0].clamp_max(0)),
+                           torch.where(top, t[m] + (1 - t[m]) * (1 - torch.exp(-b0)), crossing))
+        at = odds[torch.arange(N), m]  # the classes at that threshold, relative to the leader
+        lead = at.masked_fill(~allowed, float("-inf")).amax(1, keepdim=True)
+        score = torch.where(allowed, turn[:, None] * torch.exp(at - lead), torch.zeros_like(at))
+        score = torch.where(allowed.any(1, keepdim=True), score, torch.zeros_like(score))
+    if core <= 1.0:
+        p = pooled.masked_fill(~allowed, -1.0)
+        highest = image_max(p.clamp_min(0))
+        lead, leader = p.max(1)
+        is_core = torch.zeros_like(allowed)
+        is_core[torch.arange(N, device=device), leader] = True
+        is_core &= (lead[:, None] > 0) & (p >= core * highest)
+        raised = torch.where(is_core, torch.maximum(score, p), torch.minimum(score, p.clamp_min(0)))
+        score = torch.where(is_core.any(1, keepdim=True), raised, score)
     per_image = score.new_zeros(B, k_max, C)
-    per_image[valid] = score
+    per_image[valid_node] = score
     return superpixel_unpool(per_image.permute(0, 2, 1), labels)

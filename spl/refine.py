@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import asam
-from .metrics import ConfusionMatrix
+from .metrics import DEFAULT_THRESHOLDS, ConfusionMatrix, ThresholdSweep
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -220,6 +220,9 @@ class RefineDataset(torch.utils.data.Dataset):
             if done:
                 item["stage"] = "output"
                 item["previous"] = read_label_png(os.path.join(self.out, name + ".png"))
+                scores_path = os.path.join(self.out, name + ".npy")
+                if self.gt is not None and os.path.exists(scores_path):  # for the curve (--save-scores)
+                    item["previous_scores"] = np.load(scores_path)
             item["stage"] = None
         except Exception as e:  # noqa: BLE001  (reported per image, never stops the job)
             item["error"] = f"{type(e).__name__}: {e}"
@@ -317,14 +320,19 @@ def run_refine(args) -> int:
     names = list_names(args.images, args.list)
     mine = names[rank::world]
     _remove_stale_temporaries(args.out, mine + (["eval"] if rank == 0 else []))
-    options = {k: getattr(args, k) for k in ("n_segments", "compactness", "iters", "steps", "alpha", "weight",
-                                             "sigma_c", "beta", "hops")}
+    options = {k: getattr(args, k) for k in ("mode", "n_segments", "compactness", "iters", "steps", "alpha",
+                                             "weight", "sigma_c", "beta", "hops", "diffuse_iters", "diffuse_mix",
+                                             "core", "edge_sigma")}
     t = args.bg_threshold
     dataset = RefineDataset(mine, args.images, args.cams, args.format, args.num_classes, args.gt, args.out)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
                                          collate_fn=_collate, shuffle=False)
     palette = voc_palette()
     before, after = ConfusionMatrix(args.num_classes + 1), ConfusionMatrix(args.num_classes + 1)
+    # With --gt, the WSSS protocol's curves: mIoU against the background threshold, raw and refined.
+    thresholds = tuple(sorted(set(DEFAULT_THRESHOLDS) | {float(t)}))
+    curve_before = ThresholdSweep(thresholds, args.num_classes + 1)
+    curve_after = ThresholdSweep(thresholds, args.num_classes + 1)
     errors_path = os.path.join(args.out, "errors.jsonl" if world == 1 else f"errors.rank{rank}.jsonl")
     failed = refined = skipped = 0
     writer = concurrent.futures.ThreadPoolExecutor(max_workers=2)
@@ -351,10 +359,13 @@ def run_refine(args) -> int:
                 elif item["done"]:
                     skipped += 1
                     if args.gt is not None:
-                        before.update(asam.cam_to_mask(_upsampled(item, device, args.num_classes), t,
-                                                       item["present"][None])[0].cpu(),
-                                      item["gt"])
+                        raw_scores = _upsampled(item, device, args.num_classes)
+                        before.update(asam.cam_to_mask(raw_scores, t, item["present"][None])[0].cpu(), item["gt"])
                         after.update(item["previous"], item["gt"])
+                        present = np.flatnonzero(item["present"])
+                        curve_before.update(raw_scores[0, present].cpu(), item["gt"], present + 1)
+                        if item.get("previous_scores") is not None:
+                            curve_after.update(item["previous_scores"][present], item["gt"], present + 1)
                 else:
                     todo.append(item)
             groups: Dict[Tuple[int, int], list] = {}
@@ -365,10 +376,10 @@ def run_refine(args) -> int:
                     images = torch.stack([it["image"] for it in items]).permute(0, 3, 1, 2).to(device)
                     cams = torch.cat([_upsampled(it, device, args.num_classes) for it in items])
                     mask = torch.from_numpy(np.stack([it["present"] for it in items])).to(device)
-                    out = asam.asam_refine(images, cams, bg_threshold=t, class_mask=mask, **options)
+                    out = asam.asam_refine(images, cams, class_mask=mask, **options)
                     labels = asam.cam_to_mask(out, t, mask).cpu().numpy()
                     raw = asam.cam_to_mask(cams, t, mask).cpu().numpy() if args.gt is not None else None
-                    scores = out.cpu().numpy() if args.save_scores else None
+                    scores = out.cpu().numpy() if args.save_scores or args.gt is not None else None
                 except Exception as e:  # noqa: BLE001
                     for it in items:
                         fail(it, f"{type(e).__name__}: {e}", "refine")
@@ -377,8 +388,11 @@ def run_refine(args) -> int:
                     if args.gt is not None:
                         before.update(raw[j], it["gt"])
                         after.update(labels[j], it["gt"])
-                    writes.append((it, writer.submit(_write_outputs, args.out, it["name"], labels[j],
-                                                     None if scores is None else scores[j], palette)))
+                        present = np.flatnonzero(it["present"])
+                        curve_before.update(cams[j, present].cpu(), it["gt"], present + 1)
+                        curve_after.update(scores[j, present], it["gt"], present + 1)
+                    saved = scores[j] if args.save_scores else None
+                    writes.append((it, writer.submit(_write_outputs, args.out, it["name"], labels[j], saved, palette)))
                     refined += 1
             if bar is not None:
                 bar.update(len(batch))
@@ -410,7 +424,7 @@ def run_refine(args) -> int:
         if failed:
             print(f"spl refine: failures are listed in {args.out}/errors*.jsonl", file=sys.stderr)
         if args.gt is not None:
-            _report(args, before, after, refined + skipped)
+            _report(args, before, after, refined + skipped, curve_before, curve_after)
     if world > 1:
         import torch.distributed as dist
 
@@ -437,7 +451,8 @@ def _write_outputs(out_dir, name, labels, scores, palette):
     save_mask(os.path.join(out_dir, name + ".png"), labels, palette)
 
 
-def _report(args, before: ConfusionMatrix, after: ConfusionMatrix, images: int) -> None:
+def _report(args, before: ConfusionMatrix, after: ConfusionMatrix, images: int, curve_before: ThresholdSweep,
+            curve_after: ThresholdSweep) -> None:
     names = VOC_CLASSES if args.num_classes == 20 else ["background"] + [f"class{k}" for k in range(1, args.num_classes + 1)]
     iou_b, iou_a = before.iou().tolist(), after.iou().tolist()
     print(f"\nmIoU over {images} images ({args.num_classes + 1} classes, 255 ignored, threshold {args.bg_threshold}):"
@@ -446,7 +461,22 @@ def _report(args, before: ConfusionMatrix, after: ConfusionMatrix, images: int) 
     for n, b, a in zip(names, iou_b, iou_a):
         if not (np.isnan(b) and np.isnan(a)):
             print(f"{n:14s} {100 * b:7.2f} {100 * a:7.2f}")
+    print(f"\nmIoU against the background threshold (the WSSS protocol: refine once, then sweep t):")
+    print(f"{'t':>6s} {'raw CAM':>8s} {'ASAM':>8s}")
+    for t, b, a in zip(curve_before.thresholds, curve_before.miou(), curve_after.miou()):
+        print(f"{t:6.2f} {100 * b:8.2f} {100 * a:8.2f}")
+    (tb, mb), (ta, ma) = curve_before.best(), curve_after.best()
+    if tb is not None:
+        line = f"best t: raw CAM {tb:.2f} ({100 * mb:.2f})"
+        line += f", ASAM {ta:.2f} ({100 * ma:.2f})" if ta is not None else ", ASAM: no refined scores"
+        if curve_after.matrix.sum() < curve_before.matrix.sum():
+            line += " (images refined by an earlier run without --save-scores are not in ASAM's curve)"
+        print(line)
     report = {"images": images, "bg_threshold": args.bg_threshold, "miou_before": 100 * before.miou(),
+              "curve": {"thresholds": list(curve_before.thresholds),
+                        "raw": [100 * float(v) for v in curve_before.miou()],
+                        "asam": [100 * float(v) for v in curve_after.miou()],
+                        "best_t_raw": tb, "best_t_asam": ta},
               "miou_after": 100 * after.miou(),
               "iou_before": {n: None if np.isnan(v) else 100 * v for n, v in zip(names, iou_b)},
               "iou_after": {n: None if np.isnan(v) else 100 * v for n, v in zip(names, iou_a)}}
@@ -469,7 +499,10 @@ def add_arguments(p) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("ASAM options (spl.asam_refine)")
-    g.add_argument("--bg-threshold", type=float, default=d["bg_threshold"])
+    p.add_argument("--bg-threshold", type=float, default=0.15,
+                   help="background threshold of the masks written (and of --gt's figures): the one you use for "
+                        "your raw CAMs, the refined scores share their scale (default 0.15, IRN's convention)")
+    g.add_argument("--mode", choices=["meanfield", "diffusion"], default=d["mode"])
     g.add_argument("--n-segments", type=int, default=d["n_segments"])
     g.add_argument("--compactness", type=float, default=d["compactness"])
     g.add_argument("--iters", type=int, default=d["iters"])
@@ -479,3 +512,7 @@ def add_arguments(p) -> None:
     g.add_argument("--sigma-c", type=float, default=d["sigma_c"])
     g.add_argument("--beta", type=float, default=d["beta"])
     g.add_argument("--hops", type=int, default=d["hops"])
+    g.add_argument("--diffuse-iters", type=int, default=d["diffuse_iters"])
+    g.add_argument("--diffuse-mix", type=float, default=d["diffuse_mix"])
+    g.add_argument("--core", type=float, default=d["core"])
+    g.add_argument("--edge-sigma", type=float, default=d["edge_sigma"])

@@ -387,9 +387,11 @@ def test_refine_options_and_determinism(device):
     assert spl.asam_refine(img, small, n_segments=64).shape == cam.shape
     feats = torch.randn(1, 8, 16, 16, device=device)
     for kw in (dict(hops=2), dict(features=feats, sigma_f=2.0), dict(beta=2.0, alpha=0.9), dict(steps=0),
-               dict(iters=0)):
+               dict(iters=0), dict(mode="diffusion"), dict(diffuse_mix=0.5, diffuse_iters=3), dict(edge_sigma=0.1),
+               dict(thresholds=(0.1, 0.5)), dict(bg_threshold=0.2), dict(core=0.5), dict(core=2.0)):
         out = spl.asam_refine(img, cam, n_segments=64, **kw)
         assert out.shape == cam.shape and bool(torch.isfinite(out).all()), kw
+        assert float(out.min()) >= 0 and float(out.max()) <= 1, kw
     out, labels = spl.asam_refine(img, cam, n_segments=64, return_labels=True)
     assert labels.shape == (1, 64, 64) and torch.equal(out, spl.asam_refine(img, cam, labels))
 
@@ -525,9 +527,14 @@ def test_refine_matches_reference_pipeline(device):
                                          9, 1, 4).to(device)
     mask = cam.flatten(2).amax(2) > 0
     labels = spl.slic(img, 150)
-    for kw in (dict(), dict(bg_threshold=0.3, iters=7, steps=2, alpha=0.9, weight=4.0, sigma_c=9.0, beta=2.0)):
+    names = ("mode", "diffuse_iters", "diffuse_mix", "iters", "steps", "alpha", "weight", "sigma_c", "beta", "core")
+    for kw in (dict(), dict(diffuse_mix=0.5, diffuse_iters=5),
+               dict(iters=7, steps=2, alpha=0.9, weight=4.0, sigma_c=9.0, beta=2.0, core=0.5),
+               dict(mode="diffusion", iters=12, alpha=0.8)):
         out = spl.asam_refine(img, cam, labels, class_mask=mask, **kw)
-        ref = reference.asam_refine(img, cam, labels, mask, **kw)
+        settings = {**spl.asam.ASAM_DEFAULTS, **kw}
+        ref = reference.asam_refine(img, cam, labels, mask, thresholds=spl.asam.THRESHOLDS,
+                                    **{k: settings[k] for k in names})
         torch.testing.assert_close(out, ref, rtol=2e-4, atol=1e-5)
 
 
@@ -537,3 +544,73 @@ def test_refine_negative_scores_count_as_zero():
     assert bool((noisy < 0).any())
     out = spl.asam_refine(img, noisy, n_segments=100)
     assert torch.equal(out, spl.asam_refine(img, noisy.clamp_min(0), n_segments=100))
+
+
+def test_refined_scores_are_the_mean_field_at_every_threshold():
+    """The output contract: cam_to_mask(refined, t) is the mean field's labelling at background
+    threshold t, for every t of the grid; scores in [0, 1]; the curve over t is not flat."""
+    pairs = [collage(seed, size=72) for seed in range(2)]
+    img = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).contiguous()
+    truth = torch.from_numpy(np.stack([p[1] for p in pairs]))
+    cam = torch.nn.functional.avg_pool2d(torch.nn.functional.one_hot(truth, 7).permute(0, 3, 1, 2).float()[:, 1:],
+                                         15, 1, 7) * torch.linspace(0.3, 1.0, 6)[None, :, None, None]
+    mask = cam.flatten(2).amax(2) > 0
+    labels = spl.slic(img, 120)
+    out = spl.asam_refine(img, cam, labels, class_mask=mask)
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    areas = []
+    for t in spl.asam.THRESHOLDS:
+        single = spl.asam_refine(img, cam, labels, class_mask=mask, bg_threshold=t)
+        expected = spl.cam_to_mask(single, t, mask)
+        got = spl.cam_to_mask(out, t, mask)
+        # Nested masks: the mean field's foreground at t is foreground; a superpixel whose decision
+        # is not monotone in t (background at t, foreground above) is foreground too. Rare.
+        assert not bool(((expected > 0) & (got == 0)).any()), t
+        assert ((got > 0) == (expected > 0)).float().mean() > 0.98, t
+        # The class of a foreground superpixel is the one leading at its highest foreground threshold.
+        both = (got > 0) & (expected > 0)
+        assert not bool(both.any()) or (got[both] == expected[both]).float().mean() > 0.95, t
+        areas.append(int((expected > 0).sum()))
+    assert areas[0] > areas[len(areas) // 2] > areas[-1]  # foreground shrinks as t grows
+
+
+def test_a_present_class_keeps_its_core():
+    """A small object with a weak CAM beside a large one with a strong CAM: the mean field alone
+    floods it; its confident core survives (up to its CAM score), and core > 1 turns that off."""
+    img = torch.full((1, 3, 48, 48), 0.5)
+    img[0, :, 16:24, 16:24] = torch.tensor([0.5, 0.5, 0.45])[:, None, None]  # nearly the same colour
+    cam = torch.zeros(1, 2, 48, 48)
+    cam[0, 0] = 1.0  # the large class around it
+    cam[0, 0, 16:24, 16:24] = 0.3
+    cam[0, 1, 16:24, 16:24] = 0.6  # the small one, weaker than the large one's peak
+    labels = torch.arange(36).view(1, 6, 6).repeat_interleave(8, 1).repeat_interleave(8, 2).contiguous()
+    kept = spl.asam_refine(img, cam, labels, weight=50.0)
+    mask = spl.cam_to_mask(kept, 0.3)
+    assert bool((mask[0, 16:24, 16:24] == 2).all())
+    assert float(kept[0, 1, 20, 20]) >= 0.6 - 1e-6
+    lost = spl.cam_to_mask(spl.asam_refine(img, cam, labels, weight=50.0, core=2.0), 0.3)
+    assert not bool((lost == 2).any())
+
+
+def test_diffusion_mode_keeps_the_cam_scale():
+    img, cam, _ = two_region_case()
+    out = spl.asam_refine(img, cam, mode="diffusion", n_segments=64)
+    torch.testing.assert_close(out.flatten(2).amax(2), cam.flatten(2).amax(2), atol=1e-6, rtol=1e-5)
+
+
+def test_refine_new_option_errors():
+    img, cam, _ = two_region_case()
+    with pytest.raises(ValueError, match="mode"):
+        spl.asam_refine(img, cam, mode="crf")
+    with pytest.raises(ValueError, match="thresholds must be increasing"):
+        spl.asam_refine(img, cam, thresholds=(0.5, 0.2))
+    with pytest.raises(ValueError, match="thresholds must be increasing"):
+        spl.asam_refine(img, cam, thresholds=(0.5, 1.0))
+    with pytest.raises(ValueError, match="not both"):
+        spl.asam_refine(img, cam, thresholds=(0.5,), bg_threshold=0.2)
+    with pytest.raises(ValueError, match="diffuse_mix"):
+        spl.asam_refine(img, cam, diffuse_mix=1.5)
+    with pytest.raises(ValueError, match="edge_sigma"):
+        spl.asam_refine(img, cam, edge_sigma=0.0)
+    with pytest.raises(ValueError, match="core"):
+        spl.asam_refine(img, cam, core=0.0)

@@ -293,6 +293,23 @@ def test_unpool(dtype):
     assert torch.equal(out, cpu("superpixel_unpool", f, labels))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("radius", [0, 1, 3])
+def test_edge_aware_unpool(dtype, radius):
+    g = torch.Generator().manual_seed(6 + radius)
+    f = torch.randn(2, 4, 9, generator=g).to(dtype)
+    labels = torch.randint(-1, 9, (2, 13, 19), generator=g)
+    guide = torch.rand(2, 3, 13, 19, generator=g)
+    means = torch.ops.spl.superpixel_pool(guide, labels, 9, "mean")[0]
+    out = emulated("edge_aware_unpool", f, labels, guide, means, 0.25, radius)
+    # expf on the device and the host may differ in the last bit: close, not identical.
+    torch.testing.assert_close(out, cpu("edge_aware_unpool", f, labels, guide, means, 0.25, radius), rtol=1e-5, atol=1e-6)
+    bad = labels.clone()
+    bad[1, 5, 5] = 9
+    with pytest.raises(ValueError, match="labels must be in"):
+        torch.ops.spl_emu.edge_aware_unpool(f, bad, guide, means, 0.25, radius)
+
+
 def test_histogram_and_consistency_weights():
     g = torch.Generator().manual_seed(6)
     B, H, W, K, n = 2, 21, 27, 15, 5
