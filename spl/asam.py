@@ -294,7 +294,10 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     facts = [(torch.isfinite(low) & torch.isfinite(high)).all(), (low < 0).any(), lowest]
     if B:
         facts += [counts.max(), counts.sum(), present.max()]
-    finite, negative, lowest, *sizes = torch.stack([f.long() for f in facts]).tolist()
+    # The class mask comes along: the host then knows which planes of the output to write.
+    host = torch.cat([torch.stack([f.long() for f in facts]), class_mask.flatten().long()]).tolist()
+    finite, negative, lowest, *sizes = host[:len(facts)]
+    present_classes = np.asarray(host[len(facts):], dtype=bool).reshape(B, C)
     if not finite:
         raise ValueError(f"{fn}: cam holds NaN or infinite values")
     if lowest < -1:
@@ -348,18 +351,22 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     if core <= 1.0:
         score = _keep_core(score, pooled, valid, nodes, core)
 
-    # [N, S] -> [B, C, K] (absent classes and slots 0) -> pixels.
+    # [N, S] -> [B, S, K] -> the slots' pixels [B, S, H, W] -> their planes of the output (the other
+    # planes are 0: absent classes are not unpooled).
     per_node = torch.zeros(B * k_max, S, dtype=torch.float32, device=device)
     per_node[nodes.index] = score.float()
-    per_image = torch.zeros(B, C + 1, k_max, dtype=torch.float32, device=device)
-    target = torch.where(slot_valid, slot_class, C)[:, :, None].expand(B, S, k_max)
-    per_image.scatter_(1, target, per_node.view(B, k_max, S).transpose(1, 2))
-    per_image = per_image[:, :C].contiguous()
+    per_slot = per_node.view(B, k_max, S).transpose(1, 2).contiguous()
     if edge_sigma is None:
-        out = ops.superpixel_unpool(per_image, labels)
+        slot_pixels = ops.superpixel_unpool(per_slot, labels)
     else:
         guide = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-        out = torch.ops.spl.edge_aware_unpool(per_image, labels, guide, rgb_means.float().contiguous(), edge_sigma, 1)
+        slot_pixels = torch.ops.spl.edge_aware_unpool(per_slot, labels, guide, rgb_means.float().contiguous(),
+                                                      edge_sigma, 1)
+    out = torch.zeros(B, C, H, W, dtype=torch.float32, device=device)
+    b_index, c_index = np.nonzero(present_classes)  # row-major: slot s of image b is its s-th class
+    s_index = np.concatenate([np.arange(n) for n in present_classes.sum(1)]) if B else np.zeros(0, np.int64)
+    to_device = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)  # noqa: E731
+    out[to_device(b_index), to_device(c_index)] = slot_pixels[to_device(b_index), to_device(s_index)]
     return (_numpy_out(out, numpy_in), _numpy_out(labels, numpy_in)) if return_labels else _numpy_out(out, numpy_in)
 
 
@@ -388,7 +395,7 @@ def _diffuse(graph, affinity, scores, nodes: _Nodes, iters: int, alpha: float,
              peak: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``iters`` rounds of ``s <- alpha T s + (1 - alpha) s0``, each class of each image rescaled to
     ``peak`` ([N, S], default: the maximum of its input; the walk averages, which lowers peaks)."""
-    s = ops.sparse_propagate(graph, affinity, scores, iters, alpha, _check_weight=False)
+    s = ops._propagate(graph, ops._transition(graph, affinity.float(), 1.0), scores.float(), iters, alpha)
     if peak is None:
         peak = nodes.image_max(scores)[nodes.image]
     return s * (peak / nodes.image_max(s)[nodes.image].clamp_min(1e-30))
@@ -409,25 +416,28 @@ def threshold_mean_field(graph: "ops.Graph", affinity: torch.Tensor, scores: tor
             and the walk's restart.
 
     Returns:
-        Tensor[N, S]: for the slot that wins where the node is foreground, the threshold at which the
-        node turns to background (exact at the grid points; between t_j and t_j+1 interpolated on the
-        log-odds; above t_M towards 1, below t_1 towards 0); other slots that score times their
-        posterior ratio to the winner (so they stay below it); 0 for invalid slots.
+        Tensor[N, S]: for the slot that leads at the highest threshold where the node is foreground,
+        that threshold (interpolated on the log-odds towards the next grid point; above t_M towards
+        1, below t_1 towards 0); other slots that score times their posterior ratio to the leader
+        (so they stay below it); 0 for invalid slots.
     """
     N, S = scores.shape
     M = len(thresholds)
     t = torch.tensor(thresholds, dtype=torch.float32, device=scores.device)
     scores = scores.float().clamp_min(0) * valid
-    p = torch.cat([t.view(1, M, 1).expand(N, M, 1), scores[:, None, :].expand(N, M, S)], 2)  # [N, M, 1 + S]
-    unary = torch.log((p / p.sum(2, keepdim=True)).clamp_min(_LOG_FLOOR))
-    allowed = torch.cat([valid.new_ones(N, 1), valid], 1)[:, None, :]
+    # [N, 1 + S, M]: background and slots, each with the thresholds innermost (softmax over dim 1
+    # then runs along contiguous rows of M values; over a last dimension of 2-5 it is ~8x slower).
+    p = torch.cat([t.view(1, 1, M).expand(N, 1, M), scores[:, :, None].expand(N, S, M)], 1)
+    unary = torch.log((p / p.sum(1, keepdim=True)).clamp_min(_LOG_FLOOR))
+    allowed = torch.cat([valid.new_ones(N, 1), valid], 1)[:, :, None]
     unary = unary.masked_fill(~allowed, float("-inf"))
+    transition = ops._transition(graph, affinity.float(), 1.0)  # once for every walk
     logits = unary
     for _ in range(steps):
-        q = torch.softmax(logits, 2).reshape(N, M * (1 + S))
-        messages = ops.sparse_propagate(graph, affinity, q, iters, alpha, _check_weight=False)
-        logits = unary + weight * messages.view(N, M, 1 + S)
-    log_odds = logits[:, :, 1:] - logits[:, :, :1]  # [N, M, S]: log q_c - log q_background
+        q = torch.softmax(logits, 1).reshape(N, (1 + S) * M)
+        messages = ops._propagate(graph, transition, q, iters, alpha)
+        logits = torch.add(unary, messages.view(N, 1 + S, M), alpha=weight)
+    log_odds = (logits[:, 1:] - logits[:, :1]).transpose(1, 2)  # [N, M, S]: log q_c - log q_background
     return _turning_threshold(log_odds, t, valid)
 
 

@@ -548,6 +548,49 @@ def _transition(graph: Graph, weight: torch.Tensor, self_weight: float):
     return weight / degree[rows], self_weight / degree
 
 
+def _check_graph(fn: str, graph, device) -> None:
+    """A Graph a user may have built by hand: field types and shapes, then the CSR structure that
+    the row sums need (indptr non-decreasing from 0 to E, indices in [0, N), node_offset
+    non-decreasing from 0 to N), in one device synchronisation. The kernels check the rest (every
+    edge inside its image, a symmetric structure)."""
+    if not isinstance(graph, Graph):
+        raise TypeError(f"{fn}: graph must be a spl.Graph (from spl.superpixel_adjacency), got {type(graph).__name__}")
+    for name in Graph._fields:
+        t = getattr(graph, name)
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 1:
+            raise TypeError(f"{fn}: graph.{name} must be a 1-D int64 tensor, got "
+                            + (f"{t.dtype} of shape {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__))
+        if t.device != device:
+            raise ValueError(f"{fn}: graph.{name} is on {t.device} but x is on {device}")
+    if graph.indptr.numel() < 1 or graph.node_offset.numel() < 1:
+        raise ValueError(f"{fn}: graph.indptr and graph.node_offset must have at least one entry (N + 1, B + 1)")
+    N, E = graph.num_nodes, graph.num_edges
+    if graph.border.numel() != E:
+        raise ValueError(f"{fn}: graph.border must have one entry per edge (E = {E}), got {graph.border.numel()}")
+    if torch.compiler.is_compiling():
+        return
+    ip, off, ix = graph.indptr, graph.node_offset, graph.indices
+    facts = torch.stack([ip[0] == 0, ip[-1] == E, (ip.diff() >= 0).all(), off[0] == 0, off[-1] == N,
+                         (off.diff() >= 0).all(),
+                         (ix >= 0).all() & (ix < N).all() if E else torch.ones((), dtype=torch.bool, device=device)])
+    ok = facts.tolist()
+    if not all(ok[:3]):
+        raise ValueError(f"{fn}: graph.indptr must be non-decreasing from 0 to the number of edges E = {E}")
+    if not all(ok[3:6]):
+        raise ValueError(f"{fn}: graph.node_offset must be non-decreasing from 0 to the number of nodes N = {N}")
+    if not ok[6]:
+        raise ValueError(f"{fn}: graph.indices must be node ids in [0, N) = [0, {N})")
+
+
+def _propagate(graph: Graph, transition, x: torch.Tensor, iters: int, alpha: float) -> torch.Tensor:
+    """``sparse_propagate`` with the transition of ``_transition`` computed once by the caller (ASAM's
+    mean field walks the same graph many times). Private: x float32 or float64 like the transition,
+    the graph from superpixel_adjacency, checked by the op."""
+    edge_value, self_value = transition
+    return torch.ops.spl.sparse_propagate(graph.indptr, graph.indices, graph.node_offset, edge_value, self_value, x,
+                                          iters, float(alpha))
+
+
 def _cam_unary(cam: torch.Tensor, labels: torch.Tensor, class_mask: torch.Tensor, num_superpixels: int,
                bg_threshold: float, floor: float) -> torch.Tensor:
     """ASAM's unary, pooled over superpixels in one pass over the CAM (csrc/ops/cam_unary.h):
@@ -580,18 +623,16 @@ def sparse_propagate(graph: Graph, weight: torch.Tensor, x: torch.Tensor, iters:
         the two devices).
     """
     fn = "sparse_propagate"
-    if not isinstance(graph, Graph):
-        raise TypeError(f"{fn}: graph must be a spl.Graph (from spl.superpixel_adjacency), got {type(graph).__name__}")
     _check_features(fn, x, 2)
+    _check_graph(fn, graph, x.device)
     if not isinstance(weight, torch.Tensor) or weight.dtype not in _FEATURE_DTYPES:
         raise TypeError(f"{fn}: weight must be a floating-point tensor")
     if weight.dim() != 1 or weight.shape[0] != graph.num_edges:
         raise ValueError(f"{fn}: weight must have shape [E] = [{graph.num_edges}], got {list(weight.shape)}")
     if x.shape[0] != graph.num_nodes:
         raise ValueError(f"{fn}: x must have shape [N, C] with N = {graph.num_nodes} nodes, got {list(x.shape)}")
-    for name, t in (("weight", weight), ("graph", graph.indptr)):
-        if t.device != x.device:
-            raise ValueError(f"{fn}: {name} is on {t.device} but x is on {x.device}")
+    if weight.device != x.device:
+        raise ValueError(f"{fn}: weight is on {weight.device} but x is on {x.device}")
     iters = _check_num("iters", fn, iters)
     if not (0.0 <= float(alpha) <= 1.0):
         raise ValueError(f"{fn}: alpha must be in [0, 1], got {alpha}")
