@@ -291,7 +291,11 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     labels, counts, lowest = _superpixels(fn, image, labels, n_segments, compactness)
     # Every fact the host needs, in one device synchronisation (each one stalls the GPU's queue).
     present = class_mask.sum(1)
-    facts = [(torch.isfinite(low) & torch.isfinite(high)).all(), (low < 0).any(), lowest]
+    finite = torch.isfinite(low) & torch.isfinite(high)
+    if cam.dtype == torch.float64:  # computed in float32: larger values would become infinite
+        big = torch.finfo(torch.float32).max
+        finite = finite & (low.abs() <= big) & (high.abs() <= big)
+    facts = [finite.all(), (low < 0).any(), lowest]
     if B:
         facts += [counts.max(), counts.sum(), present.max()]
     # The class mask comes along: the host then knows which planes of the output to write.
@@ -299,7 +303,11 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     finite, negative, lowest, *sizes = host[:len(facts)]
     present_classes = np.asarray(host[len(facts):], dtype=bool).reshape(B, C)
     if not finite:
-        raise ValueError(f"{fn}: cam holds NaN or infinite values")
+        raise ValueError(f"{fn}: cam holds NaN or infinite values" +
+                         (" (or values beyond float32's range, where it is computed)" if cam.dtype == torch.float64 else ""))
+    if lowest == -(2 ** 62):
+        raise ValueError(f"{fn}: labels hold an id not below the number of pixels of an image ({H * W}); superpixel "
+                         "labels must be 0..K-1 (renumber them with spl.enforce_connectivity)")
     if lowest < -1:
         raise ValueError(f"{fn}: labels must be >= -1 (-1: pixel left out)")
     if B == 0 or sizes[2] == 0:  # no image, or no class present anywhere: all background
@@ -504,6 +512,10 @@ def _superpixels(fn, image, labels, n_segments, compactness):
         raise ValueError(f"{fn}: labels are on {labels.device} but image is on {device}")
     lowest = labels.amin() if labels.numel() else labels.new_zeros(())
     counts = labels.flatten(1).amax(1).clamp_min(-1) + 1 if B else labels.new_zeros(0)
+    # A label beyond the pixel count (a stray id, not a superpixel) would size every per-superpixel
+    # buffer by it: checked with the other facts, in the caller's one synchronisation.
+    lowest = torch.where((counts > H * W).any() if B else torch.zeros((), dtype=torch.bool, device=device),
+                         torch.full_like(lowest, -(2 ** 62)), lowest)
     return labels, counts, lowest
 
 

@@ -1,6 +1,8 @@
 """The superpixel local-consistency weighted cross-entropy (SPEC section 2)."""
 from __future__ import annotations
 
+import math
+
 from typing import Optional
 
 import torch
@@ -45,6 +47,9 @@ class SuperpixelConsistencyLoss(nn.Module):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"SuperpixelConsistencyLoss: num_classes must be an int >= 1, got {num_classes!r}")
+        for name, value in (("tau", tau), ("gamma", gamma), ("eps", eps)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"SuperpixelConsistencyLoss: {name} must be a finite number, got {value!r}")
         if not 0.0 <= float(tau) <= 1.0:
             raise ValueError(f"SuperpixelConsistencyLoss: tau must be in [0, 1], got {tau}")
         if not float(gamma) >= 0.0:
@@ -70,7 +75,14 @@ class SuperpixelConsistencyLoss(nn.Module):
         if target.device != logits.device:
             raise ValueError(f"SuperpixelConsistencyLoss: target is on {target.device} but logits on {logits.device}")
         if num_superpixels is None:
+            if not isinstance(superpixels, torch.Tensor) or superpixels.dtype != torch.int64:
+                raise TypeError("SuperpixelConsistencyLoss: superpixels must be an int64 tensor [B, H, W]")
             num_superpixels = int(superpixels.max()) + 1 if superpixels.numel() else 0
+            pixels = superpixels[0].numel()
+            if num_superpixels > pixels:  # a stray label would make K (and the histograms) huge
+                raise ValueError(f"SuperpixelConsistencyLoss: superpixels hold a label ({num_superpixels - 1}) that "
+                                 f"is not below the pixels of an image ({pixels}); renumber them "
+                                 "(spl.enforce_connectivity) or pass num_superpixels")
         if tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):
             logits = F.interpolate(logits, size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)
         with torch.no_grad():

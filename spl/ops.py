@@ -39,6 +39,12 @@ def has_cuda_kernels() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("spl::slic", "CUDA")
 
 
+def _as_float(fn: str, name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: {name} must be a number, got {value!r}")
+    return float(value)
+
+
 def _check_device(t: torch.Tensor, fn: str) -> None:
     if t.device.type == "cuda" and not has_cuda_kernels():
         raise RuntimeError(
@@ -138,6 +144,10 @@ def slic(
         if image.ndim not in (2, 3):
             raise ValueError(f"slic: a NumPy image must have shape (H, W) or (H, W, C), got {image.shape}")
         arr = image[..., None] if image.ndim == 2 else image
+        if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and np.little_endian is False):
+            arr = arr.astype(arr.dtype.newbyteorder("="))  # torch reads native byte order only
+        if arr.dtype == np.uint16:
+            raise TypeError("slic: a uint16 image must be scaled first, e.g. image.astype(np.float32) / 65535")
         arr = np.ascontiguousarray(arr)
         if not arr.flags.writeable:  # e.g. np.asarray of a PIL image; torch wants writable memory
             arr = arr.copy()
@@ -168,7 +178,7 @@ def slic(
         raise TypeError(f"slic: n_segments must be an int, got {type(n_segments).__name__}")
     if not 1 <= n_segments <= H * W:
         raise ValueError(f"slic: n_segments must be in [1, H*W] = [1, {H * W}], got {n_segments}")
-    compactness = float(compactness)
+    compactness = _as_float("slic", "compactness", compactness)
     if not (math.isfinite(compactness) and 1e-6 <= compactness <= 1e6):
         raise ValueError(f"slic: compactness must be in [1e-6, 1e6], got {compactness}")
     if isinstance(max_num_iter, bool) or not isinstance(max_num_iter, (int, np.integer)):
@@ -179,12 +189,14 @@ def slic(
         convert2lab = C == 3
     elif convert2lab and C != 3:
         raise ValueError(f"slic: convert2lab=True needs 3 (RGB) channels, got {C}")
-    min_size_factor = float(min_size_factor)
+    min_size_factor = _as_float("slic", "min_size_factor", min_size_factor)
     if not (math.isfinite(min_size_factor) and min_size_factor >= 0):
         raise ValueError(f"slic: min_size_factor must be a finite number >= 0, got {min_size_factor}")
     if spacing is None:
         spacing = (1.0, 1.0)
-    spacing = [float(s) for s in spacing]
+    if isinstance(spacing, (str, bytes)) or not hasattr(spacing, "__len__"):
+        raise TypeError(f"slic: spacing must be a pair of numbers (y, x), got {spacing!r}")
+    spacing = [_as_float("slic", "spacing", s) for s in spacing]
     if len(spacing) != 2 or not all(math.isfinite(s) and 1e-3 <= s <= 1e3 for s in spacing):
         raise ValueError(f"slic: spacing must be 2 numbers (y, x) in [1e-3, 1e3], got {spacing}")
     if mask is not None:
@@ -256,7 +268,7 @@ def enforce_connectivity(labels: ArrayLike, min_size: int = 0, *, return_counts:
     if not batched:
         out, counts = out[0], counts[0]
     if numpy_in:
-        out, counts = out.numpy(), int(counts)
+        out, counts = out.numpy(), (counts.numpy() if batched else int(counts))
     return (out, counts) if return_counts else out
 
 

@@ -71,6 +71,13 @@ def read_image(path: str) -> np.ndarray:
 
     with Image.open(path) as im:
         im.load()  # decodes the whole file now: a truncated file fails here, not later
+        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            # 16-bit / 32-bit grayscale: PIL's convert("RGB") clips it to 255 (an all-white image).
+            # Scale its full range to 8 bits instead.
+            a = np.asarray(im, dtype=np.float64)
+            top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
+            gray = np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8)
+            return np.repeat(gray[:, :, None], 3, axis=2)
         return np.array(im.convert("RGB"))  # a writable copy (torch tensors must not alias read-only memory)
 
 

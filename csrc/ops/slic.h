@@ -82,7 +82,11 @@ inline SlicConfig check_slic_args(const at::Tensor& image, int64_t n_segments, d
   cfg.weight_x = static_cast<float>(scale_x * scale_x);
   cfg.lab = convert2lab;
   cfg.connect = enforce_connectivity;
-  cfg.min_size = static_cast<int64_t>(min_size_factor * static_cast<double>(H * W) / static_cast<double>(n_segments));
+  // A region can never be larger than the image: clamping the threshold to H * W + 1 ("merge every
+  // region that has a neighbour") keeps the conversion to int64 defined for any finite factor (a
+  // huge factor overflowed it, and nothing was merged).
+  const double min_size = min_size_factor * static_cast<double>(H * W) / static_cast<double>(n_segments);
+  cfg.min_size = min_size >= static_cast<double>(H * W) ? H * W + 1 : static_cast<int64_t>(min_size);
   return cfg;
 }
 
