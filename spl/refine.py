@@ -208,8 +208,11 @@ class RefineDataset(torch.utils.data.Dataset):
             scores, present = read_cam(path, self.fmt, self.num_classes)
             H, W = item["image"].shape[:2]
             h, w = scores.shape[1:]
-            if present.any() and (h > H or w > W):
-                raise ValueError(f"{path}: CAM of {h}x{w} is larger than its image ({H}x{W})")
+            if present.any() and (h > H or w > W or h < 1 or w < 1):
+                raise ValueError(f"{path}: CAM of {h}x{w} for an image of {H}x{W}; a CAM must have the image's size "
+                                 "or a smaller one, at least 1x1")
+            if present.any() and not np.isfinite(scores[present]).all():
+                raise ValueError(f"{path}: the CAM holds NaN or infinite scores")
             # Only the present classes' maps travel, as tensors (shared memory, not a pickle through
             # the loader's pipe): a dense 20-class VOC CAM is 15 MB, its two or three classes ~2 MB.
             # The absent classes are masked out everywhere downstream, so dropping them changes nothing.
@@ -378,7 +381,11 @@ def run_refine(args) -> int:
             groups: Dict[Tuple[int, int], list] = {}
             for item in todo:
                 groups.setdefault(item["image"].shape[:2], []).append(item)
-            for items in groups.values():
+            # Images of one size are refined together; if that fails, each is refined alone, so that one
+            # bad item never takes the others of its batch with it.
+            work = list(groups.values())
+            while work:
+                items = work.pop(0)
                 try:
                     images = torch.stack([it["image"] for it in items]).permute(0, 3, 1, 2).to(device)
                     cams = torch.cat([_upsampled(it, device, args.num_classes) for it in items])
@@ -388,8 +395,10 @@ def run_refine(args) -> int:
                     raw = asam.cam_to_mask(cams, t, mask).cpu().numpy() if args.gt is not None else None
                     scores = out.cpu().numpy() if args.save_scores or args.gt is not None else None
                 except Exception as e:  # noqa: BLE001
-                    for it in items:
-                        fail(it, f"{type(e).__name__}: {e}", "refine")
+                    if len(items) > 1:
+                        work = [[it] for it in items] + work
+                    else:
+                        fail(items[0], f"{type(e).__name__}: {e}", "refine")
                     continue
                 for j, it in enumerate(items):
                     if args.gt is not None:

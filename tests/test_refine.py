@@ -204,3 +204,34 @@ def test_bad_arguments(dataset, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["refine", "--images", str(dataset / "images"), "--cams", str(dataset / "irn"), "--out",
                   str(tmp_path / "o"), "--format", "jpeg"])
+
+
+def test_one_bad_item_never_fails_its_batch(dataset, tmp_path, monkeypatch):
+    """A CAM with a zero-size dimension is rejected by the reader; an image whose refinement fails
+    is retried alone, so the other images of its batch are refined (issue 19: 2 valid images lost)."""
+    bad = tmp_path / "cams"
+    bad.mkdir()
+    for i in range(N_IMAGES):
+        (bad / f"img{i}.npy").write_bytes((dataset / "irn" / f"img{i}.npy").read_bytes())
+    np.save(bad / "img1.npy", {"keys": np.array([0]), "high_res": np.zeros((1, 0, 80), np.float32)})
+    from spl import asam
+
+    real = asam.asam_refine
+    poisoned = np.asarray(Image.open(dataset / "images" / "img4.jpg"))[0, 0]
+
+    def flaky(images, cams, *args, **kwargs):  # fails on any batch that holds img4
+        hit = (images[:, :, 0, 0].permute(0, 1).cpu() == torch.from_numpy(poisoned)[None]).all(1).any()
+        if bool(hit):
+            raise RuntimeError("refinement failed for this image")
+        return real(images, cams, *args, **kwargs)
+
+    monkeypatch.setattr(asam, "asam_refine", flaky)
+    out = tmp_path / "out"
+    code = cli.main(["refine", "--images", str(dataset / "images"), "--cams", str(bad), "--out", str(out),
+                     "--device", "cpu", "--n-segments", "60", "--quiet", "--workers", "0", "--batch-size", "8"])
+    assert code == 1
+    errors = {e["image"]: e for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+    assert set(errors) == {"img1", "img4"}
+    assert errors["img1"]["stage"] == "cam" and "at least 1x1" in errors["img1"]["error"]
+    assert errors["img4"]["stage"] == "refine"
+    assert sorted(outputs(out)) == [f"img{i}.png" for i in (0, 2, 3, 5)]
