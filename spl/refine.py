@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import asam
-from .metrics import DEFAULT_THRESHOLDS, ConfusionMatrix, ThresholdSweep
+from .metrics import DEFAULT_THRESHOLDS, ConfusionMatrix, ThresholdSweep, confusion_matrix
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -259,6 +259,64 @@ def atomic_write(path: str, write) -> None:
             os.remove(tmp)
 
 
+def die_with_parent(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the worker is killed when its parent dies, even by SIGKILL (the
+    parent cannot clean up then; each orphaned worker held ~200 MB for minutes). Linux only."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+class OutputLocked(RuntimeError):
+    pass
+
+
+def lock_output(out_dir: str, what: str, rank: int = 0):
+    """Takes ``OUT/.spl-<what>.rank<r>.lock`` (flock: released by the kernel when the process dies, even
+    by SIGKILL); returns the open file, to keep. Raises OutputLocked when another live process holds it."""
+    import fcntl
+
+    path = os.path.join(out_dir, f".spl-{what}.rank{rank}.lock")
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise OutputLocked(f"another spl {what} (pid {holder}) is writing to {out_dir}; wait for it to finish or "
+                           "use another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def prepare_output(out_dir: str, prog: str) -> Optional[str]:
+    """Creates the output folder and checks that it takes files; returns a one-line message instead of
+    raising (an output location that does not work is a usage error, not an image's failure)."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".spl-probe-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("")
+        os.remove(probe)
+    except OSError as e:
+        return f"{prog}: --out {out_dir} cannot hold the outputs ({e.strerror or type(e).__name__})"
+    return None
+
+
 def _remove_stale_temporaries(out_dir: str, names: List[str]) -> None:
     """Deletes the temporaries a killed run left for these images (``NAME.png.tmp-PID``).
 
@@ -326,7 +384,18 @@ def run_refine(args) -> int:
         if not os.path.isdir(getattr(args, name)):
             print(f"spl refine: --{name} {getattr(args, name)} is not a folder", file=sys.stderr)
             return 2
-    os.makedirs(args.out, exist_ok=True)
+    problem = prepare_output(args.out, "spl refine")
+    errors_path = os.path.join(args.out, "errors.jsonl" if world == 1 else f"errors.rank{rank}.jsonl")
+    if problem is None and os.path.isdir(errors_path):
+        problem = f"spl refine: {errors_path} is a folder; it must be a file (or absent)"
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
+    try:
+        lock = lock_output(args.out, "refine", rank)  # noqa: F841  (held until the process ends)
+    except OutputLocked as e:
+        print(f"spl refine: {e}", file=sys.stderr)
+        return 3
     names = list_names(args.images, args.list)
     mine = names[rank::world]
     _remove_stale_temporaries(args.out, mine + (["eval"] if rank == 0 else []))
@@ -336,17 +405,16 @@ def run_refine(args) -> int:
     t = args.bg_threshold
     dataset = RefineDataset(mine, args.images, args.cams, args.format, args.num_classes, args.gt, args.out)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
-                                         collate_fn=_collate, shuffle=False)
+                                         collate_fn=_collate, shuffle=False, worker_init_fn=die_with_parent)
     palette = voc_palette()
     before, after = ConfusionMatrix(args.num_classes + 1), ConfusionMatrix(args.num_classes + 1)
     # With --gt, the WSSS protocol's curves: mIoU against the background threshold, raw and refined.
     thresholds = tuple(sorted(set(DEFAULT_THRESHOLDS) | {float(t)}))
     curve_before = ThresholdSweep(thresholds, args.num_classes + 1)
     curve_after = ThresholdSweep(thresholds, args.num_classes + 1)
-    errors_path = os.path.join(args.out, "errors.jsonl" if world == 1 else f"errors.rank{rank}.jsonl")
     failed = refined = skipped = 0
     writer = concurrent.futures.ThreadPoolExecutor(max_workers=2)
-    writes = []  # (name, future)
+    writes = []  # (item, its figures, the future of its write)
     try:
         from tqdm import tqdm
 
@@ -354,12 +422,31 @@ def run_refine(args) -> int:
     except ImportError:  # pragma: no cover
         bar = None
     start = time.perf_counter()
-    with open(errors_path, "a") as errors:
+    with open(errors_path, "w") as errors:  # this run's failures (a rerun retries the earlier ones)
         def fail(item, message, stage):
             nonlocal failed
             failed += 1
             errors.write(json.dumps({"image": item["name"], "stage": stage, "error": message}) + "\n")
             errors.flush()
+
+        def collect(pending, wait):
+            """Counts the items whose outputs are written (their figures join the evaluation) and the
+            failed writes; returns the writes still running."""
+            nonlocal refined
+            left = []
+            for it, figures, future in pending:
+                if not (wait or future.done()):
+                    left.append((it, figures, future))
+                elif future.exception() is not None:
+                    fail(it, f"{type(future.exception()).__name__}: {future.exception()}", "write")
+                else:
+                    refined += 1
+                    if figures is not None:
+                        before.matrix += figures[0]
+                        after.matrix += figures[1]
+                        curve_before.matrix += figures[2].matrix
+                        curve_after.matrix += figures[3].matrix
+            return left
 
         for batch in loader:
             todo = []
@@ -401,22 +488,21 @@ def run_refine(args) -> int:
                         fail(items[0], f"{type(e).__name__}: {e}", "refine")
                     continue
                 for j, it in enumerate(items):
-                    if args.gt is not None:
-                        before.update(raw[j], it["gt"])
-                        after.update(labels[j], it["gt"])
+                    figures = None
+                    if args.gt is not None:  # counted once the outputs are written (a full disk: not at all)
                         present = np.flatnonzero(it["present"])
-                        curve_before.update(cams[j, present].cpu(), it["gt"], present + 1)
-                        curve_after.update(scores[j, present], it["gt"], present + 1)
+                        n = args.num_classes + 1
+                        figures = (confusion_matrix(raw[j], it["gt"], n), confusion_matrix(labels[j], it["gt"], n),
+                                   ThresholdSweep(thresholds, n).update(cams[j, present].cpu(), it["gt"], present + 1),
+                                   ThresholdSweep(thresholds, n).update(scores[j, present], it["gt"], present + 1))
                     saved = scores[j] if args.save_scores else None
-                    writes.append((it, writer.submit(_write_outputs, args.out, it["name"], labels[j], saved, palette)))
-                    refined += 1
+                    writes.append((it, figures,
+                                   writer.submit(_write_outputs, args.out, it["name"], labels[j], saved, palette)))
             if bar is not None:
                 bar.update(len(batch))
+            writes = collect(writes, wait=False)
+        writes = collect(writes, wait=True)
         writer.shutdown(wait=True)
-        for it, future in writes:
-            if future.exception() is not None:
-                refined -= 1
-                fail(it, f"{type(future.exception()).__name__}: {future.exception()}", "write")
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - start

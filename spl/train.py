@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from . import models, ops
 from .losses import SuperpixelConsistencyLoss
 from .metrics import ConfusionMatrix
-from .refine import IMAGE_EXTENSIONS, atomic_write, find_file, list_names, read_image, read_label_png
+from .refine import (IMAGE_EXTENSIONS, atomic_write, die_with_parent, find_file, list_names, read_image,
+                     read_label_png)
 
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -204,6 +205,33 @@ def run_train(args) -> int:
         return 2
 
 
+def _remove_stale_temporaries(out_dir: str) -> None:
+    """Deletes what killed runs left: ``checkpoint.pt.tmp-PID``, ``model.pt.tmp-PID``, ... (hundreds of
+    MB each for a real model). Only rank 0 writes there, and only after this."""
+    for f in os.listdir(out_dir):
+        if ".tmp-" in f:
+            try:
+                os.remove(os.path.join(out_dir, f))
+            except FileNotFoundError:
+                pass
+
+
+def _truncate_log(path: str, iterations: int) -> None:
+    """Keeps the log lines of the first ``iterations`` iterations (those a resumed run continues from):
+    a run killed after its last checkpoint logged iterations that the resumed run logs again."""
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if int(json.loads(line)["iteration"]) <= iterations:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError, TypeError):  # a line cut by a kill
+                continue
+    atomic_write(path, lambda tmp: open(tmp, "w").writelines(keep))
+
+
 def _train(args) -> int:
     rank, world, local = _distributed()
     if args.device is None:
@@ -236,6 +264,8 @@ def _train(args) -> int:
     use_amp = args.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     checkpoint = os.path.join(args.out, "checkpoint.pt")
+    if rank == 0:
+        _remove_stale_temporaries(args.out)
     start = 0
     if args.resume and os.path.isfile(checkpoint):
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -259,8 +289,11 @@ def _train(args) -> int:
     stop = args.max_iters if args.stop_after is None else min(args.max_iters, start + args.stop_after)
     sampler = PlanSampler(len(names), args.batch_size, rank, world, args.seed, start, stop)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers,
-                                         collate_fn=_stack)
-    log = open(os.path.join(args.out, "train.log"), "a") if rank == 0 else None
+                                         collate_fn=_stack, worker_init_fn=die_with_parent)
+    log_path = os.path.join(args.out, "train.log")
+    if rank == 0:
+        _truncate_log(log_path, start)
+    log = open(log_path, "a") if rank == 0 else None
     try:
         from tqdm import tqdm
 

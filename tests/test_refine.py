@@ -235,3 +235,99 @@ def test_one_bad_item_never_fails_its_batch(dataset, tmp_path, monkeypatch):
     assert errors["img1"]["stage"] == "cam" and "at least 1x1" in errors["img1"]["error"]
     assert errors["img4"]["stage"] == "refine"
     assert sorted(outputs(out)) == [f"img{i}.png" for i in (0, 2, 3, 5)]
+
+
+def test_output_location_problems_are_one_line_usage_errors(dataset, tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for out in (a_file, a_file / "below"):
+        assert refine(dataset, out) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out} cannot hold the outputs" in err and "Traceback" not in err
+    out = tmp_path / "out"
+    (out / "errors.jsonl").mkdir(parents=True)
+    assert refine(dataset, out) == 2
+    assert "errors.jsonl is a folder" in capsys.readouterr().err
+
+
+def test_a_clean_rerun_clears_earlier_failures(dataset, tmp_path):
+    cams = tmp_path / "cams"
+    cams.mkdir()
+    for i in range(N_IMAGES):
+        (cams / f"img{i}.npy").write_bytes((dataset / "irn" / f"img{i}.npy").read_bytes())
+    (cams / "img3.npy").write_bytes(b"garbage")
+    out = tmp_path / "out"
+    assert cli.main(
+        ["refine", "--images", str(dataset / "images"), "--cams", str(cams), "--out", str(out), "--device", "cpu",
+         "--n-segments", "60", "--quiet", "--workers", "0"]) == 1
+    assert "img3" in (out / "errors.jsonl").read_text()
+    (cams / "img3.npy").write_bytes((dataset / "irn" / "img3.npy").read_bytes())  # fixed
+    assert cli.main(["refine", "--images", str(dataset / "images"), "--cams", str(cams), "--out", str(out),
+                     "--device", "cpu", "--n-segments", "60", "--quiet", "--workers", "0"]) == 0
+    assert (out / "errors.jsonl").read_text() == ""
+
+
+def test_two_refines_on_one_folder(dataset, tmp_path):
+    """The second waits for nothing and deletes nothing: it stops at once with exit code 3 and a
+    message naming the first, which goes on undisturbed; once the first is gone (even killed), the
+    lock is free again."""
+    out = tmp_path / "out"
+    first = subprocess.Popen(_command(dataset, out, "--iters", "200000"), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (out / "errors.jsonl").exists():  # past the lock
+            time.sleep(0.05)
+        second = subprocess.run(_command(dataset, out), capture_output=True, text=True, timeout=120)
+        assert second.returncode == 3, second.stdout + second.stderr
+        assert f"another spl refine (pid {first.pid}) is writing to" in second.stderr
+        assert first.poll() is None  # still running
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert subprocess.run(_command(dataset, out), stdout=subprocess.DEVNULL).returncode == 0
+    assert len(outputs(out)) == N_IMAGES
+
+
+def _children(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_killed_refine_leaves_no_orphaned_workers(dataset, tmp_path):
+    out = tmp_path / "out"
+    cmd = _command(dataset, out, "--iters", "4000")
+    cmd[cmd.index("--workers") + 1] = "2"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    workers = []
+    while time.time() < deadline and len(workers) < 2:
+        workers = _children(proc.pid)
+        time.sleep(0.1)
+    assert len(workers) >= 2, "the DataLoader workers should have started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Immediately, not after torch's 5-second watchdog (which a busy worker does not even reach).
+    deadline = time.time() + 2
+    while time.time() < deadline and any(os.path.exists(f"/proc/{w}") and _state(w) != "Z" for w in workers):
+        time.sleep(0.1)
+    alive = [w for w in workers if os.path.exists(f"/proc/{w}") and _state(w) != "Z"]
+    assert not alive, f"orphaned workers: {alive}"
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

@@ -62,7 +62,15 @@ def test_resume_reaches_the_same_weights(data, tmp_path):
     assert train(data, split, "--max-iters", "8", "--checkpoint-every", "4", "--stop-after", "3") == 0
     assert not (split / "model.pt").exists()
     assert torch.load(split / "checkpoint.pt", weights_only=False)["iteration"] == 3
+    # What a SIGKILL after the checkpoint leaves: log lines past it (logged again by the resumed run),
+    # a line cut in half, and a checkpoint temporary.
+    with open(split / "train.log", "a") as f:
+        f.write('{"iteration": 4, "loss": 1.0}\n{"iteration": 5, "loss": 1.0}\n{"iterat')
+    (split / "checkpoint.pt.tmp-99999").write_bytes(b"x" * 1000)
     assert train(data, split, "--max-iters", "8", "--checkpoint-every", "4", "--resume") == 0
+    assert not [f for f in os.listdir(split) if ".tmp-" in f]
+    assert [json.loads(line)["iteration"] for line in (split / "train.log").read_text().splitlines()] == \
+        list(range(1, 9))
     a = torch.load(whole / "model.pt", weights_only=True)
     b = torch.load(split / "model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
