@@ -266,6 +266,9 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     core = _number(fn, "core", core, 0.0, low_open=True)
     if edge_sigma is not None:
         edge_sigma = _number(fn, "edge_sigma", edge_sigma, 0.0, low_open=True)
+        if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in (cam, features)):
+            raise ValueError(f"{fn}: edge_sigma: the edge-aware step is not differentiable; use edge_sigma=None "
+                             "(plain unpooling) for gradients, or torch.no_grad()")
     _number(fn, "compactness", compactness, 0.0, low_open=True)
     if bg_threshold is not None:
         if thresholds is not None:

@@ -614,6 +614,10 @@ def test_refine_new_option_errors():
         spl.asam_refine(img, cam, edge_sigma=0.0)
     with pytest.raises(ValueError, match="core"):
         spl.asam_refine(img, cam, core=0.0)
+    with pytest.raises(ValueError, match="edge_sigma: the edge-aware step is not differentiable"):
+        spl.asam_refine(img, cam.clone().requires_grad_(), edge_sigma=0.1)
+    with torch.no_grad():
+        assert spl.asam_refine(img, cam.clone().requires_grad_(), edge_sigma=0.1).shape == cam.shape
 
 
 MALFORMED_GRAPHS = r"""
