@@ -64,11 +64,16 @@ def _number(fn: str, name: str, value, low: float, high: float = math.inf, low_o
     return v
 
 
-def _integer(fn: str, name: str, value, low: int) -> int:
+# Rounds beyond this are a mistake, not a request (the defaults are 5..20; each round costs ~1 ms
+# per image): without a bound, steps=10**30 loops for ever. The same bound as slic's max_num_iter.
+MAX_ROUNDS = 10_000
+
+
+def _integer(fn: str, name: str, value, low: int, high: int = MAX_ROUNDS) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{fn}: {name} must be >= {low}, got {value}")
+    if not low <= value <= high:
+        raise ValueError(f"{fn}: {name} must be in [{low}, {high}], got {value}")
     return int(value)
 
 
@@ -252,11 +257,11 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
                          "smaller one (it is then upsampled)")
     if mode not in ("meanfield", "diffusion"):
         raise ValueError(f"{fn}: mode must be 'meanfield' or 'diffusion', got {mode!r}")
-    n_segments = _integer(fn, "n_segments", n_segments, 1)
+    n_segments = _integer(fn, "n_segments", n_segments, 1, ops.INT64_MAX)
     diffuse_iters = _integer(fn, "diffuse_iters", diffuse_iters, 0)
     iters = _integer(fn, "iters", iters, 0)
     steps = _integer(fn, "steps", steps, 0)
-    hops = _integer(fn, "hops", hops, 1)
+    hops = _integer(fn, "hops", hops, 1, 64)
     diffuse_mix = _number(fn, "diffuse_mix", diffuse_mix, 0.0, 1.0)
     alpha = _number(fn, "alpha", alpha, 0.0, 1.0)
     weight = _number(fn, "weight", weight, 0.0)
@@ -489,9 +494,11 @@ def _keep_core(score: torch.Tensor, pooled: torch.Tensor, valid: torch.Tensor, n
 
 def _threshold_grid(fn: str, thresholds) -> tuple:
     try:
+        if isinstance(thresholds, (str, bytes)):  # iterable, but of characters
+            raise TypeError
         values = tuple(float(t) for t in thresholds)
-    except TypeError:
-        raise TypeError(f"{fn}: thresholds must be a sequence of numbers") from None
+    except (TypeError, ValueError):
+        raise TypeError(f"{fn}: thresholds must be a sequence of numbers, got {thresholds!r:.80}") from None
     if not values or any(not (0.0 < v < 1.0) for v in values) or any(b <= a for a, b in zip(values, values[1:])):
         raise ValueError(f"{fn}: thresholds must be increasing numbers in (0, 1), got {list(thresholds)}")
     return values

@@ -264,7 +264,10 @@ def enforce_connectivity(labels: ArrayLike, min_size: int = 0, *, return_counts:
     _check_device(t, "enforce_connectivity")
     if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
         raise ValueError(f"enforce_connectivity: min_size must be an int >= 0, got {min_size!r}")
-    out, counts = torch.ops.spl.enforce_connectivity(t.long(), int(min_size))
+    # Beyond any image's size a larger min_size changes nothing ("merge every region that has a
+    # neighbour"); clamped, it fits the op's int64.
+    min_size = min(int(min_size), t.shape[-2] * t.shape[-1] + 1)
+    out, counts = torch.ops.spl.enforce_connectivity(t.long(), min_size)
     if not batched:
         out, counts = out[0], counts[0]
     if numpy_in:
@@ -279,13 +282,18 @@ _FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REDUCTIONS = ("sum", "mean", "max")
 
 
-def _check_num(name: str, fn: str, value, minimum: int = 0):
+INT64_MAX = 2**63 - 1
+
+
+def _check_num(name: str, fn: str, value, minimum: int = 0, maximum: int = INT64_MAX):
     if isinstance(value, torch.SymInt):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
+    if value > maximum:  # beyond int64 the op's schema cannot take it; below, a bound the caller sets
+        raise ValueError(f"{fn}: {name} must be <= {maximum}, got {value}")
     return int(value)
 
 

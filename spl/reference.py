@@ -276,7 +276,8 @@ def _connect(labels: torch.Tensor, min_size: int):
 
 def enforce_connectivity(labels: torch.Tensor, min_size: int = 0, *, return_counts: bool = False):
     """Reference of ``spl.enforce_connectivity`` for int64 ``labels`` ``[B, H, W]``."""
-    out, counts = _connect(labels.long(), int(min_size))
+    # No region exceeds the image: a larger min_size means the same as H * W + 1.
+    out, counts = _connect(labels.long(), min(int(min_size), labels.shape[-2] * labels.shape[-1] + 1))
     return (out, counts) if return_counts else out
 
 
@@ -288,6 +289,8 @@ def superpixel_pool(x: torch.Tensor, labels: torch.Tensor, num_superpixels: int,
     """Reference of ``spl.superpixel_pool`` (scatter_reduce in float64; -1 goes to a dropped bin)."""
     B, C = x.shape[:2]
     K = num_superpixels
+    if C == 0 or K == 0:
+        return torch.zeros(B, C, K, dtype=x.dtype, device=x.device)
     index = torch.where(labels < 0, K, labels).flatten(1).unsqueeze(1).expand(B, C, -1)
     src = x.flatten(2).double()
     counts = torch.zeros(B, K + 1, dtype=torch.float64, device=x.device).index_put_(
@@ -307,6 +310,8 @@ def superpixel_pool(x: torch.Tensor, labels: torch.Tensor, num_superpixels: int,
 def superpixel_unpool(features: torch.Tensor, labels: torch.Tensor):
     """Reference of ``spl.superpixel_unpool``."""
     B, C, K = features.shape
+    if K == 0:  # every label is -1
+        return features.new_zeros(B, C, *labels.shape[1:])
     index = labels.clamp_min(0).flatten(1).unsqueeze(1).expand(B, C, -1)
     out = features.gather(2, index).view(B, C, *labels.shape[1:])
     return torch.where((labels >= 0)[:, None], out, torch.zeros_like(out))
@@ -318,6 +323,8 @@ def edge_aware_unpool(features: torch.Tensor, labels: torch.Tensor, guide: torch
     window, their guide distances and weights, the weighted mean."""
     B, C, K = features.shape
     _, H, W = labels.shape
+    if K == 0 or C == 0:  # every label is -1
+        return torch.zeros(B, C, H, W, dtype=features.dtype, device=features.device)
     r = radius
     size = 2 * r + 1
     padded = torch.nn.functional.pad(labels, [r, r, r, r], value=-1)
@@ -355,6 +362,8 @@ def consistency_weights(target, labels, num_superpixels: int, num_classes: int, 
                         gamma: float = 1.0, ignore_index: int = 255):
     """Reference of ``spl.consistency_weights``: the transformation, then weights computed on the
     transformed labels with a second histogram."""
+    if num_superpixels == 0:  # every label is -1: every pixel ignored
+        return torch.zeros(target.shape, dtype=torch.float32, device=target.device), torch.full_like(target, ignore_index)
     hist = superpixel_histogram(target, labels, num_superpixels, num_classes, ignore_index)
     n = hist.sum(-1)
     best, majority = hist.max(-1)  # max returns the first (smallest) class among ties

@@ -25,6 +25,11 @@ def _emulated_cuda_kernels():
         yield
 
 
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-cases", type=int, default=5000, help="cases of tests/test_fuzz.py (default 5000)")
+    parser.addoption("--fuzz-seed", type=int, default=0, help="seed of tests/test_fuzz.py (default 0)")
+
+
 def pytest_report_header(config):
     if emulating_cuda:
         return "spl: the CPU cases run the CUDA kernels in the CUDA emulator (SPL_EMULATE_CUDA=1)"

@@ -71,6 +71,24 @@ def test_asam_stray_labels_huge_float64_and_small_images():
     assert tiny.shape == (1, 2, 1, 1)
 
 
+def test_round_counts_are_bounded():
+    # The fuzzer's only hang (seed 0, case 1642): steps=10**30 was accepted and looped for ever.
+    img = torch.randint(0, 256, (1, 3, 14, 2), dtype=torch.uint8)
+    cam = torch.rand(1, 2, 14, 2)
+    for name in ("steps", "iters", "diffuse_iters"):
+        with pytest.raises(ValueError, match=f"asam_refine: {name} must be in \\[0, 10000\\]"):
+            spl.asam_refine(img, cam, **{name: 10**30})
+    with pytest.raises(ValueError, match="asam_refine: hops must be in"):
+        spl.asam_refine(img, cam, hops=1000)
+    for junk in ("ab", ["0.3", "x"], 3):  # a string iterated as characters reached float('a')
+        with pytest.raises(TypeError, match="asam_refine: thresholds must be a sequence of numbers"):
+            spl.asam_refine(img, cam, thresholds=junk)
+    g = spl.superpixel_adjacency(torch.tensor([[[0, 0, 1, 1], [2, 2, 3, 3]]]), 4)
+    # beyond int64: the schema's cast error named neither the op nor the argument
+    with pytest.raises(ValueError, match="sparse_propagate: iters must be <= "):
+        spl.sparse_propagate(g, torch.ones(g.num_edges), torch.rand(4, 3), 10**30)
+
+
 def test_refine_reads_16_bit_grayscale_scaled(tmp_path):
     from PIL import Image
 
