@@ -16,7 +16,9 @@ both`` runs the two). PAR is ``spl.peers.par_refine``.
 CAMs: folders of IRN-format ``.npy`` files, made once with ``../shared/tools/real_cams.py`` (real
 Grad-CAMs of a trained classifier; ``--os 32`` for the second source) and ``synth_cams.py``
 (simulated); see benchmarks/RESULTS.md. Every image's result is cached (``--cache``, one JSON line per
-image and method), so an interrupted run resumes where it stopped and a re-run only adds what is new.
+image and method), so an interrupted run resumes where it stopped and a re-run only adds what is new;
+the sources of an earlier eval.json in ``--out`` (same split, same defaults) that a run does not redo
+are kept in its report.
 """
 from __future__ import annotations
 
@@ -243,7 +245,7 @@ def main(argv=None):
     p.add_argument("--limit", type=int)
     p.add_argument("--cache", default=os.path.join(HERE, "cache", "eval"))
     p.add_argument("--out", default=os.path.join(HERE, "results", "asam-eval"))
-    p.add_argument("--montage", default="", help="comma-separated image ids for the montage (first source)")
+    p.add_argument("--montage", default="", help="comma-separated image ids for a montage per CAM source")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     split = os.path.join(HERE, "splits", f"voc-val-dev-{a.split}.txt") if a.split in ("report", "tune") else a.split
@@ -265,6 +267,15 @@ def main(argv=None):
               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "defaults": spl.asam.ASAM_DEFAULTS,
               "sources": {}}
     os.makedirs(a.out, exist_ok=True)
+    earlier = os.path.join(a.out, "eval.json")
+    if os.path.exists(earlier):
+        # Sources of an earlier run into this folder, on the same split, that this run does not
+        # redo are kept (their CAMs need not be on disk any more): eval.md and curves.png show all.
+        with open(earlier) as f:
+            before = json.load(f)
+        if before.get("split") == a.split and before.get("defaults") == report["defaults"]:
+            rerun = {s.split("=", 1)[0] for s in a.cams}
+            report["sources"] = {k: v for k, v in before["sources"].items() if k not in rerun}
     for source in a.cams:
         name, folder = source.split("=", 1)
         names = [i for i in ids if os.path.exists(os.path.join(folder, i + ".npy"))]
@@ -295,7 +306,7 @@ def main(argv=None):
         report["sources"][name] = rows
         with open(os.path.join(a.out, "eval.json"), "w") as f:
             json.dump(report, f, indent=1)
-        if a.montage and source == a.cams[0]:
+        if a.montage:
             montage(a.voc, folder, a.montage.split(","), best_t, settings, os.path.join(a.out, f"montage-{name}.png"))
     with open(os.path.join(a.out, "eval.md"), "w") as f:
         f.write(markdown(report))

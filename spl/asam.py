@@ -183,7 +183,7 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
             ``spl.slic(image, n_segments, compactness)`` when not given. -1 leaves a pixel out.
         class_mask (Tensor[B, C] bool, optional): classes present in each image (image-level
             labels); default: the classes whose CAM is positive somewhere in the image.
-        mode (str): ``"meanfield"`` (diffusion, then a mean field at every background threshold) or
+        mode (str): ``"meanfield"`` (a mean field at every background threshold) or
             ``"diffusion"`` (the SPL paper's linear diffusion alone).
         n_segments, compactness: SLIC parameters (when labels are not given).
         sigma_c (float): colour scale of the affinity, in CIELAB units.
@@ -194,7 +194,8 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
             (0: the pooled CAM alone).
         iters (int): rounds of each random walk (mode "meanfield"), or of the diffusion (mode
             "diffusion").
-        steps (int): mean-field updates.
+        steps (int): mean-field updates. ``iters``, ``steps`` and ``diffuse_iters`` are at most
+            ``MAX_ROUNDS`` (10,000), ``hops`` at most 64.
         alpha (float): in [0, 1], the walk's restart: ``s <- alpha T s + (1 - alpha) s0`` (1: pure walk).
         weight (float): weight of the messages against the unary.
         thresholds (sequence of float, optional): the background thresholds of the mean field, in

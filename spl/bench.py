@@ -13,10 +13,12 @@ Workloads (the benchmarks of the issues that built each part):
   at each peer point's boundary recall: the comparison at equal BR (table and ``quality_slic.png``).
 - W2, the loss: B=16, C=21, 512x512, K=1000: ``consistency_weights``, and ``superpixel_pool`` (mean)
   + ``superpixel_unpool`` forward and backward, against the reference ops.
-- W3, ASAM: 32 VOC-size images (375x500), 21 classes, K=1000, 40 rounds, SLIC included; the
-  refinement alone for spl and for ``spl.reference.asam_refine`` (torch.sparse); with ``--peers``
-  DenseCRF (pydensecrf2, CPU). Quality: mIoU of raw CAM, DenseCRF and ASAM, each at its best
-  background threshold, on VOC images with simulated CAMs (or on scenes of known shapes).
+- W3, ASAM: 32 VOC-size images (375x500), 20 classes (3 present) + background, ASAM's defaults
+  (K=500, a mean field at 21 thresholds), SLIC included; the refinement alone for spl and for
+  ``spl.reference.asam_refine`` (torch.sparse); with ``--peers`` DenseCRF (pydensecrf2, CPU).
+  Quality, with the WSSS protocol (``spl.cam_eval``): raw CAM, ASAM and, with ``--peers``, PAR and
+  DenseCRF, each refined once, then the background threshold swept over its output; on the report
+  half of voc-val-dev (``--w3-cams``: real CAMs; default simulated), else the VOC sample or scenes.
 - refine: ``spl refine`` end to end as a user runs it (decode, refine, write), images per second,
   against the same driver with the reference ops swapped in.
 - Scaling (unless ``--no-scaling``): time against batch size (1..64), image size (256..2048 square)
