@@ -326,23 +326,31 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
 
     # Slots: image b's present classes, in order, padded to S = the most classes of any image. The
     # refinement works on [nodes, S] (a VOC image has 1-4 classes, not C = 20).
-    slot_class = torch.argsort((~class_mask).to(torch.uint8), dim=1, stable=True)[:, :S]  # [B, S]
     slot_valid = torch.arange(S, device=device)[None, :] < present[:, None]  # [B, S]
-    cam_slots = cam.gather(1, slot_class[:, :, None, None].expand(B, S, *cam.shape[2:])).float()
+    if present_classes.all():  # every class present in every image (IRN-format CAMs): slots = planes
+        cam_slots = cam.float()
+    else:
+        slot_class = torch.argsort((~class_mask).to(torch.uint8), dim=1, stable=True)[:, :S]  # [B, S]
+        cam_slots = cam.gather(1, slot_class[:, :, None, None].expand(B, S, *cam.shape[2:])).float()
     cam_slots = _upsample(cam_slots, H, W, fn, "cam")  # bilinear: stays within [low, high]
     if negative:  # negative scores count as 0
         cam_slots = cam_slots.clamp_min(0)
     cam_slots = cam_slots * slot_valid[:, :, None, None]
 
     nodes = _Nodes(counts, k_max, N)
-    rgb_means = ops.superpixel_pool(image.float(), labels, k_max, "mean")  # [B, 3, K]
+    # Colour and CAM pooled in one call (one pass of the labels' counts and range check less; each
+    # plane's mean is computed alone, so the values are the same as from two calls). The cat also
+    # converts a uint8 image to float.
+    colour = image if image.dtype == torch.uint8 else image.float()  # float64 would promote the CAM
+    means = ops.superpixel_pool(torch.cat([colour, cam_slots], 1), labels, k_max, "mean")  # [B, 3 + S, K]
+    rgb_means = means[:, :3]
     if image.dtype == torch.uint8:  # scaled on the means, not on every pixel (one pass less)
         rgb_means = rgb_means / 255.0
     mean_rgb = nodes.gather(rgb_means)
     # float64: float32 pow / cube root round differently in vector bodies and loop tails, which would
     # make a superpixel's colour depend on its position in the batch.
     lab = reference.rgb_to_lab(mean_rgb.double().T[None, :, :, None])[0, :, :, 0].T.float()  # [N, 3]
-    pooled = nodes.gather(ops.superpixel_pool(cam_slots, labels, k_max, "mean"))  # [N, S]
+    pooled = nodes.gather(means[:, 3:])  # [N, S]
     valid = slot_valid[nodes.image]  # [N, S]
 
     graph = ops.superpixel_adjacency(labels, counts)
@@ -445,17 +453,34 @@ def threshold_mean_field(graph: "ops.Graph", affinity: torch.Tensor, scores: tor
     # [N, 1 + S, M]: background and slots, each with the thresholds innermost (softmax over dim 1
     # then runs along contiguous rows of M values; over a last dimension of 2-5 it is ~8x slower).
     p = torch.cat([t.view(1, 1, M).expand(N, 1, M), scores[:, :, None].expand(N, S, M)], 1)
-    unary = torch.log((p / p.sum(1, keepdim=True)).clamp_min(_LOG_FLOOR))
+    unary = torch.log((p / _sum_slots(p)).clamp_min(_LOG_FLOOR))
     allowed = torch.cat([valid.new_ones(N, 1), valid], 1)[:, :, None]
     unary = unary.masked_fill(~allowed, float("-inf"))
     transition = ops._transition(graph, affinity.float(), 1.0)  # once for every walk
     logits = unary
     for _ in range(steps):
-        q = torch.softmax(logits, 1).reshape(N, (1 + S) * M)
+        q = _softmax_slots(logits).reshape(N, (1 + S) * M)
         messages = ops._propagate(graph, transition, q, iters, alpha)
         logits = torch.add(unary, messages.view(N, 1 + S, M), alpha=weight)
     log_odds = (logits[:, 1:] - logits[:, :1]).transpose(1, 2)  # [N, M, S]: log q_c - log q_background
     return _turning_threshold(log_odds, t, valid)
+
+
+# Batch invariance: torch.softmax and sum over dim 1 of [N, 1 + S, M] group their additions by
+# how N splits into vector chunks, so a node's result could change in the last bit with the other
+# images of the batch (seen: ~1e-7 in 1 of 6 random batches). These two add the 1 + S rows one after
+# the other, element by element: every node's arithmetic is the same wherever it sits. (max and the
+# element-wise exp are exact functions of their inputs.)
+def _sum_slots(x: torch.Tensor) -> torch.Tensor:  # [N, R, M] -> [N, 1, M]
+    total = x[:, :1]
+    for r in range(1, x.shape[1]):
+        total = total + x[:, r:r + 1]
+    return total
+
+
+def _softmax_slots(x: torch.Tensor) -> torch.Tensor:  # softmax over dim 1 of [N, R, M]
+    e = torch.exp(x - x.amax(1, keepdim=True))
+    return e / _sum_slots(e)
 
 
 def _turning_threshold(log_odds: torch.Tensor, t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
