@@ -459,9 +459,13 @@ def threshold_mean_field(graph: "ops.Graph", affinity: torch.Tensor, scores: tor
     transition = ops._transition(graph, affinity.float(), 1.0)  # once for every walk
     logits = unary
     for _ in range(steps):
-        q = _softmax_slots(logits).reshape(N, (1 + S) * M)
-        messages = ops._propagate(graph, transition, q, iters, alpha)
-        logits = torch.add(unary, messages.view(N, 1 + S, M), alpha=weight)
+        # Only the class slots walk: T is row-stochastic and q_background = 1 - sum of the slots,
+        # so the background's message is 1 - the sum of theirs (the same in exact arithmetic, and
+        # half the propagation for a one-class image).
+        q = _softmax_slots(logits)[:, 1:].reshape(N, S * M)
+        walked = ops._propagate(graph, transition, q, iters, alpha).view(N, S, M)
+        messages = torch.cat([1 - _sum_slots(walked), walked], 1)
+        logits = torch.add(unary, messages, alpha=weight)
     log_odds = (logits[:, 1:] - logits[:, :1]).transpose(1, 2)  # [N, M, S]: log q_c - log q_background
     return _turning_threshold(log_odds, t, valid)
 
