@@ -272,7 +272,7 @@ def test_two_refines_on_one_folder(dataset, tmp_path):
     message naming the first, which goes on undisturbed; once the first is gone (even killed), the
     lock is free again."""
     out = tmp_path / "out"
-    first = subprocess.Popen(_command(dataset, out, "--iters", "200000"), stdout=subprocess.DEVNULL,
+    first = subprocess.Popen(_command(dataset, out, "--iters", "10000", "--steps", "1000"), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
