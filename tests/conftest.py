@@ -85,3 +85,33 @@ def label_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.dim() == 3:  # labels restart in every image: compare image by image
         return sum(label_agreement(x, y) for x, y in zip(a, b)) / a.shape[0]
     return min(one_way(a, b), one_way(b, a))
+
+
+# Processes of a job, from /proc (Linux): the kill tests of spl refine and spl train.
+def descendants(pid):
+    """Every live process below ``pid`` (from /proc's parent links)."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parent[int(entry)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        found += kids
+        frontier += kids
+    return found
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

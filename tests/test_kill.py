@@ -16,41 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import collage
+from conftest import alive, collage, descendants
 from spl.refine import voc_palette
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
 
 KILL_FRACTIONS = (0.25, 0.45, 0.6, 0.75, 0.9)
-
-
-def _descendants(pid):
-    """Every live process below ``pid`` (from /proc's parent links)."""
-    parent = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                parent[int(entry)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        found += kids
-        frontier += kids
-    return found
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def kill_and_resume(command, wall, resume_extra=()):
@@ -64,16 +35,16 @@ def kill_and_resume(command, wall, resume_extra=()):
         deadline = time.time() + fraction * wall
         children = []
         while time.time() < deadline and proc.poll() is None:
-            children = _descendants(proc.pid) or children
+            children = descendants(proc.pid) or children
             time.sleep(0.02)
         if proc.poll() is None:
             landed += 1
             proc.send_signal(signal.SIGKILL)
         proc.wait()
         end = time.time() + 3  # the workers die with their parent, at once (not after a watchdog)
-        while time.time() < end and any(_alive(c) for c in children):
+        while time.time() < end and any(alive(c) for c in children):
             time.sleep(0.05)
-        assert not [c for c in children if _alive(c)], f"kill {k}: orphaned processes"
+        assert not [c for c in children if alive(c)], f"kill {k}: orphaned processes"
     assert subprocess.run(command + list(resume_extra), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE).returncode == 0
     return landed

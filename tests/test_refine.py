@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import collage
+from conftest import alive, collage, descendants
 from spl import cli
 from spl.refine import read_cam, voc_palette
 
@@ -289,20 +289,6 @@ def test_two_refines_on_one_folder(dataset, tmp_path):
     assert len(outputs(out)) == N_IMAGES
 
 
-def _children(pid):
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
 def test_killed_refine_leaves_no_orphaned_workers(dataset, tmp_path):
     out = tmp_path / "out"
@@ -312,22 +298,14 @@ def test_killed_refine_leaves_no_orphaned_workers(dataset, tmp_path):
     deadline = time.time() + 120
     workers = []
     while time.time() < deadline and len(workers) < 2:
-        workers = _children(proc.pid)
+        workers = descendants(proc.pid)
         time.sleep(0.1)
     assert len(workers) >= 2, "the DataLoader workers should have started"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # Immediately, not after torch's 5-second watchdog (which a busy worker does not even reach).
     deadline = time.time() + 2
-    while time.time() < deadline and any(os.path.exists(f"/proc/{w}") and _state(w) != "Z" for w in workers):
+    while time.time() < deadline and any(alive(w) for w in workers):
         time.sleep(0.1)
-    alive = [w for w in workers if os.path.exists(f"/proc/{w}") and _state(w) != "Z"]
-    assert not alive, f"orphaned workers: {alive}"
-
-
-def _state(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"
+    orphans = [w for w in workers if alive(w)]
+    assert not orphans, f"orphaned workers: {orphans}"
