@@ -7,7 +7,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <numeric>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "ops/connectivity.h"
@@ -18,48 +19,127 @@ namespace spl {
 namespace cpu {
 namespace {
 
-using connectivity::choice_target;
 using connectivity::pack_choice;
-using connectivity::pack_pair;
-using connectivity::pair_source;
-using connectivity::pair_target;
+using connectivity::choice_target;
 
-// A horizontal run of equal labels, [x0, x1) in row y.
-struct Run {
-  int32_t y, x0, x1;
+// Memory. On noise, k-means leaves a fragment every pixel or two, so whatever is kept per run, per
+// region or per border is kept per pixel (this kernel used to keep about 200 bytes per pixel there:
+// lists of runs, borders and candidate pairs in 8- to 16-byte entries). Now, at most:
+//   - per run, 4 bytes (work): the union-find parent, then the region id; then the same buffer holds
+//     the first pixel of each region, then of each small group;
+//   - per region, 4 bytes (uf): its group (union-find parent) or, for a group, minus its size;
+//   - per small region, 4 bytes (choice): its choice in the current round;
+//   - per pixel, 4 bytes: the region map, in the int32 labels themselves when the caller lets them
+//     be overwritten (slic), else in a buffer of its own;
+//   - the search stack and the border table of one group at a time.
+// slic also lends the features of each image, no longer needed, for work, uf and choice. Runs are
+// found again from the labels wherever they are needed instead of being stored, and the border
+// lengths of a small group are counted afresh in each round from its pixels (a search from its
+// first pixel over the region map) instead of being stored per pair of regions.
+
+// Map entries: the region id, its top bit marking the pixels searched in the current round (the
+// meaning of the bit alternates between rounds, so it is never cleared); -1 outside every region.
+constexpr uint32_t kIdBits = 0x7FFFFFFFu;
+constexpr uint32_t kSearchedBit = 0x80000000u;
+
+// Scratch memory of one thread, reused from call to call (fresh memory costs a page fault per page,
+// which here costs more than the algorithm itself), unless it grew beyond kMaxKeptBytes.
+// Buffers are not initialised, so only the part of a buffer that is written becomes resident.
+constexpr size_t kMaxKeptBytes = size_t{256} << 20;
+
+template <typename T>
+struct Buffer {
+  std::unique_ptr<T[]> data;
+  size_t capacity = 0;
+  T* get(int64_t n) {
+    if (static_cast<size_t>(n) > capacity) {
+      data.reset(), capacity = 0;  // the old buffer goes first: no moment holds both
+      data.reset(new T[n]), capacity = static_cast<size_t>(n);
+    }
+    return data.get();
+  }
+  size_t bytes() const { return capacity * sizeof(T); }
+  void release() { data.reset(), capacity = 0; }
 };
 
-// A 4-adjacent pair of runs with different labels: a border of `length` pixel pairs between
-// runs (later: regions) a and b.
-struct Border {
-  int32_t a, b, length;
+// Border lengths between one group and each of its neighbour groups: an open-addressing table
+// (keys: group ids), load factor at most 1/2, cleared entry by entry after each group.
+class BorderCounts {
+ public:
+  BorderCounts() { resize(64); }
+
+  void add(int32_t group) {
+    uint32_t i = slot(group);
+    for (; key_[i] != group; i = (i + 1) & mask_) {
+      if (key_[i] < 0) {
+        key_[i] = group, count_[i] = 1, used_.push_back(i);
+        if (2 * used_.size() > key_.size()) grow();
+        return;
+      }
+    }
+    ++count_[i];
+  }
+
+  // The best choice (connectivity_common.h: longest border, then smaller id), packed; 0 if there
+  // is no neighbour. Empties the table.
+  uint64_t take_best() {
+    uint64_t best = 0;
+    for (uint32_t i : used_) {
+      best = std::max(best, pack_choice(count_[i], static_cast<uint32_t>(key_[i])));
+      key_[i] = -1;
+    }
+    used_.clear();
+    return best;
+  }
+
+  size_t bytes() const { return key_.capacity() * 8 + used_.capacity() * 4; }
+  void release() {
+    std::vector<int32_t>().swap(key_), std::vector<uint32_t>().swap(count_), std::vector<uint32_t>().swap(used_);
+    resize(64);
+  }
+
+ private:
+  uint32_t slot(int32_t group) const {
+    return static_cast<uint32_t>((static_cast<uint64_t>(group) * 0x9E3779B97F4A7C15ull) >> 32) & mask_;
+  }
+  void resize(size_t n) {
+    key_.assign(n, -1), count_.assign(n, 0);
+    mask_ = static_cast<uint32_t>(n - 1);
+  }
+  void grow() {
+    std::vector<std::pair<int32_t, uint32_t>> entries;
+    entries.reserve(used_.size());
+    for (uint32_t i : used_) entries.emplace_back(key_[i], count_[i]);
+    resize(2 * key_.size());
+    used_.clear();
+    for (const auto& e : entries) {
+      uint32_t i = slot(e.first);
+      while (key_[i] >= 0) i = (i + 1) & mask_;
+      key_[i] = e.first, count_[i] = e.second, used_.push_back(i);
+    }
+  }
+
+  std::vector<int32_t> key_;  // -1: free
+  std::vector<uint32_t> count_;
+  std::vector<uint32_t> used_;  // occupied slots
+  uint32_t mask_ = 0;
 };
 
-struct Edge {
-  uint64_t key;  // pack_pair(source group, neighbour group)
-  int64_t border;
-};
-
-// Memory reused from call to call by each thread: fresh memory costs a page fault per page,
-// which here costs more than the algorithm itself.
 struct Scratch {
-  // Regions.
-  std::vector<Run> runs;
-  std::vector<int64_t> run_label;
-  std::vector<int32_t> row_begin, starts, parent, region;
-  std::vector<int64_t> region_size;
-  std::vector<Border> borders;
-  // Border lists of the small regions (CSR): neighbours of small region i are
-  // target[begin[i] .. begin[i + 1]), with their border lengths.
-  std::vector<int32_t> small_region, small_index, target;
-  std::vector<int64_t> begin, fill, length;
-  // Merge rounds.
-  std::vector<int64_t> group_size;
-  std::vector<uint64_t> best;
-  std::vector<int32_t> next, root, canon, final_id, sources, touched_list, live, rep;
-  std::vector<uint8_t> touched;
-  std::vector<Edge> candidates;
-  std::vector<int64_t> rank;
+  std::vector<int32_t> starts[2];  // run starts of two rows
+  Buffer<int32_t> work, uf, choice;  // see ImageMemory, when the caller has no spare memory
+  Buffer<int32_t> map;             // per pixel, when the labels cannot be overwritten
+  std::vector<int32_t> stack;      // pixels of the group being searched
+  BorderCounts counts;
+
+  void release_if_large() {
+    const size_t total = work.bytes() + uf.bytes() + choice.bytes() + map.bytes() + stack.capacity() * 4 +
+                         counts.bytes();
+    if (total > kMaxKeptBytes) {
+      work.release(), uf.release(), choice.release(), map.release(), counts.release();
+      std::vector<int32_t>().swap(stack);
+    }
+  }
 };
 
 Scratch& thread_scratch() {
@@ -67,6 +147,7 @@ Scratch& thread_scratch() {
   return scratch;
 }
 
+// Union-find over run indices; the root of a set is its smallest member (its first run).
 int32_t find_root(int32_t* parent, int32_t a) {
   int32_t root = a;
   while (parent[root] != root) root = parent[root];
@@ -83,6 +164,28 @@ void unite(int32_t* parent, int32_t a, int32_t b) {
   b = find_root(parent, b);
   if (a < b) parent[b] = a;
   else if (b < a) parent[a] = b;
+}
+
+// Union-find over regions: uf[r] >= 0 is the parent of r, uf[r] < 0 makes r the id of a group of
+// -uf[r] pixels. A parent always has a smaller id than its child, so a group's id is its smallest
+// region, the one that comes first in the image.
+inline int32_t find_group(int32_t* uf, int32_t r) {
+  while (uf[r] >= 0) {
+    const int32_t p = uf[r];
+    if (uf[p] < 0) return p;
+    uf[r] = uf[p];  // path halving
+    r = uf[p];
+  }
+  return r;
+}
+
+void join_groups(int32_t* uf, int32_t a, int32_t b) {
+  a = find_group(uf, a);
+  b = find_group(uf, b);
+  if (a == b) return;
+  if (b < a) std::swap(a, b);
+  uf[a] += uf[b];
+  uf[b] = a;
 }
 
 // The starts of the runs of equal labels in one row (x = 0 first), then `width`; returns the
@@ -103,242 +206,228 @@ SPL_TARGET_CLONES int64_t row_run_starts(const label_t* row, int64_t width, int3
   return count;
 }
 
-// Splits the labels into runs and their regions (4-connected components of equal labels, numbered
-// 0..M-1 in raster order of their first pixel); records every border between runs. Returns
-// whether any pixel lies outside every region (negative label).
-template <typename label_t>
-bool find_regions(const label_t* labels, int64_t height, int64_t width, Scratch& s) {
-  s.runs.clear();
-  s.run_label.clear();
-  s.borders.clear();
-  s.row_begin.resize(height + 1);
-  // Runs, row by row; horizontally adjacent runs always differ in label, so they are borders.
-  bool outside = false;
-  s.starts.resize(width + 2);
-  int32_t* starts = s.starts.data();
-  for (int64_t y = 0; y < height; ++y) {
-    s.row_begin[y] = static_cast<int32_t>(s.runs.size());
-    const label_t* row = labels + y * width;
-    const int64_t count = row_run_starts(row, width, starts);
-    bool previous_inside = false;
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t x0 = starts[i], x = starts[i + 1];
-      const label_t v = row[x0];
-      if (v >= 0) {
-        const int32_t r = static_cast<int32_t>(s.runs.size());
-        if (previous_inside) s.borders.push_back({r - 1, r, 1});
-        s.runs.push_back({static_cast<int32_t>(y), static_cast<int32_t>(x0), static_cast<int32_t>(x)});
-        s.run_label.push_back(v);
-      } else {
-        outside = true;
-      }
-      previous_inside = v >= 0;
-    }
+// Writes value to row[x0, x1), and maybe to a few of the entries after it (whole blocks of 8 while
+// they stay within the row, then single entries): blocks are cheaper than an exact loop on short
+// runs. The runs of a row are written in order, so the runs that follow overwrite the spill.
+template <typename T>
+inline void fill_run(T* row, int64_t x0, int64_t x1, int64_t width, T value) {
+  int64_t x = x0;
+  for (; x < x1 && x + 8 <= width; x += 8) {
+    for (int k = 0; k < 8; ++k) row[x + k] = value;
   }
-  s.row_begin[height] = static_cast<int32_t>(s.runs.size());
-  const int32_t R = static_cast<int32_t>(s.runs.size());
+  for (; x < x1; ++x) row[x] = value;
+}
 
-  // One sweep over vertically overlapping runs: equal labels join (union-find; the root of a
-  // component is its first run, hence its first pixel), different labels are borders.
-  s.parent.resize(R);
-  int32_t* parent = s.parent.data();
-  std::iota(parent, parent + R, 0);
-  const Run* runs = s.runs.data();
-  const int64_t* run_label = s.run_label.data();
-  for (int64_t y = 1; y < height; ++y) {
-    int32_t i = s.row_begin[y - 1], j = s.row_begin[y];
-    const int32_t i_end = s.row_begin[y], j_end = s.row_begin[y + 1];
-    while (i < i_end && j < j_end) {
-      const Run& a = runs[i];
-      const Run& b = runs[j];
-      const int32_t overlap = std::min(a.x1, b.x1) - std::max(a.x0, b.x0);
-      if (overlap > 0) {
-        if (run_label[i] == run_label[j]) unite(parent, i, j);
-        else s.borders.push_back({i, j, overlap});
-      }
-      if (a.x1 <= b.x1) ++i;
-      else ++j;
-    }
+// Where the buffers of one image live: memory the caller no longer needs while it is enough (the
+// spare), else the thread's own buffers.
+struct ImageMemory {
+  Scratch& s;
+  int32_t* spare;
+  int64_t spare_size;
+  int32_t* work = nullptr;    // per run, then per region, then per small group
+  int32_t* uf = nullptr;      // per region
+  int32_t* choice = nullptr;  // per small group
+  int32_t* take(Buffer<int32_t>& own, int64_t n) {
+    if (n > spare_size) return own.get(n);
+    int32_t* p = spare;
+    spare += n, spare_size -= n;
+    return p;
   }
-  s.region.resize(R);
-  s.region_size.clear();
-  for (int32_t r = 0; r < R; ++r) {
-    const int32_t root = parent[r] == r ? r : find_root(parent, r);
-    if (root == r) {
-      s.region[r] = static_cast<int32_t>(s.region_size.size());
-      s.region_size.push_back(0);
-    } else {
-      s.region[r] = s.region[root];
+};
+
+// Step 1: the regions (4-connected components of equal labels) of the runs, by union-find over
+// the runs of consecutive rows; the runs of a row tile it, so a merge-like sweep meets exactly
+// the overlapping pairs. On return work[r] is the region id of run r (-1 outside every region),
+// regions numbered 0..M-1 in raster order of their first pixel; returns M.
+template <typename label_t>
+int32_t label_regions(const label_t* labels, int64_t height, int64_t width, ImageMemory& m) {
+  int32_t* prev = m.s.starts[0].data();
+  int32_t* cur = m.s.starts[1].data();
+  int32_t* parent = m.work = m.take(m.s.work, height * width);
+  int64_t prev_count = 0, prev_base = 0, runs = 0;
+  for (int64_t y = 0; y < height; ++y) {
+    const label_t* row = labels + y * width;
+    const int64_t count = row_run_starts(row, width, cur);
+    for (int64_t i = 0; i < count; ++i) {
+      parent[runs + i] = row[cur[i]] >= 0 ? static_cast<int32_t>(runs + i) : -1;
     }
-    s.region_size[s.region[r]] += runs[r].x1 - runs[r].x0;
+    if (y > 0) {
+      const label_t* above = row - width;
+      int64_t i = 0, j = 0;
+      while (i < prev_count && j < count) {
+        const label_t a = above[prev[i]];
+        if (a >= 0 && a == row[cur[j]]) {
+          unite(parent, static_cast<int32_t>(prev_base + i), static_cast<int32_t>(runs + j));
+        }
+        const int32_t a_end = prev[i + 1], b_end = cur[j + 1];
+        i += a_end <= b_end;
+        j += b_end <= a_end;
+      }
+    }
+    std::swap(prev, cur);
+    prev_count = count, prev_base = runs, runs += count;
+  }
+  // Parents come before their children, so one pass in order turns parents into region ids.
+  int32_t regions = 0;
+  for (int64_t r = 0; r < runs; ++r) {
+    const int32_t p = parent[r];
+    if (p >= 0) parent[r] = p == r ? regions++ : parent[p];
+  }
+  return regions;
+}
+
+// Step 2: writes the region map (may be `labels` itself: each row's runs are found before the row
+// is overwritten), the size of each region into uf (as -size), and work[m] = the first pixel of
+// region m (the first run of region m is run m or a later one, already read). Returns whether
+// any pixel lies outside every region.
+template <typename label_t>
+bool write_region_map(const label_t* labels, int64_t height, int64_t width, int32_t regions, int32_t* map,
+                      ImageMemory& m) {
+  int32_t* cur = m.s.starts[1].data();
+  int32_t* work = m.work;
+  int32_t* uf = m.uf = m.take(m.s.uf, regions);
+  std::fill(uf, uf + regions, 0);
+  bool outside = false;
+  int64_t r = 0;
+  int32_t next_region = 0;
+  for (int64_t y = 0; y < height; ++y) {
+    const int64_t count = row_run_starts(labels + y * width, width, cur);
+    int32_t* row = map + y * width;
+    for (int64_t i = 0; i < count; ++i) {
+      const int32_t id = work[r++];
+      const int32_t x0 = cur[i], x1 = cur[i + 1];
+      fill_run(row, x0, x1, width, id);
+      if (id < 0) {
+        outside = true;
+        continue;
+      }
+      uf[id] -= x1 - x0;
+      if (id == next_region) work[next_region++] = static_cast<int32_t>(y * width + x0);
+    }
   }
   return outside;
 }
 
-// The border lists of the regions smaller than min_size (see Scratch), aggregated by neighbour.
-// Returns false if there is no small region.
-bool small_region_borders(int64_t min_size, Scratch& s) {
-  const size_t M = s.region_size.size();
-  s.small_region.clear();
-  s.small_index.assign(M, -1);
-  for (size_t m = 0; m < M; ++m) {
-    if (s.region_size[m] < min_size) {
-      s.small_index[m] = static_cast<int32_t>(s.small_region.size());
-      s.small_region.push_back(static_cast<int32_t>(m));
+// Step 3, the merge rounds of connectivity_common.h. work[0..n) are the first pixels of the small
+// groups (in order, so their ids are in order too).
+void merge_small_groups(int64_t height, int64_t width, int64_t min_size, int32_t* map, int64_t n, ImageMemory& m) {
+  int32_t* live = m.work;
+  int32_t* uf = m.uf;
+  int32_t* choice = m.choice = m.take(m.s.choice, n);
+  std::vector<int32_t>& stack = m.s.stack;
+  BorderCounts& counts = m.s.counts;
+  const int64_t last_row = (height - 1) * width;
+  uint32_t searched = kSearchedBit;  // the value of the top bit that marks a pixel searched this round
+  while (true) {
+    // Choices: border lengths counted from each group's pixels, found by a search from its first
+    // pixel over the pixels of the same group. Groups do not change until every group has chosen.
+    int64_t sources = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t first = live[i];
+      const int32_t g = static_cast<int32_t>(static_cast<uint32_t>(map[first]) & kIdBits);
+      int32_t cached_id = g, cached_group = g;  // neighbours often repeat a region
+      auto visit = [&](int64_t q) {
+        const int32_t v = map[q];
+        if (v == -1) return;
+        const int32_t id = static_cast<int32_t>(static_cast<uint32_t>(v) & kIdBits);
+        if (id != cached_id) cached_id = id, cached_group = find_group(uf, id);
+        if (cached_group != g) {
+          counts.add(cached_group);
+        } else if ((static_cast<uint32_t>(v) & kSearchedBit) != searched) {
+          map[q] = static_cast<int32_t>(static_cast<uint32_t>(id) | searched);
+          stack.push_back(static_cast<int32_t>(q));
+        }
+      };
+      map[first] = static_cast<int32_t>(static_cast<uint32_t>(g) | searched);
+      stack.push_back(first);
+      while (!stack.empty()) {
+        const int64_t p = stack.back();
+        stack.pop_back();
+        const int64_t x = static_cast<int64_t>(static_cast<uint32_t>(p) % static_cast<uint32_t>(width));
+        if (p >= width) visit(p - width);
+        if (x > 0) visit(p - 1);
+        if (x + 1 < width) visit(p + 1);
+        if (p < last_row) visit(p + width);
+      }
+      const uint64_t best = counts.take_best();
+      choice[i] = best ? static_cast<int32_t>(choice_target(best)) : -1;
+      sources += best != 0;
     }
-  }
-  const size_t n = s.small_region.size();
-  if (n == 0) return false;
-  // Counting sort, by small source region, of the borders that touch a small region (the others,
-  // between two large regions, are dropped on the way).
-  s.begin.assign(n + 1, 0);
-  const int32_t* small_index = s.small_index.data();
-  size_t kept = 0;
-  for (const Border& run_border : s.borders) {
-    Border e{s.region[run_border.a], s.region[run_border.b], run_border.length};
-    const bool small_a = small_index[e.a] >= 0, small_b = small_index[e.b] >= 0;
-    if (!small_a && !small_b) continue;
-    if (small_a) ++s.begin[small_index[e.a] + 1];
-    if (small_b) ++s.begin[small_index[e.b] + 1];
-    s.borders[kept++] = e;
-  }
-  s.borders.resize(kept);
-  for (size_t i = 0; i < n; ++i) s.begin[i + 1] += s.begin[i];
-  s.fill.assign(s.begin.begin(), s.begin.end() - 1);
-  s.target.resize(s.begin.back());
-  s.length.resize(s.begin.back());
-  for (const Border& e : s.borders) {
-    if (small_index[e.a] >= 0) s.target[s.fill[small_index[e.a]]] = e.b, s.length[s.fill[small_index[e.a]]++] = e.length;
-    if (small_index[e.b] >= 0) s.target[s.fill[small_index[e.b]]] = e.a, s.length[s.fill[small_index[e.b]]++] = e.length;
-  }
-  // Aggregate each list by neighbour (lists are short: a small region has a short border).
-  int64_t out = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const int64_t first = s.begin[i], last = s.begin[i + 1];
-    s.begin[i] = out;
-    for (int64_t e = first; e < last; ++e) {
-      int64_t f = s.begin[i];
-      while (f < out && s.target[f] != s.target[e]) ++f;
-      if (f < out) s.length[f] += s.length[e];
-      else s.target[out] = s.target[e], s.length[out++] = s.length[e];
+    if (sources == 0) break;
+    // Every group joins the group it chose: pairs that chose each other and chains become one
+    // group, under the smallest id among them.
+    for (int64_t i = 0; i < n; ++i) {
+      if (choice[i] >= 0) {
+        join_groups(uf, static_cast<int32_t>(static_cast<uint32_t>(map[live[i]]) & kIdBits), choice[i]);
+      }
     }
+    // The groups still small; a group never shrinks. A group without a neighbour (an island of a
+    // mask) never gets one, and no group can choose it: it is left alone from now on.
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t g = static_cast<int32_t>(static_cast<uint32_t>(map[live[i]]) & kIdBits);
+      if (choice[i] >= 0 && uf[g] < 0 && -static_cast<int64_t>(uf[g]) < min_size) live[kept++] = live[i];
+    }
+    n = kept;
+    searched ^= kSearchedBit;
   }
-  s.begin[n] = out;
-  return true;
 }
 
-// The merge rounds of connectivity_common.h on the region graph. On return rep[m] is the id of the
-// merged region holding region m.
-void merge_small_regions(int64_t min_size, Scratch& s) {
-  const size_t M = s.region_size.size();
-  s.group_size = s.region_size;
-  s.best.assign(M, 0);  // packed choice of each small group in this round
-  s.touched.assign(M, 0);
-  s.next.resize(M), s.root.resize(M), s.canon.resize(M), s.final_id.resize(M);
-  // Small regions whose group may still be small; a group never shrinks, so the list only shrinks.
-  s.live.resize(s.small_region.size());
-  std::iota(s.live.begin(), s.live.end(), 0);
-  int64_t* group_size = s.group_size.data();
-  uint64_t* best = s.best.data();
-  int32_t* rep = s.rep.data();
-  int32_t* next = s.next.data();
-
-  for (int round = 0;; ++round) {
-    s.sources.clear();
-    if (round == 0) {
-      // Every group is a single region and its border list is already aggregated.
-      for (size_t i = 0; i < s.small_region.size(); ++i) {
-        uint64_t choice = 0;
-        for (int64_t e = s.begin[i]; e < s.begin[i + 1]; ++e) {
-          choice = std::max(choice, pack_choice(static_cast<uint32_t>(s.length[e]), s.target[e]));
-        }
-        if (choice) best[s.small_region[i]] = choice, s.sources.push_back(s.small_region[i]);
-      }
-    } else {
-      s.candidates.clear();
-      size_t kept = 0;
-      for (int32_t i : s.live) {
-        const int32_t gs = rep[s.small_region[i]];
-        if (group_size[gs] >= min_size) continue;
-        s.live[kept++] = i;
-        for (int64_t e = s.begin[i]; e < s.begin[i + 1]; ++e) {
-          const int32_t gd = rep[s.target[e]];
-          if (gd != gs) s.candidates.push_back({pack_pair(gs, gd), s.length[e]});
-        }
-      }
-      s.live.resize(kept);
-      std::sort(s.candidates.begin(), s.candidates.end(), [](const Edge& a, const Edge& b) { return a.key < b.key; });
-      for (size_t e = 0; e < s.candidates.size();) {
-        const uint64_t key = s.candidates[e].key;
-        int64_t total = 0;
-        for (; e < s.candidates.size() && s.candidates[e].key == key; ++e) total += s.candidates[e].border;
-        const uint32_t gs = pair_source(key);
-        if (best[gs] == 0) s.sources.push_back(static_cast<int32_t>(gs));
-        best[gs] = std::max(best[gs], pack_choice(static_cast<uint32_t>(total), pair_target(key)));
-      }
+// Labels one image; `map` receives the region map and may be `labels` itself.
+template <typename label_t>
+int64_t connect_image(const label_t* labels, int64_t height, int64_t width, int64_t min_size, int32_t* map,
+                      int64_t* out, ImageMemory& m) {
+  m.s.starts[0].resize(width + 2);
+  m.s.starts[1].resize(width + 2);
+  const int32_t regions = label_regions(labels, height, width, m);
+  const bool outside = write_region_map(labels, height, width, regions, map, m);
+  int32_t* uf = m.uf;
+  if (min_size > 1) {
+    // The first pixels of the small regions, kept in place (entry r is read before any entry
+    // after the first r is written).
+    int32_t* first = m.work;
+    int64_t n = 0;
+    for (int32_t r = 0; r < regions; ++r) {
+      if (-static_cast<int64_t>(uf[r]) < min_size) first[n++] = first[r];
     }
-    if (s.sources.empty()) break;
-
-    // Step 2: a pair that chose each other keeps the smaller id as its root.
-    auto target = [&](int32_t g) { return best[g] ? static_cast<int32_t>(choice_target(best[g])) : g; };
-    for (int32_t g : s.sources) {
-      const int32_t t = target(g);
-      next[g] = (target(t) == g && g < t) ? g : t;
-    }
-    // Step 3: follow chains (no cycles remain) and give each group its smallest member id.
-    s.touched_list.clear();
-    auto touch = [&](int32_t g) {
-      if (!s.touched[g]) s.touched[g] = 1, s.touched_list.push_back(g);
-    };
-    for (int32_t g : s.sources) touch(g), touch(target(g));
-    auto root_of = [&](int32_t g) {
-      int32_t r = g;
-      while (best[r] && next[r] != r) r = next[r];
-      while (best[g] && next[g] != g) {  // path compression
-        const int32_t n = next[g];
-        next[g] = r;
-        g = n;
-      }
-      return r;
-    };
-    // Every chain ends at a touched group, so roots and members are all in touched_list.
-    for (int32_t g : s.touched_list) s.root[g] = root_of(g), s.canon[g] = g;
-    for (int32_t g : s.touched_list) s.canon[s.root[g]] = std::min(s.canon[s.root[g]], g);
-    for (int32_t g : s.touched_list) s.final_id[g] = s.canon[s.root[g]];
-    for (int32_t g : s.touched_list) s.canon[g] = static_cast<int32_t>(group_size[g]), group_size[g] = 0;
-    for (int32_t g : s.touched_list) group_size[s.final_id[g]] += s.canon[g];
-    for (size_t m = 0; m < M; ++m) {
-      if (s.touched[rep[m]]) rep[m] = s.final_id[rep[m]];
-    }
-    for (int32_t g : s.touched_list) s.touched[g] = 0, best[g] = 0;
+    if (n > 0) merge_small_groups(height, width, min_size, map, n, m);
   }
+  // Final labels: the rank of each group's id, written run by run over the region map. Parents
+  // come before their children, so one pass in order gives every region the rank of its group.
+  int32_t count = 0;
+  for (int32_t r = 0; r < regions; ++r) uf[r] = uf[r] < 0 ? count++ : uf[uf[r]];
+  int32_t* cur = m.s.starts[1].data();
+  for (int64_t y = 0; y < height; ++y) {
+    const int32_t* row = map + y * width;
+    int64_t* out_row = out + y * width;
+    const int64_t runs = row_run_starts(row, width, cur);
+    for (int64_t i = 0; i < runs; ++i) {
+      const int32_t v = row[cur[i]];
+      const int64_t value = outside && v == -1 ? int64_t{-1} : uf[static_cast<uint32_t>(v) & kIdBits];
+      fill_run(out_row, cur[i], cur[i + 1], width, value);
+    }
+  }
+  return count;
 }
 
 }  // namespace
+
+int64_t connect_regions_in_place(int32_t* labels, int64_t height, int64_t width, int64_t min_size, int64_t* out,
+                                 int32_t* spare, int64_t spare_size) {
+  Scratch& s = thread_scratch();
+  ImageMemory m{s, spare, spare ? spare_size : 0};
+  const int64_t n = connect_image<int32_t>(labels, height, width, min_size, labels, out, m);
+  s.release_if_large();
+  return n;
+}
 
 template <typename label_t>
 int64_t connect_regions(const label_t* labels, int64_t height, int64_t width, int64_t min_size,
                         int64_t* out) {
   Scratch& s = thread_scratch();
-  const bool outside = find_regions(labels, height, width, s);
-  const size_t M = s.region_size.size();
-  s.rep.resize(M);
-  std::iota(s.rep.begin(), s.rep.end(), 0);
-  if (min_size > 1 && small_region_borders(min_size, s)) merge_small_regions(min_size, s);
-
-  // Final labels: rank of each merged region's id, written run by run.
-  s.rank.assign(M, -1);
-  int64_t n = 0;
-  for (size_t m = 0; m < M; ++m) {
-    if (s.rep[m] == static_cast<int32_t>(m)) s.rank[m] = n++;
-  }
-  if (outside) std::fill(out, out + height * width, int64_t{-1});
-  const Run* runs = s.runs.data();
-  for (size_t r = 0; r < s.runs.size(); ++r) {
-    const int64_t value = s.rank[s.rep[s.region[r]]];
-    int64_t* row = out + static_cast<int64_t>(runs[r].y) * width;
-    for (int32_t x = runs[r].x0; x < runs[r].x1; ++x) row[x] = value;
-  }
+  ImageMemory m{s, nullptr, 0};
+  const int64_t n = connect_image<label_t>(labels, height, width, min_size, s.map.get(height * width), out, m);
+  s.release_if_large();
   return n;
 }
 

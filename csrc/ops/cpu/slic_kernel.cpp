@@ -92,11 +92,7 @@ struct Workspace {
   Buffer<int32_t> q, labels;
   Buffer<int64_t> stats;
   Buffer<int8_t> slots;
-  void release_if_large() {
-    if (q.bytes() + labels.bytes() + stats.bytes() + slots.bytes() > kMaxKeptBytes) {
-      q.release(), labels.release(), stats.release(), slots.release();
-    }
-  }
+  bool large() const { return q.bytes() + labels.bytes() + stats.bytes() + slots.bytes() > kMaxKeptBytes; }
 };
 
 Workspace& thread_workspace() {
@@ -643,16 +639,22 @@ std::tuple<at::Tensor, at::Tensor> slic_cpu(const at::Tensor& image, int64_t n_s
   else if (C == 1) run(std::integral_constant<int, 1>());
   else run(std::integral_constant<int, 0>());
 
+  // Connectivity enforcement takes the labels and, when the buffers are kept for the next call,
+  // the features of each image as scratch memory; buffers that are not kept go as soon as they are
+  // no longer needed, before connectivity enforcement takes memory of its own.
+  const bool release = ws.large();
+  if (release) ws.q.release(), ws.stats.release(), ws.slots.release();
   int64_t* out_ptr = out.mutable_data_ptr<int64_t>();
   int64_t* counts_ptr = counts.mutable_data_ptr<int64_t>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      counts_ptr[b] = cfg.connect
-                          ? cpu::connect_regions<int32_t>(labels + b * HW, H, W, cfg.min_size, out_ptr + b * HW)
-                          : cpu::renumber_by_first_pixel(labels + b * HW, K, HW, out_ptr + b * HW);
+      int32_t* spare = release ? nullptr : q + b * C * HW;
+      counts_ptr[b] = cfg.connect ? cpu::connect_regions_in_place(labels + b * HW, H, W, cfg.min_size,
+                                                                  out_ptr + b * HW, spare, C * HW)
+                                  : cpu::renumber_by_first_pixel(labels + b * HW, K, HW, out_ptr + b * HW);
     }
   });
-  ws.release_if_large();
+  if (release) ws.labels.release();
   return {out, counts};
 }
 

@@ -395,29 +395,38 @@ void connect_regions(const label_t* labels, int64_t batch, int64_t height, int64
     SPL_CHECK(num_keys < INT_MAX, "connectivity: too many borders in one CUDA batch; split the batch");
     if (num_keys > 0) {
       // Border lengths of (small region, neighbour) pairs: sort one key per pixel pair, count runs.
+      // Memory (on noise nearly every region is small, so there are about 3.5 keys per pixel): the
+      // sort ping-pongs between two buffers (cub::DoubleBuffer; cub's other form hides a copy of
+      // the keys in its temporary storage), the unique pairs go to the buffer the sorted keys are
+      // not in, and the sorted keys are freed before the merge rounds take memory of their own.
       const auto long_opts = at::TensorOptions().dtype(at::kLong).device(device);
-      at::Tensor keys_t = at::empty({2 * num_keys}, long_opts);
-      auto* keys = reinterpret_cast<uint64_t*>(keys_t.data_ptr<int64_t>());
-      uint64_t* sorted = keys + num_keys;
-      emit_borders_kernel<<<blocks, kThreads, 0, stream>>>(n, region, size, height, width, small, total + 1, keys);
+      at::Tensor key_buffers[2] = {at::empty({num_keys}, long_opts), at::empty({num_keys}, long_opts)};
+      cub::DoubleBuffer<uint64_t> keys(reinterpret_cast<uint64_t*>(key_buffers[0].data_ptr<int64_t>()),
+                                       reinterpret_cast<uint64_t*>(key_buffers[1].data_ptr<int64_t>()));
+      emit_borders_kernel<<<blocks, kThreads, 0, stream>>>(n, region, size, height, width, small, total + 1,
+                                                           keys.Current());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const int num_bits = 2 * 32;
-      size_t sort_bytes = 0, rle_bytes = 0;
-      C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, sort_bytes, keys, sorted, static_cast<int>(num_keys), 0,
-                                                    num_bits, stream));
-      at::Tensor pair_t = at::empty({num_keys}, long_opts);
       at::Tensor border_t = at::empty({num_keys + 1}, int_opts);  // + the number of pairs
-      auto* pair = reinterpret_cast<uint64_t*>(pair_t.data_ptr<int64_t>());
       int32_t* border = border_t.data_ptr<int32_t>();
       int32_t* num_pairs_d = border + num_keys;
-      C10_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(nullptr, rle_bytes, sorted, pair, border, num_pairs_d,
-                                                        static_cast<int>(num_keys), stream));
-      at::Tensor temp = device_bytes(static_cast<int64_t>(std::max(sort_bytes, rle_bytes)), device);
-      C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp.data_ptr(), sort_bytes, keys, sorted,
-                                                    static_cast<int>(num_keys), 0, num_bits, stream));
-      C10_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(temp.data_ptr(), rle_bytes, sorted, pair, border,
-                                                        num_pairs_d, static_cast<int>(num_keys), stream));
-      const int64_t num_pairs = read_scalar(num_pairs_d, stream);
+      {
+        size_t sort_bytes = 0, rle_bytes = 0;
+        C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, sort_bytes, keys, static_cast<int>(num_keys), 0,
+                                                      num_bits, stream));
+        C10_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(nullptr, rle_bytes, keys.Current(), keys.Alternate(),
+                                                          border, num_pairs_d, static_cast<int>(num_keys), stream));
+        at::Tensor temp = device_bytes(static_cast<int64_t>(std::max(sort_bytes, rle_bytes)), device);
+        C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp.data_ptr(), sort_bytes, keys, static_cast<int>(num_keys),
+                                                      0, num_bits, stream));
+        C10_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(temp.data_ptr(), rle_bytes, keys.Current(),
+                                                          keys.Alternate(), border, num_pairs_d,
+                                                          static_cast<int>(num_keys), stream));
+      }
+      const int64_t num_pairs = read_scalar(num_pairs_d, stream);  // synchronises: the sorted keys can go
+      const uint64_t* pair = keys.Alternate();
+      at::Tensor pair_t = key_buffers[keys.selector ^ 1];
+      key_buffers[0] = at::Tensor(), key_buffers[1] = at::Tensor();
 
       // Group state, indexed by region id (a pixel index): rep (group of each region), group
       // size, best choice, chain pointers, roots, canonical ids, touched flags.
@@ -435,35 +444,41 @@ void connect_regions(const label_t* labels, int64_t batch, int64_t height, int64
       int32_t* canon = root + n;
       auto* best = reinterpret_cast<uint64_t*>(best_t.data_ptr<int64_t>());
       uint8_t* touched = touched_t.data_ptr<uint8_t>();
-      // Per round: candidate pairs of groups, sorted and summed.
-      at::Tensor cand_t = at::empty({4 * num_pairs + 2}, long_opts);
-      auto* cand_key = reinterpret_cast<uint64_t*>(cand_t.data_ptr<int64_t>());
-      uint64_t* sorted_key = cand_key + num_pairs;
-      uint64_t* group_key = sorted_key + num_pairs;
-      at::Tensor val_t = at::empty({3 * num_pairs + 1}, int_opts);
-      int32_t* cand_val = val_t.data_ptr<int32_t>();
-      int32_t* sorted_val = cand_val + num_pairs;
-      int32_t* group_total = sorted_val + num_pairs;
-      int32_t* num_groups_d = group_total + num_pairs;
+      // Per round: candidate pairs of groups, sorted (again ping-ponging between two buffers) and
+      // summed into the buffers the sorted ones are not in.
+      at::Tensor cand_t = at::empty({2 * num_pairs}, long_opts);
+      at::Tensor val_t = at::empty({2 * num_pairs + 1}, int_opts);
+      uint64_t* cand_buffers[2] = {reinterpret_cast<uint64_t*>(cand_t.data_ptr<int64_t>()),
+                                   reinterpret_cast<uint64_t*>(cand_t.data_ptr<int64_t>()) + num_pairs};
+      int32_t* val_buffers[2] = {val_t.data_ptr<int32_t>(), val_t.data_ptr<int32_t>() + num_pairs};
+      int32_t* num_groups_d = val_buffers[1] + num_pairs;
       size_t pairs_bytes = 0, reduce_bytes = 0;
-      C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, pairs_bytes, cand_key, sorted_key, cand_val, sorted_val,
-                                                     static_cast<int>(num_pairs), 0, 64, stream));
-      C10_CUDA_CHECK(cub::DeviceReduce::ReduceByKey(nullptr, reduce_bytes, sorted_key, group_key, sorted_val,
-                                                    group_total, num_groups_d, ::cuda::std::plus<int32_t>(),
-                                                    static_cast<int>(num_pairs), stream));
+      {
+        cub::DoubleBuffer<uint64_t> cand(cand_buffers[0], cand_buffers[1]);
+        cub::DoubleBuffer<int32_t> val(val_buffers[0], val_buffers[1]);
+        C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, pairs_bytes, cand, val, static_cast<int>(num_pairs),
+                                                       0, 64, stream));
+        C10_CUDA_CHECK(cub::DeviceReduce::ReduceByKey(nullptr, reduce_bytes, cand.Current(), cand.Alternate(),
+                                                      val.Current(), val.Alternate(), num_groups_d,
+                                                      ::cuda::std::plus<int32_t>(), static_cast<int>(num_pairs),
+                                                      stream));
+      }
       at::Tensor round_temp = device_bytes(static_cast<int64_t>(std::max(pairs_bytes, reduce_bytes)), device);
       const unsigned pair_blocks = blocks_for(num_pairs, kThreads);
       while (true) {
+        cub::DoubleBuffer<uint64_t> cand(cand_buffers[0], cand_buffers[1]);
+        cub::DoubleBuffer<int32_t> val(val_buffers[0], val_buffers[1]);
         C10_CUDA_CHECK(cudaMemsetAsync(total, 0, sizeof(unsigned long long), stream));
         group_pairs_kernel<<<pair_blocks, kThreads, 0, stream>>>(num_pairs, pair, border, rep, group_size, small,
-                                                                 cand_key, cand_val, total);
+                                                                 cand.Current(), val.Current(), total);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (read_scalar(total, stream) == 0) break;
-        C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(round_temp.data_ptr(), pairs_bytes, cand_key, sorted_key,
-                                                       cand_val, sorted_val, static_cast<int>(num_pairs), 0, 64,
-                                                       stream));
-        C10_CUDA_CHECK(cub::DeviceReduce::ReduceByKey(round_temp.data_ptr(), reduce_bytes, sorted_key, group_key,
-                                                      sorted_val, group_total, num_groups_d,
+        C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(round_temp.data_ptr(), pairs_bytes, cand, val,
+                                                       static_cast<int>(num_pairs), 0, 64, stream));
+        uint64_t* group_key = cand.Alternate();
+        int32_t* group_total = val.Alternate();
+        C10_CUDA_CHECK(cub::DeviceReduce::ReduceByKey(round_temp.data_ptr(), reduce_bytes, cand.Current(), group_key,
+                                                      val.Current(), group_total, num_groups_d,
                                                       ::cuda::std::plus<int32_t>(), static_cast<int>(num_pairs),
                                                       stream));
         choose_kernel<<<pair_blocks, kThreads, 0, stream>>>(num_groups_d, group_key, group_total, best);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -38,9 +39,59 @@ inline bool sizing(void* temp, size_t& bytes) {
   return false;
 }
 
+// Where a DoubleBuffer sort leaves its result: cub's choice depends on the number of passes, so
+// the emulator alternates between the two buffers from call to call (both branches get run) and
+// fills the other buffer with junk (a read of it shows).
+inline int next_selector_flip() {
+  static int calls = 0;
+  return calls++ & 1;
+}
+
+template <typename T>
+void fill_junk(T* p, size_t n) {
+  std::memset(static_cast<void*>(p), 0xA5, n * sizeof(T));
+}
+
 }  // namespace emu_detail
 
+// cub::DoubleBuffer: a pair of buffers and which one holds the current data.
+template <typename T>
+struct DoubleBuffer {
+  T* d_buffers[2] = {nullptr, nullptr};
+  int selector = 0;
+  DoubleBuffer() = default;
+  DoubleBuffer(T* current, T* alternate) : d_buffers{current, alternate} {}
+  T* Current() { return d_buffers[selector]; }
+  T* Alternate() { return d_buffers[selector ^ 1]; }
+};
+
 struct DeviceRadixSort {
+  template <typename K, typename N>
+  static cudaError_t SortKeys(void* temp, size_t& bytes, DoubleBuffer<K>& keys, N n, int begin_bit = 0,
+                              int end_bit = sizeof(K) * 8, cudaStream_t stream = nullptr) {
+    if (emu_detail::sizing(temp, bytes)) return cudaSuccess;
+    std::vector<K> sorted(static_cast<size_t>(n));
+    SortKeys(temp, bytes, keys.Current(), sorted.data(), n, begin_bit, end_bit, stream);
+    keys.selector ^= emu_detail::next_selector_flip();
+    std::copy(sorted.begin(), sorted.end(), keys.Current());
+    emu_detail::fill_junk(keys.Alternate(), sorted.size());
+    return cudaSuccess;
+  }
+  template <typename K, typename V, typename N>
+  static cudaError_t SortPairs(void* temp, size_t& bytes, DoubleBuffer<K>& keys, DoubleBuffer<V>& values, N n,
+                               int begin_bit = 0, int end_bit = sizeof(K) * 8, cudaStream_t stream = nullptr) {
+    if (emu_detail::sizing(temp, bytes)) return cudaSuccess;
+    std::vector<K> k(static_cast<size_t>(n));
+    std::vector<V> v(static_cast<size_t>(n));
+    SortPairs(temp, bytes, keys.Current(), k.data(), values.Current(), v.data(), n, begin_bit, end_bit, stream);
+    const int flip = emu_detail::next_selector_flip();
+    keys.selector ^= flip, values.selector ^= flip;
+    std::copy(k.begin(), k.end(), keys.Current());
+    std::copy(v.begin(), v.end(), values.Current());
+    emu_detail::fill_junk(keys.Alternate(), k.size());
+    emu_detail::fill_junk(values.Alternate(), v.size());
+    return cudaSuccess;
+  }
   template <typename K, typename N>
   static cudaError_t SortKeys(void* temp, size_t& bytes, const K* in, K* out, N n, int begin_bit = 0,
                               int end_bit = sizeof(K) * 8, cudaStream_t = nullptr) {
