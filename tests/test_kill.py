@@ -1,9 +1,10 @@
 """SIGKILL at several points of `spl refine` and `spl train`, resume after each: the same outputs as an
 uninterrupted run, bit for bit; no temporaries left; no process of the killed job left alive.
 
-Each kill lands at another fraction of an uninterrupted run's wall time (start-up, reading, refining
-or training, writing, the final evaluation); the job is then resumed (refine: rerun, train:
-``--resume``) and killed again, until a last run completes."""
+Ten kills per driver (20 in all): one during start-up, then each once the resumed run has made a
+step of progress (2 masks written, 4 iterations logged), so the kills walk through reading,
+refining or training, writing and checkpointing; after each the job is resumed (refine: rerun,
+train: ``--resume``), and a last run completes."""
 import json
 import os
 import signal
@@ -21,22 +22,37 @@ from spl.refine import voc_palette
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
 
-KILL_FRACTIONS = (0.25, 0.45, 0.6, 0.75, 0.9)
+KILLS = 10  # per driver: 20 in all
 
 
-def kill_and_resume(command, wall, resume_extra=()):
-    """Runs ``command`` (+ ``resume_extra`` after the first run), SIGKILLs it at each fraction of
-    ``wall`` seconds, checks that no process of it survives; then one last run to completion.
-    Returns how many kills landed on a running job."""
+def timed_run(command):
+    start = time.time()
+    assert subprocess.run(command, stdout=subprocess.DEVNULL).returncode == 0
+    return time.time() - start
+
+
+def kill_and_resume(command, progress, step, startup, resume_extra=()):
+    """Runs ``command`` (+ ``resume_extra`` after the first run) and SIGKILLs it KILLS times, checking
+    each time that no process of it survives; then one last run to completion. Returns how many kills
+    landed on a running job.
+
+    The first kill lands halfway through start-up (``startup`` seconds: a run with nothing left to do).
+    Every later run is killed once ``progress()`` (outputs written, iterations logged) has grown by
+    ``step`` since the run started, a few milliseconds later each time, so the kills walk through the
+    job: reading, refining or training, writing, checkpointing."""
     landed = 0
-    for k, fraction in enumerate(KILL_FRACTIONS):
+    for k in range(KILLS):
         cmd = command + (list(resume_extra) if k else [])
+        start_progress = progress()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + fraction * wall
+        deadline = time.time() + (0.5 * startup if k == 0 else 30 * startup)
         children = []
         while time.time() < deadline and proc.poll() is None:
             children = descendants(proc.pid) or children
-            time.sleep(0.02)
+            if k and progress() >= start_progress + step:
+                time.sleep(0.007 * k)
+                break
+            time.sleep(0.01)
         if proc.poll() is None:
             landed += 1
             proc.send_signal(signal.SIGKILL)
@@ -73,17 +89,20 @@ def voc(tmp_path_factory):
     return root
 
 
-def test_refine_killed_five_times_resumes_to_the_same_outputs(voc, tmp_path):
+def test_refine_killed_ten_times_resumes_to_the_same_outputs(voc, tmp_path):
     def command(out):
         return [sys.executable, "-m", "spl", "refine", "--images", str(voc / "images"), "--cams", str(voc / "cams"),
                 "--gt", str(voc / "gt"), "--out", str(out), "--device", "cpu", "--n-segments", "60", "--iters", "300",
                 "--batch-size", "2", "--workers", "2", "--save-scores", "--quiet"]
 
-    start = time.time()
-    assert subprocess.run(command(tmp_path / "whole"), stdout=subprocess.DEVNULL).returncode == 0
-    wall = time.time() - start
-    assert kill_and_resume(command(tmp_path / "killed"), wall) >= 3
     whole, killed = tmp_path / "whole", tmp_path / "killed"
+    timed_run(command(whole))
+    startup = timed_run(command(whole))  # every image done: start-up and evaluation only
+
+    def masks_written():
+        return len([f for f in os.listdir(killed) if f.endswith(".png")]) if killed.exists() else 0
+
+    assert kill_and_resume(command(killed), masks_written, 2, startup) >= KILLS - 1
     names = sorted(f for f in os.listdir(whole) if f.endswith((".png", ".npy")))
     assert len(names) == 48 and sorted(f for f in os.listdir(killed) if f.endswith((".png", ".npy"))) == names
     for f in names:
@@ -97,7 +116,7 @@ def test_refine_killed_five_times_resumes_to_the_same_outputs(voc, tmp_path):
     assert not (killed / "errors.jsonl").exists() or not (killed / "errors.jsonl").read_text().strip()
 
 
-def test_train_killed_five_times_resumes_to_the_same_weights(tmp_path):
+def test_train_killed_ten_times_resumes_to_the_same_weights(tmp_path):
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
     (data / "labels").mkdir()
@@ -113,11 +132,14 @@ def test_train_killed_five_times_resumes_to_the_same_weights(tmp_path):
                 "--crop-size", "48", "--batch-size", "2", "--lr", "0.02", "--device", "cpu", "--workers", "2",
                 "--n-segments", "40", "--max-iters", "40", "--checkpoint-every", "3", "--quiet"]
 
-    start = time.time()
-    assert subprocess.run(command(tmp_path / "whole"), stdout=subprocess.DEVNULL).returncode == 0
-    wall = time.time() - start
-    assert kill_and_resume(command(tmp_path / "killed"), wall, resume_extra=["--resume"]) >= 3
     whole, killed = tmp_path / "whole", tmp_path / "killed"
+    timed_run(command(whole))
+    startup = timed_run(command(whole) + ["--resume"])  # at its last iteration: nothing to train
+
+    def iterations_logged():
+        return len((killed / "train.log").read_text().splitlines()) if (killed / "train.log").exists() else 0
+
+    assert kill_and_resume(command(killed), iterations_logged, 4, startup, resume_extra=["--resume"]) >= KILLS - 1
     a = torch.load(whole / "model.pt", weights_only=True)
     b = torch.load(killed / "model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
