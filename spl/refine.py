@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import os
 import sys
 import time
@@ -372,6 +373,30 @@ def list_names(images: str, list_file: Optional[str]) -> List[str]:
     return sorted(os.path.splitext(f)[0] for f in os.listdir(images) if f.lower().endswith(IMAGE_EXTENSIONS))
 
 
+ASAM_OPTIONS = ("mode", "n_segments", "compactness", "iters", "steps", "alpha", "weight", "sigma_c", "beta", "hops",
+                "diffuse_iters", "diffuse_mix", "core", "edge_sigma")
+
+
+def _check_options(args, options) -> Optional[str]:
+    """A usage error in the options, found before any image is read (exit code 2), or None. The ASAM
+    options are checked by asam_refine itself, on a 8x8 image (one place owns their ranges): an option
+    out of range would otherwise fail every image, one line each in errors.jsonl."""
+    for name, low in (("batch_size", 1), ("workers", 0), ("num_classes", 1)):
+        if getattr(args, name) < low:
+            return f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}"
+    if not (math.isfinite(args.bg_threshold) and args.bg_threshold > 0):
+        return f"--bg-threshold must be a finite number > 0, got {args.bg_threshold}"
+    try:
+        asam.asam_refine(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(1, 1, 8, 8), **options)
+    except (TypeError, ValueError) as e:
+        message = str(e).removeprefix("asam_refine: ")
+        for k in options:  # "iters must be ..." -> "--iters must be ..."
+            if message.startswith((k + " ", k + ":")):
+                return f"--{k.replace('_', '-')}{message[len(k):]}"
+        return message
+    return None
+
+
 def run_refine(args) -> int:
     rank, world, local = _distributed()
     if args.device is None:
@@ -384,6 +409,11 @@ def run_refine(args) -> int:
         if not os.path.isdir(getattr(args, name)):
             print(f"spl refine: --{name} {getattr(args, name)} is not a folder", file=sys.stderr)
             return 2
+    options = {k: getattr(args, k) for k in ASAM_OPTIONS}
+    problem = _check_options(args, options)
+    if problem is not None:
+        print(f"spl refine: {problem}", file=sys.stderr)
+        return 2
     problem = prepare_output(args.out, "spl refine")
     errors_path = os.path.join(args.out, "errors.jsonl" if world == 1 else f"errors.rank{rank}.jsonl")
     if problem is None and os.path.isdir(errors_path):
@@ -399,9 +429,6 @@ def run_refine(args) -> int:
     names = list_names(args.images, args.list)
     mine = names[rank::world]
     _remove_stale_temporaries(args.out, mine + (["eval"] if rank == 0 else []))
-    options = {k: getattr(args, k) for k in ("mode", "n_segments", "compactness", "iters", "steps", "alpha",
-                                             "weight", "sigma_c", "beta", "hops", "diffuse_iters", "diffuse_mix",
-                                             "core", "edge_sigma")}
     t = args.bg_threshold
     dataset = RefineDataset(mine, args.images, args.cams, args.format, args.num_classes, args.gt, args.out)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,

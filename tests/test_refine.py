@@ -206,6 +206,28 @@ def test_bad_arguments(dataset, tmp_path, capsys):
                   str(tmp_path / "o"), "--format", "jpeg"])
 
 
+@pytest.mark.parametrize("option, message", [
+    (("--iters", "-1"), "--iters must be in [0, 10000], got -1"),
+    (("--steps", "100000"), "--steps must be in [0, 10000]"),
+    (("--hops", "100"), "--hops must be in [1, 64]"),
+    (("--alpha", "2"), "--alpha must be a finite number"),
+    (("--n-segments", "0"), "--n-segments must be in [1,"),
+    (("--compactness", "nan"), "--compactness must be a finite number > 0.0"),
+    (("--edge-sigma", "-1"), "--edge-sigma must be a finite number > 0.0"),
+    (("--bg-threshold", "0"), "--bg-threshold must be a finite number > 0"),
+    (("--batch-size", "0"), "--batch-size must be at least 1"),
+    (("--workers", "-1"), "--workers must be at least 0"),
+])
+def test_bad_options_stop_before_any_image(dataset, tmp_path, capsys, option, message):
+    """An option out of range is one usage error (exit code 2) before anything is read or written,
+    not a failure of every image (one errors.jsonl line each, exit code 1)."""
+    out = tmp_path / "out"
+    assert refine(dataset, out, *option) == 2
+    err = capsys.readouterr().err
+    assert f"spl refine: {message}" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_one_bad_item_never_fails_its_batch(dataset, tmp_path, monkeypatch):
     """A CAM with a zero-size dimension is rejected by the reader; an image whose refinement fails
     is retried alone, so the other images of its batch are refined (issue 19: 2 valid images lost)."""
