@@ -1,5 +1,6 @@
 // sparse_propagate on the CPU: s^{t+1} = alpha * T s^t + (1 - alpha) * x for `iters` rounds, T given
-// as CSR off-diagonal values plus a diagonal. Rows in parallel within a round; each output element
+// as CSR off-diagonal values plus a diagonal. The images of a batch in parallel, each running all
+// its rounds (one large image: rows in parallel within a round); each output element
 // sums its terms in a fixed order (diagonal first, then the row's edges in CSR order), so results
 // do not depend on the thread count. The backward stores every state s^0 .. s^{iters-1}, then runs
 // the rounds in reverse with T^T (the reverse edge of (i, j) is found in row j by binary search: the
@@ -17,13 +18,16 @@
 #include <atomic>
 #include <tuple>
 
+#include "ops/cpu/parallel.h"
 #include "ops/graph.h"
 
 namespace spl {
 namespace cpu {
 namespace {
 
-constexpr int64_t kGrain = 64;
+// Estimated single-thread cost of one (row or edge) x channel term of a round (parallel.h: only
+// decides the splitting).
+constexpr double kEdgeNs = 0.6;
 
 // Checks indptr, node_offset and that every edge stays inside the image of its row.
 void check_structure(const char* op, const at::Tensor& indptr, const at::Tensor& indices,
@@ -37,11 +41,9 @@ void check_structure(const char* op, const at::Tensor& indptr, const at::Tensor&
   for (int64_t b = 0; ok && b < B; ++b) ok = off[b + 1] >= off[b];
   std::atomic<bool> inside{true};
   if (ok) {
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        for (int64_t e = ip[off[b]]; e < ip[off[b + 1]]; ++e) {
-          if (ix[e] < off[b] || ix[e] >= off[b + 1]) inside = false;
-        }
+    parallel_items(B, kScanNs * static_cast<double>(E) / std::max<int64_t>(B, 1), [&](int64_t b) {
+      for (int64_t e = ip[off[b]]; e < ip[off[b + 1]]; ++e) {
+        if (ix[e] < off[b] || ix[e] >= off[b + 1]) inside = false;
       }
     });
   }
@@ -80,6 +82,9 @@ at::Tensor sparse_propagate_cpu(const at::Tensor& indptr, const at::Tensor& indi
   at::Tensor out = xc.clone();
   if (iters == 0 || xc.numel() == 0) return out;
   at::Tensor other = at::empty_like(xc);
+  const int64_t* ipp = ip.const_data_ptr<int64_t>();
+  const int64_t* ixp = ix.const_data_ptr<int64_t>();
+  const int64_t* offp = off.const_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "sparse_propagate_cpu", [&] {
     // Ping-pong so that the last round writes into `out`.
     scalar_t* buf[2] = {out.mutable_data_ptr<scalar_t>(), other.mutable_data_ptr<scalar_t>()};
@@ -87,14 +92,25 @@ at::Tensor sparse_propagate_cpu(const at::Tensor& indptr, const at::Tensor& indi
       std::swap(buf[0], buf[1]);
       std::copy(xc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>() + N * C, buf[0]);
     }
-    for (int64_t t = 0; t < iters; ++t) {
-      const scalar_t* src = buf[t % 2];
-      scalar_t* dst = buf[1 - t % 2];
-      at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
-        propagate_rows<scalar_t>(begin, end, C, ip.const_data_ptr<int64_t>(), ix.const_data_ptr<int64_t>(),
-                                 ev.const_data_ptr<scalar_t>(), sv.const_data_ptr<scalar_t>(), src,
-                                 xc.const_data_ptr<scalar_t>(), static_cast<scalar_t>(alpha), dst);
-      });
+    auto rounds = [&](int64_t t0, int64_t t1, int64_t begin, int64_t end) {  // rows [begin, end), rounds [t0, t1)
+      for (int64_t t = t0; t < t1; ++t) {
+        propagate_rows<scalar_t>(begin, end, C, ipp, ixp, ev.const_data_ptr<scalar_t>(), sv.const_data_ptr<scalar_t>(),
+                                 buf[t % 2], xc.const_data_ptr<scalar_t>(), static_cast<scalar_t>(alpha),
+                                 buf[1 - t % 2]);
+      }
+    };
+    const int64_t B = off.size(0) - 1;
+    const double image_round_ns = static_cast<double>(N + ix.size(0)) * C * kEdgeNs / std::max<int64_t>(B, 1);
+    if (B > 1 || image_round_ns * iters < kInlineNs) {
+      // Edges never leave their image: each image runs all its rounds on one thread, no barrier
+      // between rounds (and graphs that fit in cache stay on the calling thread).
+      parallel_items(B, image_round_ns * iters, [&](int64_t b) { rounds(0, iters, offp[b], offp[b + 1]); });
+    } else {
+      // One large graph: its rows are shared among threads, a region (and a barrier) per round.
+      const double row_ns = image_round_ns / std::max<int64_t>(N, 1);
+      for (int64_t t = 0; t < iters; ++t) {
+        parallel_work(N, row_ns, [&](int64_t begin, int64_t end) { rounds(t, t + 1, begin, end); });
+      }
     }
   });
   return out;
@@ -123,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_propagate_backward_cpu(
   at::Tensor rev_t = at::empty({E}, ip_t.options());
   int64_t* rev = rev_t.mutable_data_ptr<int64_t>();
   std::atomic<bool> symmetric{true};
-  at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+  parallel_work(N, 20.0 * static_cast<double>(E) / std::max<int64_t>(N, 1), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       for (int64_t e = ip[i]; e < ip[i + 1]; ++e) {
         const int64_t j = ix[e];
@@ -148,46 +164,61 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_propagate_backward_cpu(
     at::Tensor states_t = at::empty({iters, N, C}, xc.options());
     scalar_t* states = states_t.mutable_data_ptr<scalar_t>();
     std::copy(xp, xp + N * C, states);
-    for (int64_t t = 0; t + 1 < iters; ++t) {
-      at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
-        propagate_rows<scalar_t>(begin, end, C, ip, ix, ev, sv, states + t * N * C, xp, a, states + (t + 1) * N * C);
-      });
-    }
     at::Tensor g_t = grad.contiguous().clone(), gn_t = at::empty_like(xc);
-    scalar_t* g = g_t.mutable_data_ptr<scalar_t>();
-    scalar_t* gn = gn_t.mutable_data_ptr<scalar_t>();
     scalar_t* ge = grad_edge.mutable_data_ptr<scalar_t>();
     scalar_t* gs = grad_self.mutable_data_ptr<scalar_t>();
     scalar_t* dx = grad_x.mutable_data_ptr<scalar_t>();
-    for (int64_t t = iters - 1; t >= 0; --t) {
+    auto forward = [&](int64_t t, int64_t begin, int64_t end) {  // s^{t+1} of rows [begin, end)
+      propagate_rows<scalar_t>(begin, end, C, ip, ix, ev, sv, states + t * N * C, xp, a, states + (t + 1) * N * C);
+    };
+    // Round t backwards for rows [begin, end): reads the gradient g (of s^{t+1}), writes gn (of s^t).
+    auto backward = [&](int64_t t, int64_t begin, int64_t end) {
       const scalar_t* s = states + t * N * C;
-      at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const scalar_t* gi = g + i * C;
-          scalar_t dot = 0;
-          for (int64_t c = 0; c < C; ++c) dot += gi[c] * s[i * C + c];
-          gs[i] += a * dot;
-          scalar_t* out = gn + i * C;
-          for (int64_t c = 0; c < C; ++c) out[c] = sv[i] * gi[c];
-          for (int64_t e = ip[i]; e < ip[i + 1]; ++e) {
-            const scalar_t* sj = s + ix[e] * C;
-            const scalar_t* gj = g + ix[e] * C;
-            const scalar_t back = ev[rev[e]];
-            scalar_t d = 0;
-            for (int64_t c = 0; c < C; ++c) {
-              d += gi[c] * sj[c];
-              out[c] += back * gj[c];
-            }
-            ge[e] += a * d;
-          }
+      const scalar_t* g = (iters - 1 - t) % 2 == 0 ? g_t.const_data_ptr<scalar_t>() : gn_t.const_data_ptr<scalar_t>();
+      scalar_t* gn = (iters - 1 - t) % 2 == 0 ? gn_t.mutable_data_ptr<scalar_t>() : g_t.mutable_data_ptr<scalar_t>();
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t* gi = g + i * C;
+        scalar_t dot = 0;
+        for (int64_t c = 0; c < C; ++c) dot += gi[c] * s[i * C + c];
+        gs[i] += a * dot;
+        scalar_t* out = gn + i * C;
+        for (int64_t c = 0; c < C; ++c) out[c] = sv[i] * gi[c];
+        for (int64_t e = ip[i]; e < ip[i + 1]; ++e) {
+          const scalar_t* sj = s + ix[e] * C;
+          const scalar_t* gj = g + ix[e] * C;
+          const scalar_t back = ev[rev[e]];
+          scalar_t d = 0;
           for (int64_t c = 0; c < C; ++c) {
-            dx[i * C + c] += keep * gi[c];
-            out[c] *= a;
+            d += gi[c] * sj[c];
+            out[c] += back * gj[c];
           }
+          ge[e] += a * d;
         }
+        for (int64_t c = 0; c < C; ++c) {
+          dx[i * C + c] += keep * gi[c];
+          out[c] *= a;
+        }
+      }
+    };
+    const int64_t* offp = off.const_data_ptr<int64_t>();
+    const int64_t B = off.size(0) - 1;
+    const double image_round_ns = 3.0 * static_cast<double>(N + E) * C * kEdgeNs / std::max<int64_t>(B, 1);
+    if (B > 1 || image_round_ns * iters < kInlineNs) {  // as the forward: each image all its rounds
+      parallel_items(B, image_round_ns * iters, [&](int64_t b) {
+        for (int64_t t = 0; t + 1 < iters; ++t) forward(t, offp[b], offp[b + 1]);
+        for (int64_t t = iters - 1; t >= 0; --t) backward(t, offp[b], offp[b + 1]);
       });
-      std::swap(g, gn);
+    } else {
+      const double row_ns = image_round_ns / std::max<int64_t>(N, 1);
+      for (int64_t t = 0; t + 1 < iters; ++t) {
+        parallel_work(N, row_ns, [&](int64_t begin, int64_t end) { forward(t, begin, end); });
+      }
+      for (int64_t t = iters - 1; t >= 0; --t) {
+        parallel_work(N, row_ns, [&](int64_t begin, int64_t end) { backward(t, begin, end); });
+      }
     }
+    // After `iters` rounds the gradient of s^0 is in g_t when iters is even, else in gn_t.
+    const scalar_t* g = iters % 2 == 0 ? g_t.const_data_ptr<scalar_t>() : gn_t.const_data_ptr<scalar_t>();
     for (int64_t k = 0; k < N * C; ++k) dx[k] += g[k];
   });
   return {grad_edge, grad_self, grad_x};

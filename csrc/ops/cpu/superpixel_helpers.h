@@ -4,24 +4,26 @@
 #include "ops/check.h"
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/aminmax.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 
+#include "ops/cpu/parallel.h"
 #include "ops/superpixel_pool.h"
 
 namespace spl {
 namespace cpu {
 
-// Raises a ValueError unless every label is in [-1, num_superpixels).
+// Raises a ValueError unless every label is in [-1, num_superpixels). labels is contiguous. One
+// pass on the calling thread (or a few chunks in one region for very large batches): at::aminmax
+// would open a region of its own per call, costly on a busy machine.
 inline void check_label_range(const char* op, const at::Tensor& labels, int64_t num_superpixels) {
-  if (labels.numel() == 0) return;
-  const auto [lo, hi] = at::aminmax(labels);
-  const int64_t min = lo.item<int64_t>(), max = hi.item<int64_t>();
+  const int64_t n = labels.numel();
+  if (n == 0) return;
+  const auto [min, max] = min_max(labels.const_data_ptr<int64_t>(), n);
   SPL_CHECK_VALUE(min >= -1 && max < num_superpixels, op, ": ", label_range_message(), ", with num_superpixels = ",
-                    num_superpixels, "; got values in [", min, ", ", max, "]");
+                  num_superpixels, "; got values in [", min, ", ", max, "]");
 }
 
 // Class histogram of one image: hist[k * num_classes + y] += 1 for labelled pixels of superpixel k.
@@ -48,7 +50,7 @@ void gather_by_label(const scalar_t* values, const int64_t* labels, int64_t B, i
                      scalar_t* out) {
   constexpr int64_t kTile = 2048;
   const int64_t tiles = (HW + kTile - 1) / kTile;
-  at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
+  parallel_work(B * tiles, static_cast<double>(kTile * C) * kGatherNs, [&](int64_t begin, int64_t end) {
     for (int64_t bt = begin; bt < end; ++bt) {
       const int64_t b = bt / tiles, p0 = (bt % tiles) * kTile, p1 = std::min(HW, p0 + kTile);
       const int64_t* lb = labels + b * HW;

@@ -1,7 +1,6 @@
 // superpixel_pool on the CPU: one task per (image, channel), summed in a fixed order (double
 // accumulators), so the result is deterministic and independent of the thread count.
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -19,13 +18,16 @@ namespace spl {
 namespace cpu {
 namespace {
 
+// Estimated single-thread cost per pixel of one plane (parallel.h: only decides the splitting).
+constexpr double kCountNs = 0.8, kPoolNs = 1.6, kScatterNs = 1.5;
+
 // Pixel counts of each superpixel, [B, K].
 at::Tensor superpixel_counts(const at::Tensor& labels, int64_t K) {
   const int64_t B = labels.size(0), HW = labels.size(1) * labels.size(2);
   at::Tensor counts = at::zeros({B, K}, labels.options());
   const int64_t* l = labels.const_data_ptr<int64_t>();
   int64_t* n = counts.mutable_data_ptr<int64_t>();
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+  parallel_work(B, static_cast<double>(HW) * kCountNs, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t p = 0; p < HW; ++p) {
         const int64_t k = l[b * HW + p];
@@ -39,7 +41,7 @@ at::Tensor superpixel_counts(const at::Tensor& labels, int64_t K) {
 template <typename scalar_t>
 void pool_forward(const scalar_t* x, const int64_t* labels, const int64_t* counts, int64_t B, int64_t C, int64_t HW,
                   int64_t K, PoolReduce reduce, scalar_t* out, int64_t* argmax) {
-  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+  parallel_work(B * C, static_cast<double>(HW) * kPoolNs, [&](int64_t begin, int64_t end) {
     std::vector<double> acc(K), lanes(4 * K);
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t b = bc / C;
@@ -128,7 +130,7 @@ at::Tensor superpixel_pool_backward_cpu(const at::Tensor& grad, const at::Tensor
     const int64_t* a = ac.const_data_ptr<int64_t>();
     scalar_t* out = grad_x.mutable_data_ptr<scalar_t>();
     if (reduce == PoolReduce::kMax) {
-      at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+      parallel_work(B * C, static_cast<double>(K) * kScatterNs, [&](int64_t begin, int64_t end) {
         for (int64_t bc = begin; bc < end; ++bc) {
           const scalar_t* gk = gp + bc * K;
           scalar_t* o = out + bc * HW;
@@ -143,7 +145,7 @@ at::Tensor superpixel_pool_backward_cpu(const at::Tensor& grad, const at::Tensor
     if (reduce == PoolReduce::kMean) {
       values = at::empty_like(g);
       scalar_t* v = values.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+      parallel_work(B * C, static_cast<double>(K) * kScatterNs, [&](int64_t begin, int64_t end) {
         for (int64_t bc = begin; bc < end; ++bc) {
           const int64_t* n = a + (bc / C) * K;
           for (int64_t k = 0; k < K; ++k) {
