@@ -26,16 +26,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out_dir=args.out, device=args.device)
 
 
+def _keeping_threads(run, args) -> int:
+    """The drivers set the process's intra-op threads (--threads); a caller in the same process (a
+    test, a notebook) gets its own setting back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _cmd_refine(args: argparse.Namespace) -> int:
     from .refine import run_refine
 
-    return run_refine(args)
+    return _keeping_threads(run_refine, args)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import run_train
 
-    return run_train(args)
+    return _keeping_threads(run_train, args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

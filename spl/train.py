@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from . import models, ops
 from .losses import SuperpixelConsistencyLoss
 from .metrics import ConfusionMatrix
-from .refine import (IMAGE_EXTENSIONS, atomic_write, die_with_parent, find_file, list_names, read_image,
-                     read_label_png)
+from .refine import (IMAGE_EXTENSIONS, atomic_write, budget_threads, die_with_parent, find_file, list_names,
+                     read_image, read_label_png)
 
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -247,6 +247,9 @@ def _train(args) -> int:
     superpixels = None if args.superpixels == "auto" else args.superpixels
     if superpixels is not None and not os.path.isdir(superpixels):
         raise TrainError(f"--superpixels {superpixels} is neither 'auto' nor a folder")
+    if args.threads is not None and args.threads < 1:
+        raise TrainError(f"--threads must be at least 1, got {args.threads}")
+    budget_threads(args.threads, world)
     names = list_names(args.images, args.list)
     if not names:
         raise TrainError(f"--list {args.list} names no image")
@@ -413,6 +416,9 @@ def add_arguments(p) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads of the main process (each worker runs one); default: the CPUs this "
+                        "process may use, shared among a torchrun job's processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)

@@ -217,6 +217,7 @@ def test_bad_arguments(dataset, tmp_path, capsys):
     (("--bg-threshold", "0"), "--bg-threshold must be a finite number > 0"),
     (("--batch-size", "0"), "--batch-size must be at least 1"),
     (("--workers", "-1"), "--workers must be at least 0"),
+    (("--threads", "0"), "--threads must be at least 1"),
 ])
 def test_bad_options_stop_before_any_image(dataset, tmp_path, capsys, option, message):
     """An option out of range is one usage error (exit code 2) before anything is read or written,
@@ -331,3 +332,25 @@ def test_killed_refine_leaves_no_orphaned_workers(dataset, tmp_path):
         time.sleep(0.1)
     orphans = [w for w in workers if alive(w)]
     assert not orphans, f"orphaned workers: {orphans}"
+
+
+def test_threads_option_sets_the_main_process_threads_and_gives_them_back(dataset, tmp_path, monkeypatch):
+    from spl import refine as refine_module
+
+    seen = []
+    real = refine_module.budget_threads
+
+    def spy(threads, world=1):
+        seen.append(real(threads, world))
+        seen.append(torch.get_num_threads())
+        return seen[-1]
+
+    monkeypatch.setattr(refine_module, "budget_threads", spy)
+    before = torch.get_num_threads()
+    assert refine(dataset, tmp_path / "a", "--threads", "1") == 0
+    assert seen == [1, 1] and torch.get_num_threads() == before
+    seen.clear()
+    monkeypatch.setattr(refine_module, "available_cpus", lambda: 6)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert refine(dataset, tmp_path / "b") == 0
+    assert seen == [3, 3] and torch.get_num_threads() == before  # 6 CPUs shared by 2 processes

@@ -115,6 +115,11 @@ def test_bad_inputs(data, tmp_path, capsys):
     Image.fromarray(np.full((64, 64), 30, np.uint8), mode="L").save(bad / "im3.png")
     assert train(data, tmp_path / "o3", "--max-iters", "8", labels=bad) == 2
     assert "class index 30 >= num_classes 21" in capsys.readouterr().err
+    threads = torch.get_num_threads()
+    assert train(data, tmp_path / "o5", "--max-iters", "2", "--threads", "0") == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+    assert train(data, tmp_path / "o6", "--max-iters", "2", "--threads", "1") == 0
+    assert torch.get_num_threads() == threads  # the caller's setting comes back
     assert cli.main(["train", "--images", str(data / "images"), "--pseudo-labels", str(data / "labels"),
                      "--list", str(tmp_path / "nolist.txt"), "--out", str(tmp_path / "o4")]) == 2
     with pytest.raises(SystemExit):
