@@ -26,9 +26,7 @@ superpixel scores go back to the pixels by ``superpixel_unpool``, or with ``edge
 """
 from __future__ import annotations
 
-import concurrent.futures
 import functools
-import inspect
 import math
 import warnings
 from typing import Optional, Sequence, Union
@@ -158,95 +156,34 @@ def cam_to_mask(cam: ArrayLike, bg_threshold: float, class_mask: Optional[ArrayL
 # (upsampling, gathers, maxima, fills) between its spl ops; torch splits each one statically among
 # its threads and ends it with a barrier. On a busy machine (DataLoader workers, another job) every
 # barrier waits for whichever thread the OS has descheduled: on 2 cores beside a busy torch
-# process, one VOC image took 716 ms with 2 threads against 80 ms with one, and a batch of 8 was
-# 1.8x slower with 2 threads than with one (benchmarks/RESULTS.md, contention). So on the CPU:
-#   - a call on at most INLINE_PIXELS pixels (about one VOC image) runs on the calling thread;
-#   - a batch runs its images side by side, one image per thread from a shared queue, each on one
-#     intra-op thread: no barrier inside an image, and a descheduled thread holds up only its own
-#     image. asam_refine is batch-invariant (tested), so this gives the batch's bits exactly;
-#   - one large image keeps torch's threads: its ops are large enough to pay for their regions.
+# process, one VOC image took 716 ms with 2 threads against 80 ms with one (benchmarks/RESULTS.md,
+# contention). So a CPU call on at most INLINE_PIXELS pixels (about one VOC image) runs on the
+# calling thread alone; on an idle machine that costs nothing measurable (48 vs 44 ms). Batches keep
+# torch's threads: running their images side by side on one thread each was steadier beside a busy
+# process but 20-30% slower on an idle one (Python threads contend), so it is not done.
 # torch.set_num_threads sets the calling thread's OpenMP thread count (each thread has its own), and
-# every change is undone before returning.
+# it is restored before returning.
 INLINE_PIXELS = 2**18
-_PER_IMAGE = ("image", "cam", "labels", "class_mask", "features")  # arguments with a batch dimension
 
 
-def _one_thread(work, *args, **kwargs):
-    threads = torch.get_num_threads()
-    if threads == 1:
-        return work(*args, **kwargs)
-    torch.set_num_threads(1)
-    try:
-        return work(*args, **kwargs)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _split_batch(arguments) -> int:
-    """The batch size when the call can run image by image (CPU tensors with one batch size, no
-    gradient to record), else 0: the call then runs as it is (and reports any mismatch itself)."""
-    image = arguments.get("image")
-    if not (isinstance(image, torch.Tensor) and image.dim() == 4 and image.device.type == "cpu"):
-        return 0
-    batch = image.shape[0]
-    for name in _PER_IMAGE:
-        x = arguments.get(name)
-        if x is None:
-            continue
-        if not (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dim() >= 1 and x.shape[0] == batch
-                and not x.requires_grad):
-            return 0
-    return batch
-
-
-def _images_side_by_side(refine):
-    """Wraps asam_refine with the CPU thread use described above."""
-    signature = inspect.signature(refine)
+def _small_calls_on_calling_thread(refine):
+    """Wraps asam_refine: a CPU call on at most INLINE_PIXELS pixels runs on the calling thread."""
 
     @functools.wraps(refine)
-    def wrapper(*args, **kwargs):
-        threads = torch.get_num_threads()
-        try:
-            arguments = signature.bind(*args, **kwargs).arguments
-        except TypeError:
-            return refine(*args, **kwargs)  # it raises the error
-        image = arguments.get("image")
-        if threads == 1 or torch.compiler.is_compiling() or not isinstance(image, (torch.Tensor, np.ndarray)):
-            return refine(*args, **kwargs)
+    def wrapper(image, *args, **kwargs):
         if isinstance(image, np.ndarray):
             small = image.size <= 3 * INLINE_PIXELS
-        else:
+        elif isinstance(image, torch.Tensor):
             small = image.device.type == "cpu" and image.dim() >= 3 and image.numel() <= image.shape[-3] * INLINE_PIXELS
-        if small:
-            return _one_thread(refine, *args, **kwargs)
-        batch = _split_batch(arguments)
-        if batch < 2:
-            return refine(*args, **kwargs)
-
-        def one_image(b):
-            one = dict(arguments)
-            for name in _PER_IMAGE:
-                if one.get(name) is not None:
-                    one[name] = one[name][b:b + 1]
-            with torch.no_grad():
-                return _one_thread(refine, **one)
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(threads, batch)) as pool:
-            futures = [pool.submit(one_image, b) for b in range(batch)]
-            try:
-                results = [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-        if arguments.get("return_labels"):
-            return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
-        return torch.cat(results)
+        else:
+            small = False
+        with ops._on_calling_thread(small):
+            return refine(image, *args, **kwargs)
 
     return wrapper
 
 
-@_images_side_by_side
+@_small_calls_on_calling_thread
 def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = None, *,
                 class_mask: Optional[ArrayLike] = None,
                 mode: str = ASAM_DEFAULTS["mode"],

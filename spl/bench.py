@@ -908,6 +908,10 @@ def tables(report: dict) -> str:
                              f"{_fmt_ms(r['ms_per_image'])} | {vs} | {floor} | {q} |")
         for n in report["notes"].get(workload, []):
             lines.append(f"- {n}")
+    if report.get("contention"):
+        from .bench_contention import contention_table
+
+        lines += [""] + contention_table(report["contention"])
     if report["skipped"]:
         lines.append("\nskipped: " + "; ".join(report["skipped"]))
     return "\n".join(lines)
@@ -1044,6 +1048,8 @@ def merge_reports(paths: Sequence[str]) -> dict:
         merged["scaling"] += r.get("scaling", [])
         merged["skipped"] += r.get("skipped", [])
         merged["seconds"] += r.get("seconds", 0.0)
+        if r.get("contention"):
+            merged["contention"] = r["contention"]  # the last run's, whole (its rows are side by side)
         for k, v in r.get("notes", {}).items():
             merged["notes"].setdefault(k, []).extend(n for n in v if n not in merged["notes"].get(k, []))
     return merged
@@ -1087,6 +1093,8 @@ def run_bench(args) -> int:
             raise BenchError(f"--device must be cpu or cuda, got {device!r}")
         if device == "cuda" and not (torch.cuda.is_available() and ops.has_cuda_kernels()):
             raise BenchError("--device cuda: no CUDA GPU here, or spl was built without CUDA kernels")
+        if args.contention and device != "cpu":
+            raise BenchError("--contention measures the CPU kernels: use it with --device cpu")
         if args.scaling_only and not (args.scaling and {"W1", "W3"} & set(workloads)):
             raise BenchError("--scaling-only needs the sweeps (no --no-scaling) of W1 or W3 in --workload")
         voc = args.voc if args.voc is not None else default_voc()
@@ -1118,13 +1126,21 @@ def run_bench(args) -> int:
                   "arguments": {"workloads": workloads, "quick": args.quick, "peers": args.peers, "voc": voc,
                                 "synth": synth, "scaling": args.scaling},
                   "results": bench.rows, "scaling": bench.scaling, "skipped": bench.skipped, "notes": bench.notes,
-                  "seconds": time.perf_counter() - start}
+                  "contention": contention, "seconds": time.perf_counter() - start}
         with open(json_path + ".tmp", "w") as f:
             json.dump(report, f, indent=1)
         os.replace(json_path + ".tmp", json_path)
         return report
 
+    contention: dict = {}
     bench.progress = lambda: save(complete=False)
+    if args.contention:
+        from .bench_contention import run_contention
+
+        contention.update(run_contention(voc, args.quick))
+        written = write_outputs(save(complete=True), args.out)
+        print(f"\nspl bench: {time.perf_counter() - start:.0f} s; wrote " + ", ".join(written))
+        return 0
     stages = [] if args.scaling_only else \
         [{"W1": bench.w1, "W2": bench.w2, "W3": bench.w3, "refine": bench.refine}[w] for w in workloads]
     if args.scaling and "W1" in workloads:
@@ -1149,6 +1165,9 @@ def add_arguments(p) -> None:
     p.add_argument("--no-scaling", dest="scaling", action="store_false",
                    help="skip the sweeps over batch size, image size and K")
     p.add_argument("--scaling-only", action="store_true", help="only the sweeps (of W1: SLIC, of W3: ASAM)")
+    p.add_argument("--contention", action="store_true",
+                   help="instead of the workloads: every CPU workload idle, beside a busy torch process, and with one "
+                        "thread beside it, each in a fresh process (spl/bench_contention.py); --quick: two of them")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="combine the bench.json files of several runs on one "
                                                                "device into --out (tables, JSON, plots); runs nothing")
     p.add_argument("--voc", help="PASCAL VOC-style folder (JPEGImages, SegmentationClass) for the photos and the "

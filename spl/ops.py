@@ -7,6 +7,7 @@ trace the ops.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -559,6 +560,30 @@ def superpixel_adjacency(labels: torch.Tensor, num_superpixels) -> Graph:
     return Graph(indptr, indices, border, node_offset)
 
 
+@contextlib.contextmanager
+def _on_calling_thread(active: bool = True):
+    """While active, torch ops of the calling thread run on it alone (torch.set_num_threads(1), a
+    per-thread OpenMP setting, restored afterwards). For small work on the CPU: torch opens a
+    parallel region for many small ops (repeat_interleave even for a few thousand elements), and
+    on a busy machine each region's barrier waits for a descheduled thread (csrc/ops/cpu/parallel.h)."""
+    threads = torch.get_num_threads() if active and not torch.compiler.is_compiling() else 1
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# sparse_propagate's checks and transition (torch ops over the edges) for a graph of at most this
+# many nodes (some 3 million edges) run on the calling thread: a few ms at most, and torch would
+# open parallel regions for them (repeat_interleave even for a few thousand elements), each costly
+# on a busy machine. The kernel decides its own threads (csrc/ops/cpu/parallel.h).
+_GRAPH_INLINE_NODES = 2**19
+
+
 def _transition(graph: Graph, weight: torch.Tensor, self_weight: float):
     """T = D^-1 A with A = weight off the diagonal and self_weight on it: (edge values, diagonal).
     The row sums come from a segmented sum (one row at a time, in CSR order: deterministic, without
@@ -644,7 +669,17 @@ def sparse_propagate(graph: Graph, weight: torch.Tensor, x: torch.Tensor, iters:
     """
     fn = "sparse_propagate"
     _check_features(fn, x, 2)
-    _check_graph(fn, graph, x.device)
+    with _on_calling_thread(x.device.type == "cpu" and x.shape[0] <= _GRAPH_INLINE_NODES):
+        _check_graph(fn, graph, x.device)
+        edge_value, self_value, x_in = _propagate_inputs(fn, graph, weight, x, iters, alpha, self_weight,
+                                                         _check_weight)
+    out = torch.ops.spl.sparse_propagate(graph.indptr, graph.indices, graph.node_offset, edge_value, self_value, x_in,
+                                         int(iters), float(alpha))
+    return out.to(x.dtype)
+
+
+def _propagate_inputs(fn, graph, weight, x, iters, alpha, self_weight, check_weight):
+    """sparse_propagate's checks of its other arguments and its transition (edge and self values)."""
     if not isinstance(weight, torch.Tensor) or weight.dtype not in _FEATURE_DTYPES:
         raise TypeError(f"{fn}: weight must be a floating-point tensor")
     if weight.dim() != 1 or weight.shape[0] != graph.num_edges:
@@ -659,14 +694,12 @@ def sparse_propagate(graph: Graph, weight: torch.Tensor, x: torch.Tensor, iters:
     if not (float(self_weight) > 0.0 and math.isfinite(self_weight)):
         raise ValueError(f"{fn}: self_weight must be a finite number > 0, got {self_weight}")
     # (spl.asam_refine builds finite non-negative weights itself and skips this device sync.)
-    if _check_weight and not torch.compiler.is_compiling() and weight.numel() and not bool(
+    if check_weight and not torch.compiler.is_compiling() and weight.numel() and not bool(
             (torch.isfinite(weight) & (weight >= 0)).all()):
         raise ValueError(f"{fn}: weight must be finite and >= 0")
     dtype = x.dtype if x.dtype == torch.float64 else torch.float32
     edge_value, self_value = _transition(graph, weight.to(dtype), float(self_weight))
-    out = torch.ops.spl.sparse_propagate(graph.indptr, graph.indices, graph.node_offset, edge_value, self_value,
-                                         x.to(dtype), iters, float(alpha))
-    return out.to(x.dtype)
+    return edge_value, self_value, x.to(dtype)
 
 
 def _propagate_setup_context(ctx, inputs, output):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import spl
-from spl import reference
+from spl import ops, reference
 from conftest import collage, cpu_and_cuda, cuda_ok, needs_cuda
 
 
@@ -457,48 +457,32 @@ def two_threads():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("mode", ["meanfield", "diffusion"])
-def test_refine_runs_a_batch_image_by_image_with_the_same_bits(mode, monkeypatch, two_threads):
-    """On the CPU with several threads, a batch runs one image per thread (asam.py: how asam_refine
-    uses the CPU's threads); the result is the batched computation's, bit for bit, whatever the
-    arguments given per image, and the calling thread's thread count is unchanged afterwards."""
+def test_refine_small_calls_run_on_the_calling_thread(monkeypatch, two_threads):
+    """A CPU call on at most INLINE_PIXELS pixels runs with one intra-op thread (asam.py: how
+    asam_refine uses the CPU's threads), the caller's count restored afterwards, also after an error."""
     from spl import asam
 
-    pairs = [collage(seed, size=48) for seed in range(5)]
-    img = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).contiguous()
-    cam = torch.rand(5, 4, 12, 12, generator=torch.Generator().manual_seed(7))
-    present = torch.rand(5, 4, generator=torch.Generator().manual_seed(8)) > 0.3
-    labels = spl.slic(img, n_segments=60)
-    features = torch.rand(5, 6, 48, 48, generator=torch.Generator().manual_seed(9))
-    calls = [dict(n_segments=60), dict(labels=labels, class_mask=present), dict(class_mask=present, features=features,
-                                                                              return_labels=True)]
-    for kwargs in calls:
-        torch.set_num_threads(1)  # one thread: the plain batched computation
-        whole = spl.asam_refine(img, cam, mode=mode, **kwargs)
-        torch.set_num_threads(2)
-        monkeypatch.setattr(asam, "INLINE_PIXELS", 0)  # every call is "large": image by image
-        split = spl.asam_refine(img, cam, mode=mode, **kwargs)
-        monkeypatch.undo()
-        assert torch.get_num_threads() == 2
-        for a, b in zip(whole if isinstance(whole, tuple) else (whole,), split if isinstance(split, tuple) else (split,)):
-            assert torch.equal(a, b), kwargs
+    seen = []
+    real = ops._propagate
 
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
 
-def test_refine_image_by_image_errors_and_gradients(monkeypatch, two_threads):
-    from spl import asam
-
-    monkeypatch.setattr(asam, "INLINE_PIXELS", 0)
-    img = torch.from_numpy(np.stack([collage(s, size=40)[0] for s in range(3)])).permute(0, 3, 1, 2).contiguous()
-    cam = torch.rand(3, 2, 10, 10)
-    cam[2, 1, 3, 3] = float("nan")  # the third image's CAM
+    monkeypatch.setattr(ops, "_propagate", spy)
+    img = torch.from_numpy(np.stack([collage(s, size=40)[0] for s in range(2)])).permute(0, 3, 1, 2).contiguous()
+    cam = torch.rand(2, 2, 10, 10)
+    small = spl.asam_refine(img, cam, n_segments=40)
+    assert set(seen) == {1} and torch.get_num_threads() == 2
+    seen.clear()
+    monkeypatch.setattr(asam, "INLINE_PIXELS", 100)  # now a large call: torch's threads
+    large = spl.asam_refine(img, cam, n_segments=40)
+    assert set(seen) == {2} and torch.equal(small, large)
+    monkeypatch.setattr(asam, "INLINE_PIXELS", 2**18)
+    cam[1, 1, 3, 3] = float("nan")
     with pytest.raises(ValueError, match="asam_refine: cam"):
         spl.asam_refine(img, cam, n_segments=40)
-    with pytest.raises(ValueError, match="cam has 2 images but image has 3"):  # the batched call's error
-        spl.asam_refine(img, cam[:2], n_segments=40)
     assert torch.get_num_threads() == 2
-    cam = torch.rand(3, 2, 10, 10, requires_grad=True)  # a gradient to record: one batched call
-    spl.asam_refine(img, cam, n_segments=40, mode="diffusion", edge_sigma=None).sum().backward()
-    assert cam.grad is not None and torch.isfinite(cam.grad).all()
 
 
 def test_cam_to_mask_by_hand():
