@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <utility>
 
 namespace spl {
@@ -36,6 +37,25 @@ constexpr int64_t kInlineNs = 8'000'000;
 // the counter is not contended, while chunks stay small enough to balance a descheduled thread.
 constexpr int64_t kChunkNs = 200'000;
 
+// The thresholds in force: the constants above, unless the environment variables SPL_INLINE_NS /
+// SPL_CHUNK_NS (read once) set others. The tests set both to 0, so that every parallel path runs on
+// their small inputs (tests/test_threads.py); nothing else should need them.
+inline int64_t threshold_from_env(const char* name, int64_t fallback) {
+  const char* value = std::getenv(name);
+  if (value == nullptr || *value == '\0') return fallback;
+  char* end = nullptr;
+  const long long parsed = std::strtoll(value, &end, 10);
+  return (*end == '\0' && parsed >= 0) ? static_cast<int64_t>(parsed) : fallback;
+}
+inline int64_t inline_ns() {
+  static const int64_t value = threshold_from_env("SPL_INLINE_NS", kInlineNs);
+  return value;
+}
+inline int64_t chunk_ns() {
+  static const int64_t value = threshold_from_env("SPL_CHUNK_NS", kChunkNs);
+  return value;
+}
+
 // Single-thread costs of the simplest passes (ns per element, measured on a 2-core AVX2 EPYC;
 // estimates only decide whether to split).
 constexpr double kScanNs = 0.3;    // reading an int64 (a min / max)
@@ -49,12 +69,12 @@ void parallel_work(int64_t n, double ns_per_unit, const F& f) {
   if (n <= 0) return;
   const double total = static_cast<double>(n) * std::max(ns_per_unit, 0.0);
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  if (threads <= 1 || n == 1 || total < static_cast<double>(kInlineNs)) {
+  if (threads <= 1 || n == 1 || total < static_cast<double>(inline_ns())) {
     f(int64_t{0}, n);
     return;
   }
   const int64_t chunk = std::clamp<int64_t>(
-      static_cast<int64_t>(static_cast<double>(kChunkNs) / std::max(ns_per_unit, 1e-3)), 1, n);
+      static_cast<int64_t>(static_cast<double>(chunk_ns()) / std::max(ns_per_unit, 1e-3)), 1, n);
   const int64_t chunks = (n + chunk - 1) / chunk;
   const int64_t workers = std::min(threads, chunks);
   if (workers <= 1) {

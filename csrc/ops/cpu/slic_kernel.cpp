@@ -36,7 +36,7 @@ namespace spl {
 namespace {
 
 using namespace spl::slic_math;
-using cpu::kInlineNs;
+using cpu::inline_ns;
 using cpu::parallel_items;
 using cpu::parallel_work;
 
@@ -647,7 +647,10 @@ std::tuple<at::Tensor, at::Tensor> slic_cpu(const at::Tensor& image, int64_t n_s
   };
   auto run = [&](auto kc) {
     constexpr int kC = decltype(kc)::value;
-    if (B >= at::get_num_threads()) {  // each image all its iterations on one thread: no barrier between them
+    // Each image all its iterations on one thread, no barrier between them; the cells of an image
+    // shared among threads (a region per pass) only when there are fewer images than threads and
+    // an iteration of the batch is worth a region.
+    if (B >= at::get_num_threads() || assign_ns(cfg) * static_cast<double>(B) < static_cast<double>(inline_ns())) {
       parallel_items(B, cfg.iterations * assign_ns(cfg), [&](int64_t b) { slic_image<kC>(cfg, state(b), false); });
     } else {
       for (int64_t b = 0; b < B; ++b) slic_image<kC>(cfg, state(b), true);

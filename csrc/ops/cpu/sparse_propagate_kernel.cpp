@@ -50,6 +50,13 @@ void check_structure(const char* op, const at::Tensor& indptr, const at::Tensor&
   SPL_CHECK_VALUE(ok && inside.load(), op, ": ", graph_structure_message());
 }
 
+// Rows shared among threads within each round (a region, and a barrier, per round) only when there
+// are fewer images than threads and a round of the batch is worth a region; otherwise each image
+// runs all its rounds on one thread.
+bool rows_per_round(int64_t images, double image_round_ns) {
+  return images < at::get_num_threads() && image_round_ns * static_cast<double>(images) >= static_cast<double>(inline_ns());
+}
+
 // dst_i = alpha * (d_i src_i + sum_e v_e src_j) + (1 - alpha) * x_i for rows [begin, end).
 template <typename scalar_t>
 void propagate_rows(int64_t begin, int64_t end, int64_t C, const int64_t* ip, const int64_t* ix, const scalar_t* ev,
@@ -101,7 +108,7 @@ at::Tensor sparse_propagate_cpu(const at::Tensor& indptr, const at::Tensor& indi
     };
     const int64_t B = off.size(0) - 1;
     const double image_round_ns = static_cast<double>(N + ix.size(0)) * C * kEdgeNs / std::max<int64_t>(B, 1);
-    if (B > 1 || image_round_ns * iters < kInlineNs) {
+    if (!rows_per_round(B, image_round_ns)) {
       // Edges never leave their image: each image runs all its rounds on one thread, no barrier
       // between rounds (and graphs that fit in cache stay on the calling thread).
       parallel_items(B, image_round_ns * iters, [&](int64_t b) { rounds(0, iters, offp[b], offp[b + 1]); });
@@ -203,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_propagate_backward_cpu(
     const int64_t* offp = off.const_data_ptr<int64_t>();
     const int64_t B = off.size(0) - 1;
     const double image_round_ns = 3.0 * static_cast<double>(N + E) * C * kEdgeNs / std::max<int64_t>(B, 1);
-    if (B > 1 || image_round_ns * iters < kInlineNs) {  // as the forward: each image all its rounds
+    if (!rows_per_round(B, image_round_ns)) {  // as the forward: each image all its rounds
       parallel_items(B, image_round_ns * iters, [&](int64_t b) {
         for (int64_t t = 0; t + 1 < iters; ++t) forward(t, offp[b], offp[b + 1]);
         for (int64_t t = iters - 1; t >= 0; --t) backward(t, offp[b], offp[b + 1]);
