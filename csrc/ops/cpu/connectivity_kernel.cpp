@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -463,7 +464,7 @@ std::tuple<at::Tensor, at::Tensor> enforce_connectivity_cpu(const at::Tensor& la
     counts.zero_();
     return {out, counts};
   }
-  SPL_CHECK_VALUE(min_max(input.const_data_ptr<int64_t>(), input.numel()).first >= -1,
+  SPL_CHECK_VALUE(all_in_range(input.const_data_ptr<int64_t>(), input.numel(), -1, std::numeric_limits<int64_t>::max()),
                     "enforce_connectivity: labels must be >= -1 (-1 marks pixels outside every region)");
   const int64_t* in_ptr = input.const_data_ptr<int64_t>();
   int64_t* out_ptr = out.mutable_data_ptr<int64_t>();
