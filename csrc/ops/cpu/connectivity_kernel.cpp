@@ -16,6 +16,7 @@
 #include "ops/connectivity_common.h"
 #include "ops/cpu/target_clones.h"
 #include "ops/cpu/parallel.h"
+#include "ops/cpu/scratch_buffer.h"
 
 namespace spl {
 namespace cpu {
@@ -43,26 +44,6 @@ using connectivity::choice_target;
 // meaning of the bit alternates between rounds, so it is never cleared); -1 outside every region.
 constexpr uint32_t kIdBits = 0x7FFFFFFFu;
 constexpr uint32_t kSearchedBit = 0x80000000u;
-
-// Scratch memory of one thread, reused from call to call (fresh memory costs a page fault per page,
-// which here costs more than the algorithm itself), unless it grew beyond kMaxKeptBytes.
-// Buffers are not initialised, so only the part of a buffer that is written becomes resident.
-constexpr size_t kMaxKeptBytes = size_t{256} << 20;
-
-template <typename T>
-struct Buffer {
-  std::unique_ptr<T[]> data;
-  size_t capacity = 0;
-  T* get(int64_t n) {
-    if (static_cast<size_t>(n) > capacity) {
-      data.reset(), capacity = 0;  // the old buffer goes first: no moment holds both
-      data.reset(new T[n]), capacity = static_cast<size_t>(n);
-    }
-    return data.get();
-  }
-  size_t bytes() const { return capacity * sizeof(T); }
-  void release() { data.reset(), capacity = 0; }
-};
 
 // Border lengths between one group and each of its neighbour groups: an open-addressing table
 // (keys: group ids), load factor at most 1/2, cleared entry by entry after each group.

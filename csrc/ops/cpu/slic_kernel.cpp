@@ -25,6 +25,7 @@
 
 #include "ops/cpu/connectivity_kernel.h"
 #include "ops/cpu/parallel.h"
+#include "ops/cpu/scratch_buffer.h"
 #include "ops/cpu/target_clones.h"
 #include "ops/slic.h"
 #include "ops/slic_common.h"
@@ -88,22 +89,9 @@ inline void for_segments(const Cell& cell, int64_t start, int64_t n, F&& f) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Scratch memory reused from call to call. Fresh pages cost a page fault and zeroing each (about a
-// millisecond per 512x512 image here), more than a SLIC iteration; so each calling thread keeps
-// its buffers, unless they grew beyond kMaxKeptBytes.
-constexpr size_t kMaxKeptBytes = size_t{256} << 20;
-
-template <typename T>
-struct Buffer {
-  std::unique_ptr<T[]> data;
-  size_t capacity = 0;
-  T* get(int64_t n) {
-    if (static_cast<size_t>(n) > capacity) data.reset(new T[n]), capacity = static_cast<size_t>(n);
-    return data.get();
-  }
-  size_t bytes() const { return capacity * sizeof(T); }
-  void release() { data.reset(), capacity = 0; }
-};
+// Scratch memory reused from call to call (scratch_buffer.h).
+using cpu::Buffer;
+using cpu::kMaxKeptBytes;
 
 struct Workspace {
   Buffer<int32_t> q, labels;
