@@ -167,3 +167,35 @@ def test_profile_tool_runs_on_the_cpu():
                      "W3 asam_refine, SLIC included", "W3 asam_refine, superpixels given"):
         assert f"## {workload}: " in result.stdout
     assert "spl::sparse_propagate" in result.stdout and "spl::slic" in result.stdout
+
+
+def test_contention_workloads_and_report(monkeypatch, tmp_path):
+    """spl bench --contention: every workload runs and is timed in-process (what each child does);
+    the section pairs the three settings of each workload and size, and the table shows them."""
+    from spl import bench_contention as bc
+
+    threads = torch.get_num_threads()
+    try:
+        for name in bc.WORKLOADS:
+            r = bc.time_workload(name, 1, 1, None, budget_s=0.0)
+            assert r["calls"] == 5 and 0 < r["min_ms"] <= r["ms"] <= r["max_ms"] and r["threads"] == 1
+    finally:
+        torch.set_num_threads(threads)
+    fake = {None: 10.0, 1: 8.0}
+    monkeypatch.setattr(bc, "_child", lambda name, batch, threads, voc, budget: {
+        "ms": fake[threads] * batch, "min_ms": 1.0, "max_ms": 99.0, "calls": 5, "threads": threads or 2})
+    monkeypatch.setattr(bc.time, "sleep", lambda s: None)
+    section = bc.run_contention(None, quick=True, log=lambda line: None)
+    assert [(r["workload"], r["batch"]) for r in section["rows"]] == [("slic", 1), ("sparse_propagate", 1)]
+    assert all(r["busy_over_one_thread"] == pytest.approx(1.25) for r in section["rows"])
+    table = "\n".join(bc.contention_table(section))
+    assert "| slic | 1 | 10.0 ms (2) | 10.0 ms | 8.0 ms | 1.25 |" in table
+
+
+def test_contention_needs_the_cpu(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    from spl import ops
+
+    monkeypatch.setattr(ops, "has_cuda_kernels", lambda: True)
+    assert main(["bench", "--contention", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    assert "--contention measures the CPU kernels" in capsys.readouterr().err
