@@ -80,6 +80,22 @@ def test_adjacency_edge_cases(device):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+def test_adjacency_of_a_label_touching_thousands(device):
+    # One label around 2,500 one-pixel labels (a row of 2,500 distinct neighbours: the CPU kernel
+    # sorts long rows differently from short ones), beside ordinary blobs.
+    labels = torch.zeros(1, 101, 101, dtype=torch.int64)
+    labels[0, 1::2, 1::2] = torch.arange(1, 2501).view(50, 50)
+    blobs, k = random_labels(7, B=1, H=101, W=101, ignore=True)
+    labels = torch.cat([labels, torch.where(blobs >= 0, blobs + 2501, blobs)], 0).to(device)
+    counts = torch.tensor([2501, 2501 + int(k[0])], device=device)
+    g = spl.superpixel_adjacency(labels, counts)
+    ref = reference.superpixel_adjacency(labels, counts)
+    for got, want, name in zip(g, ref, ("indptr", "indices", "border", "node_offset")):
+        torch.testing.assert_close(got, want, msg=name)
+    assert int(g.indptr[1]) == 2500 and g.border[:2500].tolist() == [4] * 2500
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_adjacency_bad_inputs(device):
     labels, counts = random_labels(5, device=device)
     with pytest.raises(ValueError, match="labels of image"):
@@ -119,6 +135,25 @@ def test_propagate_matches_dense_reference(device, dtype, iters, alpha):
     assert out.dtype == dtype and out.shape == x.shape
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(out.double(), ref, **tol, msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("C", [1, 3, 4, 5, 7, 8, 12, 16, 21, 33, 42, 63, 70])
+def test_propagate_channel_counts(device, dtype, C):
+    # The CPU kernel blocks channels by vector widths (32, 16, 8, 4 floats, then one by one): every
+    # count goes through a different mix of blocks. Each channel's result must match the reference
+    # and be bit-identical to propagating that channel alone (the blocking never changes the order
+    # in which an element's terms are added).
+    seed = int(torch.randint(0, 10**6, (1,)))
+    g, w, x = random_graph(seed, device, dtype, C=C)
+    out = spl.sparse_propagate(g, w, x, 6, 0.8)
+    ref = reference.sparse_propagate(g.indptr, g.indices, w.double(), x.double(), 6, 0.8)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out.double(), ref, **tol, msg=f"seed {seed}")
+    for c in {0, C // 2, C - 1}:
+        alone = spl.sparse_propagate(g, w, x[:, c:c + 1].contiguous(), 6, 0.8)
+        assert torch.equal(alone[:, 0], out[:, c]), f"channel {c} of {C}, seed {seed}"
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -416,6 +451,22 @@ def test_refine_numpy_in_numpy_out():
     assert isinstance(mask, np.ndarray) and mask.shape == (64, 64) and mask.dtype == np.int64
     tensor_out = spl.asam_refine(torch.from_numpy(img_np).permute(2, 0, 1)[None], cam, n_segments=64)
     np.testing.assert_array_equal(out, tensor_out[0].numpy())
+
+
+def test_refine_numpy_read_only_and_big_endian():
+    # np.asarray of a PIL image is read-only (torch warns on such arrays), np.load may give big-endian
+    # data: the same result, no warning.
+    img, cam, _ = two_region_case()
+    img_np = (img[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    want = spl.asam_refine(img_np, cam[0].numpy(), n_segments=64)
+    img_np.flags.writeable = False
+    cam_be = cam[0].numpy().astype(">f4")
+    cam_be.flags.writeable = False
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = spl.asam_refine(img_np, cam_be, n_segments=64)
+    np.testing.assert_array_equal(got, want)
 
 
 @needs_cuda
