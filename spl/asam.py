@@ -54,6 +54,18 @@ THRESHOLDS = (0.02,) + tuple(round(0.05 * i, 2) for i in range(1, 20)) + (0.98,)
 _LOG_FLOOR = 1e-6  # probabilities below this count as this in the unary (log 0 is -inf)
 
 
+def _from_numpy(a: np.ndarray, dtype=None) -> torch.Tensor:
+    """A tensor over a NumPy array's memory where torch can use it: a copy for read-only arrays (e.g.
+    np.asarray of a PIL image: torch warns on them and may not write to them) and for non-native byte
+    order (which torch cannot read)."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    if not a.flags.writeable:
+        a = a.copy()
+    return torch.from_numpy(a)
+
+
 def _number(fn: str, name: str, value, low: float, high: float = math.inf, low_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
@@ -80,7 +92,7 @@ def _integer(fn: str, name: str, value, low: int, high: int = MAX_ROUNDS) -> int
 
 def _float_maps(fn: str, name: str, x, batch: Optional[int], device, check_finite: bool = True) -> torch.Tensor:
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        x = _from_numpy(x)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{fn}: {name} must be a tensor or NumPy array, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -102,7 +114,7 @@ def _class_mask(fn: str, class_mask, batch: int, channels: int, device) -> Optio
     if class_mask is None:
         return None
     if isinstance(class_mask, np.ndarray):
-        class_mask = torch.from_numpy(np.ascontiguousarray(class_mask))
+        class_mask = _from_numpy(class_mask)
     if not isinstance(class_mask, torch.Tensor) or class_mask.dtype != torch.bool:
         raise TypeError(f"{fn}: class_mask must be a bool tensor of shape [B, C]")
     if class_mask.dim() == 1:
@@ -138,7 +150,7 @@ def cam_to_mask(cam: ArrayLike, bg_threshold: float, class_mask: Optional[ArrayL
     fn = "cam_to_mask"
     numpy_in = isinstance(cam, np.ndarray)
     if numpy_in:
-        cam = torch.from_numpy(np.ascontiguousarray(cam))
+        cam = _from_numpy(cam)
         if cam.dim() != 3:
             raise ValueError(f"{fn}: a NumPy cam must have shape [C, H, W], got {list(cam.shape)}")
         cam = cam[None]
@@ -364,11 +376,14 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
         cam_slots = cam.float()
     else:
         slot_class = torch.argsort((~class_mask).to(torch.uint8), dim=1, stable=True)[:, :S]  # [B, S]
-        cam_slots = cam.gather(1, slot_class[:, :, None, None].expand(B, S, *cam.shape[2:])).float()
+        # Whole planes copied (index_select over [B * C] planes), not a gather with a per-pixel index.
+        plane = (torch.arange(B, device=device)[:, None] * C + slot_class).flatten()
+        cam_slots = cam.flatten(0, 1).index_select(0, plane).view(B, S, h, w).float()
     cam_slots = _upsample(cam_slots, H, W, fn, "cam")  # bilinear: stays within [low, high]
     if negative:  # negative scores count as 0
         cam_slots = cam_slots.clamp_min(0)
-    cam_slots = cam_slots * slot_valid[:, :, None, None]
+    if not present_classes.all():  # padding slots hold another class's plane (or a repeat): zeroed
+        cam_slots = cam_slots * slot_valid[:, :, None, None]
 
     nodes = _Nodes(counts, k_max, N)
     # Colour and CAM pooled in one call (one pass of the labels' counts and range check less; each
@@ -420,6 +435,9 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
         guide = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         slot_pixels = torch.ops.spl.edge_aware_unpool(per_slot, labels, guide, rgb_means.float().contiguous(),
                                                       edge_sigma, 1)
+    if present_classes.all():  # slots = planes (IRN-format CAMs: only the image's classes)
+        return (_numpy_out(slot_pixels, numpy_in), _numpy_out(labels, numpy_in)) if return_labels else \
+            _numpy_out(slot_pixels, numpy_in)
     out = torch.zeros(B, C, H, W, dtype=torch.float32, device=device)
     b_index, c_index = np.nonzero(present_classes)  # row-major: slot s of image b is its s-th class
     s_index = np.concatenate([np.arange(n) for n in present_classes.sum(1)]) if B else np.zeros(0, np.int64)
@@ -595,14 +613,14 @@ def _superpixels(fn, image, labels, n_segments, compactness):
 def _numpy_inputs(fn, image, cam, labels, class_mask, features):
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"{fn}: a NumPy image must have shape [H, W, 3], got {list(image.shape)}")
-    image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    image = _from_numpy(image).permute(2, 0, 1)[None]
     if not isinstance(cam, np.ndarray) or cam.ndim != 3:
         raise ValueError(f"{fn}: with a NumPy image, cam must be a NumPy array of shape [C, h, w]")
     cam = cam[None]
     if labels is not None:
         if not isinstance(labels, np.ndarray) or labels.ndim != 2:
             raise ValueError(f"{fn}: with a NumPy image, labels must be a NumPy array of shape [H, W]")
-        labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))[None]
+        labels = _from_numpy(labels, np.int64)[None]
     if isinstance(class_mask, np.ndarray) and class_mask.ndim == 1:
         class_mask = class_mask[None]
     if isinstance(features, np.ndarray) and features.ndim == 3:
