@@ -44,6 +44,12 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     return _keeping_threads(run_refine, args)
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import run_eval
+
+    return run_eval(args)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import run_train
 
@@ -76,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(torchrun); resumable, never loses work. See spl/refine.py.")
     add_arguments(p)
     p.set_defaults(func=_cmd_refine)
+
+    from . import evaluate
+
+    p = sub.add_parser("eval", help="score CAMs (any format) or label PNGs against ground truth; --curve sweeps t",
+                       description=evaluate.__doc__.split("\n\n")[0])
+    evaluate.add_arguments(p)
+    p.set_defaults(func=_cmd_eval)
 
     from . import train
 

@@ -9,13 +9,10 @@ image or CAM is reported as one JSON line in ``errors.jsonl`` and skipped; the e
 anything failed. Under ``torchrun`` each rank takes every world_size-th image of the list and its own
 GPU (``LOCAL_RANK``); rank 0 gathers the evaluation.
 
-CAM formats (``--format auto`` looks at each file):
-  irn    ``.npy`` dict with ``keys`` (0-based foreground class indices) and ``high_res`` (or ``cam``)
-         maps ``[n, h, w]``, as IRN / ReCAM write them.
-  eps    ``.npy`` dict {0-based foreground class index: map [h, w]}, as EPS / L2G / PSA write them.
-  array  ``.npy`` array ``[C, h, w]`` of foreground scores (C = --num-classes), or ``[C + 1, h, w]`` with
-         the background first (dropped).
-  png    label PNG (0 background, k for class k, 255 ignored): refined as one-hot scores.
+CAM formats (``--format auto`` looks at each file; spl/formats.py): IRN / ReCAM, AMN, CLIP-ES, EPS /
+L2G / PSA dicts, plain arrays and label PNGs, for PASCAL VOC (``--dataset voc``) or MS-COCO 2014
+(``--dataset coco``). ``--ignore-band LOW HIGH`` writes training pseudo-labels with 255 where the top
+foreground score lies between the two thresholds (IRN's conf_bg / conf_fg, ToCo's two thresholds).
 """
 from __future__ import annotations
 
@@ -25,7 +22,6 @@ import math
 import os
 import sys
 import time
-import zipfile
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -34,147 +30,9 @@ import torch
 from . import asam
 from .metrics import DEFAULT_THRESHOLDS, ConfusionMatrix, ThresholdSweep, confusion_matrix
 
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
-FORMATS = ("auto", "irn", "eps", "array", "png")
-
-
-def voc_palette() -> List[int]:
-    """The PASCAL VOC colour map (768 values), as the VOC devkit builds it."""
-    palette = []
-    for k in range(256):
-        r = g = b = 0
-        c = k
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading
-
-def find_file(folder: str, name: str, extensions) -> Optional[str]:
-    for ext in extensions:
-        path = os.path.join(folder, name + ext)
-        if os.path.isfile(path):
-            return path
-    return None
-
-
-def read_image(path: str) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()  # decodes the whole file now: a truncated file fails here, not later
-        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-            # 16-bit / 32-bit grayscale: PIL's convert("RGB") clips it to 255 (an all-white image).
-            # Scale its full range to 8 bits instead.
-            a = np.asarray(im, dtype=np.float64)
-            top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
-            gray = np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8)
-            return np.repeat(gray[:, :, None], 3, axis=2)
-        return np.array(im.convert("RGB"))  # a writable copy (torch tensors must not alias read-only memory)
-
-
-def read_label_png(path: str) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-        if im.mode not in ("P", "L"):
-            raise ValueError(f"{path}: a label PNG must be palette (P) or grayscale (L), got mode {im.mode}")
-        return np.asarray(im)
-
-
-def detect_format(path: str) -> str:
-    if path.lower().endswith(".png"):
-        return "png"
-    data = _load_npy(path)
-    if isinstance(data, dict):
-        return "irn" if "keys" in data else "eps"
-    return "array"
-
-
-def _load_npy(path: str):
-    try:
-        data = np.load(path, allow_pickle=True)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a readable .npy file ({e})") from None
-    if isinstance(data, np.ndarray) and data.dtype == object and data.shape == ():
-        data = data.item()
-    if not isinstance(data, (dict, np.ndarray)):
-        raise ValueError(f"{path}: expected a dict or an array, got {type(data).__name__}")
-    return data
-
-
-def _finite(path: str, scores: np.ndarray) -> np.ndarray:
-    scores = np.asarray(scores, dtype=np.float32)
-    if not np.isfinite(scores).all():
-        raise ValueError(f"{path}: the CAM holds NaN or infinite values")
-    return scores
-
-
-def read_cam(path: str, fmt: str, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(scores float32 [num_classes, h, w], present bool [num_classes]) from a CAM file."""
-    if fmt == "auto":
-        fmt = detect_format(path)
-    present = np.zeros(num_classes, bool)
-    if fmt == "png":
-        labels = read_label_png(path)
-        classes = [int(c) for c in np.unique(labels) if c not in (0, 255)]
-        if any(c > num_classes for c in classes):
-            raise ValueError(f"{path}: label {max(classes)} is not a class (1..{num_classes}, 0, 255)")
-        scores = np.zeros((num_classes,) + labels.shape, np.float32)
-        for c in classes:
-            scores[c - 1] = labels == c
-            present[c - 1] = True
-        return scores, present
-    data = _load_npy(path)
-    if fmt == "irn":
-        if not isinstance(data, dict) or "keys" not in data or not ({"high_res", "cam"} & set(data)):
-            raise ValueError(f"{path}: an IRN CAM must be a dict with 'keys' and 'high_res' (or 'cam')")
-        keys = np.asarray(data["keys"]).astype(np.int64).reshape(-1)
-        maps = _finite(path, data["high_res"] if "high_res" in data else data["cam"])
-        if maps.ndim != 3 or maps.shape[0] != keys.shape[0]:
-            raise ValueError(f"{path}: {keys.shape[0]} keys but maps of shape {list(maps.shape)}")
-        items = list(zip(keys.tolist(), maps))
-    elif fmt == "eps":
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: an EPS CAM must be a dict {{class index: map}}")
-        try:
-            items = [(int(k), _finite(path, v)) for k, v in data.items()]
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: an EPS CAM must map class indices to maps ({e})") from None
-        if any(v.ndim != 2 for _, v in items) or len({v.shape for _, v in items}) > 1:
-            raise ValueError(f"{path}: the maps of an EPS CAM must be 2-D and of one size")
-    elif fmt == "array":
-        if not isinstance(data, np.ndarray) or data.ndim != 3:
-            raise ValueError(f"{path}: an array CAM must have shape [C, H, W]")
-        maps = _finite(path, data)
-        if maps.shape[0] == num_classes + 1:
-            maps = maps[1:]  # background first
-        if maps.shape[0] != num_classes:
-            raise ValueError(f"{path}: an array CAM must have {num_classes} (or {num_classes + 1}) channels, "
-                             f"got {maps.shape[0]}")
-        return maps, maps.reshape(num_classes, -1).max(1) > 0
-    else:
-        raise ValueError(f"unknown CAM format {fmt!r} (one of {FORMATS})")
-    if not items:
-        return np.zeros((num_classes, 1, 1), np.float32), present
-    shape = items[0][1].shape
-    scores = np.zeros((num_classes,) + shape, np.float32)
-    for k, m in items:
-        if not 0 <= k < num_classes:
-            raise ValueError(f"{path}: class index {k} outside [0, {num_classes})")
-        scores[k] = m
-        present[k] = True
-    return scores, present
+# Re-exported: the names drivers and tests know spl.refine by.
+from .formats import (DATASETS, FORMATS, IGNORE, IMAGE_EXTENSIONS, VOC_CLASSES, class_names, detect_format,  # noqa: F401
+                      find_file, list_names, read_cam, read_image, read_label_png, to_image_grid, voc_palette)
 
 
 class RefineDataset(torch.utils.data.Dataset):
@@ -206,18 +64,18 @@ class RefineDataset(torch.utils.data.Dataset):
             path = find_file(self.cams, name, exts)
             if path is None:
                 raise FileNotFoundError(f"no CAM {name}{'/'.join(exts)} in {self.cams}")
-            scores, present = read_cam(path, self.fmt, self.num_classes)
+            cam = read_cam(path, self.fmt, self.num_classes)
+            present = cam.present
             H, W = item["image"].shape[:2]
-            h, w = scores.shape[1:]
-            if present.any() and (h > H or w > W or h < 1 or w < 1):
-                raise ValueError(f"{path}: CAM of {h}x{w} for an image of {H}x{W}; a CAM must have the image's size "
-                                 "or a smaller one, at least 1x1")
-            if present.any() and not np.isfinite(scores[present]).all():
+            if present.any() and not np.isfinite(cam.scores[present]).all():
                 raise ValueError(f"{path}: the CAM holds NaN or infinite scores")
             # Only the present classes' maps travel, as tensors (shared memory, not a pickle through
             # the loader's pipe): a dense 20-class VOC CAM is 15 MB, its two or three classes ~2 MB.
             # The absent classes are masked out everywhere downstream, so dropping them changes nothing.
-            item["cam"] = torch.from_numpy(np.ascontiguousarray(scores[present]))
+            # Stride-4 maps (IRN's "cam") are brought to the image's grid here; smaller maps are
+            # upsampled on the device.
+            item["cam"] = to_image_grid(path, torch.from_numpy(np.ascontiguousarray(cam.scores[present])), cam.stride,
+                                        H, W)
             item["present"] = present
             item["image"] = torch.from_numpy(item["image"])
             if self.gt is not None:
@@ -386,14 +244,6 @@ def _distributed():
     return dist.get_rank(), dist.get_world_size(), local
 
 
-def list_names(images: str, list_file: Optional[str]) -> List[str]:
-    if list_file:
-        with open(list_file) as f:
-            names = [line.split()[0] for line in f if line.strip() and not line.startswith("#")]
-        return [os.path.splitext(os.path.basename(n))[0] for n in names]
-    return sorted(os.path.splitext(f)[0] for f in os.listdir(images) if f.lower().endswith(IMAGE_EXTENSIONS))
-
-
 ASAM_OPTIONS = ("mode", "n_segments", "compactness", "iters", "steps", "alpha", "weight", "sigma_c", "beta", "hops",
                 "diffuse_iters", "diffuse_mix", "core", "edge_sigma")
 
@@ -404,6 +254,10 @@ def _check_options(args, options) -> Optional[str]:
     out of range would otherwise fail every image, one line each in errors.jsonl."""
     if args.threads is not None and args.threads < 1:
         return f"--threads must be at least 1, got {args.threads}"
+    if args.ignore_band is not None:
+        low, high = args.ignore_band
+        if not (math.isfinite(low) and math.isfinite(high) and 0 <= low < high):
+            return f"--ignore-band LOW HIGH must be finite numbers with 0 <= LOW < HIGH, got {low} {high}"
     for name, low in (("batch_size", 1), ("workers", 0), ("num_classes", 1)):
         if getattr(args, name) < low:
             return f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}"
@@ -432,6 +286,8 @@ def run_refine(args) -> int:
         if not os.path.isdir(getattr(args, name)):
             print(f"spl refine: --{name} {getattr(args, name)} is not a folder", file=sys.stderr)
             return 2
+    if args.num_classes is None:
+        args.num_classes = len(DATASETS[args.dataset]) - 1
     options = {k: getattr(args, k) for k in ASAM_OPTIONS}
     problem = _check_options(args, options)
     if problem is not None:
@@ -457,13 +313,17 @@ def run_refine(args) -> int:
     dataset = RefineDataset(mine, args.images, args.cams, args.format, args.num_classes, args.gt, args.out)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
                                          collate_fn=_collate, shuffle=False, worker_init_fn=die_with_parent)
-    palette = voc_palette()
+    palette = voc_palette()  # 256 distinct colours: VOC's 21 and COCO's 81 classes, 255 ignored
     before, after = ConfusionMatrix(args.num_classes + 1), ConfusionMatrix(args.num_classes + 1)
     # With --gt, the WSSS protocol's curves: mIoU against the background threshold, raw and refined.
     thresholds = tuple(sorted(set(DEFAULT_THRESHOLDS) | {float(t)}))
     curve_before = ThresholdSweep(thresholds, args.num_classes + 1)
     curve_after = ThresholdSweep(thresholds, args.num_classes + 1)
     failed = refined = skipped = 0
+    unscored = 0  # finished images of an earlier --ignore-band run without saved scores: no mask at t
+    band = tuple(args.ignore_band) if args.ignore_band else None
+    band_cm = ConfusionMatrix(args.num_classes + 1) if band is not None and args.gt is not None else None
+    band_pixels = [0, 0]  # ignored, labelled (ground truth not 255) pixels of the written masks
     writer = concurrent.futures.ThreadPoolExecutor(max_workers=2)
     writes = []  # (item, its figures, the future of its write)
     try:
@@ -497,6 +357,9 @@ def run_refine(args) -> int:
                         after.matrix += figures[1]
                         curve_before.matrix += figures[2].matrix
                         curve_after.matrix += figures[3].matrix
+                        if band_cm is not None:
+                            band_cm.matrix += figures[4]
+                            band_pixels[:] = [band_pixels[0] + figures[5], band_pixels[1] + figures[6]]
             return left
 
         for batch in loader:
@@ -509,11 +372,24 @@ def run_refine(args) -> int:
                     if args.gt is not None:
                         raw_scores = _upsampled(item, device, args.num_classes)
                         before.update(asam.cam_to_mask(raw_scores, t, item["present"][None])[0].cpu(), item["gt"])
-                        after.update(item["previous"], item["gt"])
                         present = np.flatnonzero(item["present"])
                         curve_before.update(raw_scores[0, present].cpu(), item["gt"], present + 1)
-                        if item.get("previous_scores") is not None:
-                            curve_after.update(item["previous_scores"][present], item["gt"], present + 1)
+                        previous, saved = item["previous"], item.get("previous_scores")
+                        if saved is not None:
+                            curve_after.update(saved[present], item["gt"], present + 1)
+                        # A mask written with an ignore band (this run's option, or 255s of an earlier run's)
+                        # is not the mask at t: that comes from the saved scores, if any.
+                        if band is not None or (previous == IGNORE).any():
+                            if band_cm is not None:
+                                matrix, ignored, valid = _band_figures(previous, item["gt"], args.num_classes + 1)
+                                band_cm.matrix += matrix
+                                band_pixels[:] = [band_pixels[0] + ignored, band_pixels[1] + valid]
+                            previous = None if saved is None else \
+                                asam.cam_to_mask(saved, t, item["present"]).astype(np.uint8)
+                        if previous is not None:
+                            after.update(previous, item["gt"])
+                        else:
+                            unscored += 1
                 else:
                     todo.append(item)
             groups: Dict[Tuple[int, int], list] = {}
@@ -530,6 +406,7 @@ def run_refine(args) -> int:
                     mask = torch.from_numpy(np.stack([it["present"] for it in items])).to(device)
                     out = asam.asam_refine(images, cams, class_mask=mask, **options)
                     labels = asam.cam_to_mask(out, t, mask).cpu().numpy()
+                    written = labels if band is None else _ignore_band(out, mask, *band).cpu().numpy()
                     raw = asam.cam_to_mask(cams, t, mask).cpu().numpy() if args.gt is not None else None
                     scores = out.cpu().numpy() if args.save_scores or args.gt is not None else None
                 except Exception as e:  # noqa: BLE001
@@ -546,9 +423,11 @@ def run_refine(args) -> int:
                         figures = (confusion_matrix(raw[j], it["gt"], n), confusion_matrix(labels[j], it["gt"], n),
                                    ThresholdSweep(thresholds, n).update(cams[j, present].cpu(), it["gt"], present + 1),
                                    ThresholdSweep(thresholds, n).update(scores[j, present], it["gt"], present + 1))
+                        if band is not None:
+                            figures += _band_figures(written[j], it["gt"], n)
                     saved = scores[j] if args.save_scores else None
                     writes.append((it, figures,
-                                   writer.submit(_write_outputs, args.out, it["name"], labels[j], saved, palette)))
+                                   writer.submit(_write_outputs, args.out, it["name"], written[j], saved, palette)))
             if bar is not None:
                 bar.update(len(batch))
             writes = collect(writes, wait=False)
@@ -563,11 +442,20 @@ def run_refine(args) -> int:
         import torch.distributed as dist
 
         reduce_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
-        stacked = torch.stack([before.matrix, after.matrix]).to(reduce_device)
-        counts = counts.to(reduce_device)
+        band_matrix = band_cm.matrix if band_cm is not None else torch.zeros_like(before.matrix)
+        stacked = torch.stack([before.matrix, after.matrix, band_matrix]).to(reduce_device)
+        counts = torch.cat([counts, torch.tensor([unscored, *band_pixels])]).to(reduce_device)
+        curves = torch.from_numpy(np.stack([curve_before.matrix, curve_after.matrix])).to(reduce_device)
         dist.all_reduce(stacked)
         dist.all_reduce(counts)
+        dist.all_reduce(curves)
         before.matrix, after.matrix = stacked[0].cpu(), stacked[1].cpu()
+        if band_cm is not None:
+            band_cm.matrix = stacked[2].cpu()
+        curve_before.matrix, curve_after.matrix = curves[0].cpu().numpy(), curves[1].cpu().numpy()
+        counts = counts.cpu()
+        unscored, band_pixels = int(counts[3]), counts[4:].tolist()
+        counts = counts[:3]
         counts = counts.cpu()
     refined, skipped, failed = counts.tolist()
     if rank == 0:
@@ -577,13 +465,34 @@ def run_refine(args) -> int:
         if failed:
             print(f"spl refine: failures are listed in {args.out}/errors*.jsonl", file=sys.stderr)
         if args.gt is not None:
-            _report(args, before, after, refined + skipped, curve_before, curve_after)
+            _report(args, before, after, refined + skipped, curve_before, curve_after, unscored,
+                    None if band_cm is None else (band_cm, *band_pixels))
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
         dist.destroy_process_group()
     return 1 if failed else 0
+
+
+def _ignore_band(scores: torch.Tensor, class_mask: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Training pseudo-labels [B, H, W] from scores [B, C, H, W]: class k + 1 where the top allowed class
+    score is >= high (k that class), background where it is < low, IGNORE in between (IRN's conf_fg /
+    conf_bg, ToCo's high / low thresholds)."""
+    labels = asam.cam_to_mask(scores, high, class_mask)
+    top = scores.masked_fill(~class_mask[:, :, None, None], float("-inf")).amax(1) if scores.shape[1] else \
+        scores.new_full(labels.shape, float("-inf"))
+    return labels.masked_fill((top >= low) & (top < high), IGNORE)
+
+
+def _band_figures(written: np.ndarray, gt: np.ndarray, n: int):
+    """(confusion matrix of the confident pixels, ignored pixels, labelled pixels) of a pseudo-label map
+    with an ignore band, against the ground truth (its 255 pixels left out)."""
+    written, gt = np.asarray(written, np.int64), np.asarray(gt, np.int64)
+    ignored = written == IGNORE
+    labelled = gt != IGNORE
+    matrix = confusion_matrix(np.where(ignored, 0, written), np.where(ignored, IGNORE, gt), n)
+    return matrix, int((ignored & labelled).sum()), int(labelled.sum())
 
 
 def _upsampled(item, device, num_classes: int) -> torch.Tensor:
@@ -605,34 +514,40 @@ def _write_outputs(out_dir, name, labels, scores, palette):
 
 
 def _report(args, before: ConfusionMatrix, after: ConfusionMatrix, images: int, curve_before: ThresholdSweep,
-            curve_after: ThresholdSweep) -> None:
-    names = VOC_CLASSES if args.num_classes == 20 else ["background"] + [f"class{k}" for k in range(1, args.num_classes + 1)]
+            curve_after: ThresholdSweep, unscored: int = 0, band=None) -> None:
+    from .evaluate import class_table, curve_json, curve_table
+
+    names = class_names(args.dataset, args.num_classes)
     iou_b, iou_a = before.iou().tolist(), after.iou().tolist()
     print(f"\nmIoU over {images} images ({args.num_classes + 1} classes, 255 ignored, threshold {args.bg_threshold}):"
           f" before {100 * before.miou():.2f}, after ASAM {100 * after.miou():.2f}")
-    print(f"{'class':14s} {'before':>7s} {'after':>7s}")
-    for n, b, a in zip(names, iou_b, iou_a):
-        if not (np.isnan(b) and np.isnan(a)):
-            print(f"{n:14s} {100 * b:7.2f} {100 * a:7.2f}")
-    print(f"\nmIoU against the background threshold (the WSSS protocol: refine once, then sweep t):")
-    print(f"{'t':>6s} {'raw CAM':>8s} {'ASAM':>8s}")
-    for t, b, a in zip(curve_before.thresholds, curve_before.miou(), curve_after.miou()):
-        print(f"{t:6.2f} {100 * b:8.2f} {100 * a:8.2f}")
-    (tb, mb), (ta, ma) = curve_before.best(), curve_after.best()
-    if tb is not None:
-        line = f"best t: raw CAM {tb:.2f} ({100 * mb:.2f})"
-        line += f", ASAM {ta:.2f} ({100 * ma:.2f})" if ta is not None else ", ASAM: no refined scores"
-        if curve_after.matrix.sum() < curve_before.matrix.sum():
-            line += " (images refined by an earlier run without --save-scores are not in ASAM's curve)"
+    if unscored:
+        print(f"({unscored} images written earlier with --ignore-band and without --save-scores have no mask at "
+              f"{args.bg_threshold}: not in 'after')")
+    for line in class_table(names, {"before": iou_b, "after": iou_a}):
         print(line)
-    report = {"images": images, "bg_threshold": args.bg_threshold, "miou_before": 100 * before.miou(),
-              "curve": {"thresholds": list(curve_before.thresholds),
-                        "raw": [100 * float(v) for v in curve_before.miou()],
-                        "asam": [100 * float(v) for v in curve_after.miou()],
+    print("\nmIoU against the background threshold (the WSSS protocol: refine once, then sweep t):")
+    sweeps = {"raw CAM": curve_before, "ASAM": curve_after}
+    for line in curve_table(sweeps):
+        print(line)
+    if curve_after.matrix.sum() < curve_before.matrix.sum():
+        print("(images refined by an earlier run without --save-scores are not in ASAM's curve)")
+    curve = curve_json(sweeps)
+    (tb, _), (ta, _) = curve_before.best(), curve_after.best()
+    report = {"images": images, "dataset": args.dataset, "bg_threshold": args.bg_threshold,
+              "miou_before": 100 * before.miou(),
+              "curve": {"thresholds": curve["thresholds"], "raw": curve["raw CAM"]["miou"], "asam": curve["ASAM"]["miou"],
                         "best_t_raw": tb, "best_t_asam": ta},
               "miou_after": 100 * after.miou(),
               "iou_before": {n: None if np.isnan(v) else 100 * v for n, v in zip(names, iou_b)},
               "iou_after": {n: None if np.isnan(v) else 100 * v for n, v in zip(names, iou_a)}}
+    if band is not None:
+        band_cm, ignored, labelled = band
+        low, high = args.ignore_band
+        share = ignored / max(labelled, 1)
+        print(f"\nignore band [{low}, {high}): {100 * share:.1f}% of the labelled pixels written as 255; mIoU of the "
+              f"other pixels of the written pseudo-labels {100 * band_cm.miou():.2f}")
+        report["ignore_band"] = {"low": low, "high": high, "ignored_share": share, "miou_confident": 100 * band_cm.miou()}
     atomic_write(os.path.join(args.out, "eval.json"),
                  lambda tmp: open(tmp, "w").write(json.dumps(report, indent=1)))
 
@@ -641,12 +556,18 @@ def add_arguments(p) -> None:
     d = asam.ASAM_DEFAULTS
     p.add_argument("--images", required=True, help="folder of images (JPEG / PNG)")
     p.add_argument("--cams", required=True, help="folder of CAMs, one file per image (same name)")
-    p.add_argument("--out", required=True, help="output folder: <name>.png masks (VOC palette)")
+    p.add_argument("--out", required=True, help="output folder: <name>.png masks (VOC colour map)")
     p.add_argument("--list", help="file of image names, one per line (default: every image in --images)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="CAM format (default: auto, per file)")
     p.add_argument("--gt", help="folder of ground-truth PNGs: print mIoU before and after, write eval.json")
     p.add_argument("--save-scores", action="store_true", help="also write the refined scores as <name>.npy")
-    p.add_argument("--num-classes", type=int, default=20, help="foreground classes (default 20, VOC)")
+    p.add_argument("--dataset", default="voc", choices=sorted(DATASETS),
+                   help="voc (20 classes + background) or coco (80 + background): class count and names")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="foreground classes (default: the data set's, 20 for voc, 80 for coco)")
+    p.add_argument("--ignore-band", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="pseudo-labels for training: background below LOW, the top class from HIGH, 255 (ignored) "
+                        "in between (IRN's conf_bg / conf_fg, e.g. 0.05 0.30; ToCo's 0.25 0.70)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (0: in the main one)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")

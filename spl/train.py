@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from . import models, ops
 from .losses import SuperpixelConsistencyLoss
+from .formats import DATASETS, class_names
 from .metrics import ConfusionMatrix
 from .refine import (IMAGE_EXTENSIONS, atomic_write, budget_threads, die_with_parent, find_file, list_names,
                      read_image, read_label_png)
@@ -233,6 +234,10 @@ def _truncate_log(path: str, iterations: int) -> None:
 
 
 def _train(args) -> int:
+    if args.num_classes is None:  # background included
+        args.num_classes = len(DATASETS[args.dataset])
+    if args.num_classes < 2:
+        raise TrainError(f"--num-classes must be at least 2 (background and one class), got {args.num_classes}")
     rank, world, local = _distributed()
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -388,7 +393,8 @@ def evaluate(model, args, device) -> float:
     miou = cm.miou()
     print(f"spl train: validation mIoU {100 * miou:.2f} over {len(names)} images")
     report = {"images": len(names), "miou": 100 * miou,
-              "iou": [None if math.isnan(v) else 100 * v for v in cm.iou().tolist()]}
+              "iou": [None if math.isnan(v) else 100 * v for v in cm.iou().tolist()],
+              "classes": class_names(args.dataset, args.num_classes - 1)}
     atomic_write(os.path.join(args.out, "eval.json"), lambda tmp: open(tmp, "w").write(json.dumps(report, indent=1)))
     return miou
 
@@ -402,7 +408,10 @@ def add_arguments(p) -> None:
     p.add_argument("--gt", help="ground-truth folder for --val-list")
     p.add_argument("--model", default="deeplabv2-resnet101", choices=models.MODELS)
     p.add_argument("--backbone-weights", help="ImageNet weights (torchvision ResNet state dict), local file")
-    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--dataset", default="voc", choices=sorted(DATASETS),
+                   help="voc (21 classes with background) or coco (81): the class count and names")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes, background included (default: the data set's, 21 for voc, 81 for coco)")
     p.add_argument("--superpixels", default="auto", help="'auto' (spl.slic on the device) or a folder of maps")
     p.add_argument("--n-segments", type=int, default=300, help="superpixels per crop (auto)")
     p.add_argument("--compactness", type=float, default=10.0)
