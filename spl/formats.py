@@ -141,7 +141,7 @@ def _dict_format(path: str, data: dict) -> str:
             return "amn" if n_maps == n_keys + 1 else "irn"
         raise ValueError(f"{path}: a dict with 'keys' but no maps (its keys: {sorted(map(str, data))}); expected "
                          f"{_EXPECTED}")
-    if data and all(isinstance(k, (int, np.integer)) for k in data):
+    if all(isinstance(k, (int, np.integer)) for k in data):  # {} too: an image without classes
         return "eps"
     raise ValueError(f"{path}: a dict that matches no CAM format (its keys: {sorted(map(str, data))[:8]}); "
                      f"expected {_EXPECTED}")

@@ -41,7 +41,7 @@ def _strided(maps):
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory):
     root = tmp_path_factory.mktemp("wsss")
-    for sub in ("images", "gt", "irn", "irn_strided", "amn", "clipes", "array"):
+    for sub in ("images", "gt", "irn", "irn_strided", "amn", "clipes", "eps", "array"):
         (root / sub).mkdir()
     palette = voc_palette()
     for i in range(N):
@@ -63,6 +63,7 @@ def voc(tmp_path_factory):
                                                "high_res": with_bg})
         # CLIP-ES: keys as NumPy, attn_highres float16.
         np.save(root / "clipes" / f"{name}.npy", {"keys": keys, "attn_highres": scores[keys].astype(np.float16)})
+        np.save(root / "eps" / f"{name}.npy", {int(k): scores[k] for k in keys})  # EPS / L2G / PSA
         np.save(root / "array" / f"{name}.npy", scores)
     # CLIP-ES writes keys [-1] and three zero maps for an image without a class.
     img, gt, _, _ = _scene(9, 20, [1, 2, 3])
@@ -75,6 +76,7 @@ def voc(tmp_path_factory):
     np.save(root / "irn_strided" / "empty.npy", {"keys": none, "cam": torch.zeros(0, 18, 22)})
     np.save(root / "amn" / "empty.npy", {"keys": none, "cam": torch.ones(1, 18, 22), "high_res": np.ones((1,) + SIZE, np.float32)})
     np.save(root / "array" / "empty.npy", np.zeros((20,) + SIZE, np.float32))
+    np.save(root / "eps" / "empty.npy", {})
     return root
 
 
@@ -111,14 +113,14 @@ def test_detection_and_reading(voc):
 
 def test_every_format_refines_and_evaluates(voc, tmp_path):
     results = {}
-    for fmt in ("irn", "amn", "clipes", "irn_strided", "array"):
+    for fmt in ("irn", "amn", "clipes", "irn_strided", "eps", "array"):
         out = tmp_path / fmt
         assert refine(voc, voc / fmt, out, "--gt", voc / "gt", "--save-scores") == 0, fmt
         results[fmt] = masks(out)
         assert len(results[fmt]) == N + 1
         report = json.loads((out / "eval.json").read_text())
         assert report["miou_after"] > 50, (fmt, report)
-    for fmt in ("amn", "array"):  # the same maps, other encodings: the same masks
+    for fmt in ("amn", "eps", "array"):  # the same maps, other encodings: the same masks
         for name, m in results["irn"].items():
             np.testing.assert_array_equal(results[fmt][name], m, err_msg=fmt)
     for name, m in results["irn"].items():  # float16 / stride-4 maps: nearly the same masks
@@ -127,7 +129,7 @@ def test_every_format_refines_and_evaluates(voc, tmp_path):
     for fmt in results:  # no class: all background
         assert not results[fmt]["empty.png"].any(), fmt
     # spl eval scores the same files without refining; the raw CAM's figure is refine's "before".
-    for fmt in ("irn", "amn", "clipes", "irn_strided"):
+    for fmt in ("irn", "amn", "clipes", "irn_strided", "eps", "array"):
         out = tmp_path / f"eval-{fmt}"
         assert run("eval", "--pred", voc / fmt, "--gt", voc / "gt", "--out", out, "--curve", "--workers", "0") == 0
         ev = json.loads((out / "eval.json").read_text())
