@@ -190,11 +190,11 @@ def run_eval(args) -> int:
     sweep = ThresholdSweep(thresholds, n) if args.curve else None
     errors: List[dict] = []
     scored = labelled = 0
-    loader = torch.utils.data.DataLoader(EvalSet(names, args.pred, args.gt, args.format, num_classes, args.curve),
-                                         batch_size=8, num_workers=args.workers, collate_fn=_collate)
     from .refine import die_with_parent
 
-    loader.worker_init_fn = die_with_parent
+    loader = torch.utils.data.DataLoader(EvalSet(names, args.pred, args.gt, args.format, num_classes, args.curve),
+                                         batch_size=8, num_workers=args.workers, collate_fn=_collate,
+                                         worker_init_fn=die_with_parent)
     for batch in loader:
         for item in batch:
             if item["error"] is not None:
