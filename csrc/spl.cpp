@@ -55,7 +55,7 @@ TORCH_LIBRARY(spl, m) {
   m.def(
       "consistency_weights(Tensor target, Tensor labels, SymInt num_superpixels, int num_classes, float tau, "
       "float gamma, int ignore_index) -> (Tensor weights, Tensor transformed)");
-  // ASAM (SPEC section 3). The graph of a batch: CSR over all images' superpixels, node_offset [B + 1].
+  // ASAM. The graph of a batch: CSR over all images' superpixels, node_offset [B + 1].
   m.def("superpixel_adjacency(Tensor labels, Tensor node_offset) -> (Tensor indptr, Tensor indices, Tensor border)");
   // ASAM's unary, the mean log-probability of [background, classes] per superpixel (ops/cam_unary.h).
   m.def(

@@ -1,4 +1,4 @@
-"""The superpixel local-consistency weighted cross-entropy (SPEC section 2)."""
+"""The superpixel local-consistency weighted cross-entropy (the rule: spl.ops.consistency_weights)."""
 from __future__ import annotations
 
 import math

@@ -100,7 +100,8 @@ def slic(
             (grayscale, RGB, or feature maps). A NumPy array uses scikit-image's layout and gives
             a NumPy result.
         n_segments (int): the number of superpixels to aim for, in [1, H*W]. The grid has
-            ``round(H/S) x round(W/S)`` cells with ``S = sqrt(H*W / n_segments)``. Default 400.
+            ``round(H/S) x round(W/S)`` cells with ``S = sqrt(H*W / n_segments)``. Default 400
+            (scikit-image's ``slic``: 100).
         compactness (float): weight of the spatial distance against the colour distance:
             ``D = |c_p - c_k|^2 + (compactness / S)^2 |xy_p - xy_k|^2``, colours in CIELAB for RGB
             images and in the image's units (uint8 scaled to 0..1) otherwise. Default 10.
@@ -110,7 +111,7 @@ def slic(
         enforce_connectivity (bool): make every label one 4-connected region, merging regions
             smaller than ``min_size_factor * H*W / n_segments`` pixels into the neighbour with
             which they share the longest border (ties: the smaller label). Default True.
-        min_size_factor (float): see ``enforce_connectivity``. Default 0.25.
+        min_size_factor (float): see ``enforce_connectivity``. Default 0.25 (scikit-image's ``slic``: 0.5).
         spacing (sequence of 2 floats, optional): pixel spacing (y, x) weighting the spatial
             distance. Default (1, 1).
         mask (Tensor[B, H, W] or Tensor[H, W] of bool, optional): pixels outside the mask get
@@ -277,7 +278,7 @@ def enforce_connectivity(labels: ArrayLike, min_size: int = 0, *, return_counts:
 
 
 # ---------------------------------------------------------------------------------------------
-# Superpixel pooling (SPEC section 2)
+# Superpixel pooling
 
 _FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REDUCTIONS = ("sum", "mean", "max")
@@ -463,7 +464,7 @@ def superpixel_histogram(target: torch.Tensor, labels: torch.Tensor, num_superpi
 
 def consistency_weights(target: torch.Tensor, labels: torch.Tensor, num_superpixels: int, num_classes: int,
                         tau: float = 0.7, gamma: float = 1.0, ignore_index: int = 255):
-    """Local superpixel transformation of a pseudo-label and its consistency weights (SPEC section 2).
+    """Local superpixel transformation of a pseudo-label and its consistency weights.
 
     In each superpixel k with class histogram h_k and n_k labelled pixels: if the majority class
     m_k = argmax h_k (ties: the smaller class) has h_k(m_k) >= tau * n_k, every labelled pixel
@@ -498,7 +499,7 @@ def consistency_weights(target: torch.Tensor, labels: torch.Tensor, num_superpix
 # backward); unpool -> pool "sum".
 
 class Graph(NamedTuple):
-    """The superpixel adjacency graph of a batch (SPEC section 3): the disjoint union of the images'
+    """The superpixel adjacency graph of a batch: the disjoint union of the images'
     graphs in CSR form. Image b owns nodes ``node_offset[b] .. node_offset[b + 1] - 1`` (its
     superpixel k is node ``node_offset[b] + k``); the neighbours of node i are
     ``indices[indptr[i]:indptr[i + 1]]``, sorted, without i itself, and j is a neighbour of i exactly
@@ -538,7 +539,7 @@ def _node_offset(fn: str, num_superpixels, batch: int, device) -> torch.Tensor:
 
 
 def superpixel_adjacency(labels: torch.Tensor, num_superpixels) -> Graph:
-    """The graph of adjacent superpixels of a batch of label maps (SPEC section 3).
+    """The graph of adjacent superpixels of a batch of label maps (4-neighbour pixel pairs across a border).
 
     Args:
         labels (Tensor[B, H, W] of int64): superpixel of each pixel; -1 leaves a pixel out.
@@ -658,7 +659,7 @@ def sparse_propagate(graph: Graph, weight: torch.Tensor, x: torch.Tensor, iters:
         weight (Tensor[E]): non-negative finite edge affinities (float), on the graph's device.
         x (Tensor[N, C]): node values (float16 / bfloat16 are computed in float32).
         iters (int): rounds, >= 0. alpha (float): in [0, 1]; 1 is a pure random walk.
-        self_weight (float): the diagonal of A, > 0 (SPEC: 1).
+        self_weight (float): the diagonal of A, > 0 (default 1: each node keeps a share of its own value).
 
     Returns:
         Tensor[N, C], the dtype of x. Differentiable to ``x`` and ``weight`` (the backward stores the

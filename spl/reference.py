@@ -1,8 +1,8 @@
 """Pure-PyTorch references of every spl op: slow, obviously correct, runs on any device.
 
 The kernels in ``torch.ops.spl`` are tested against these, and ``spl bench`` times them side by
-side. They follow SPEC.md directly, vectorised over whole tensors, with no attempt at speed beyond
-that. Where the kernels use tricks (fixed-point sums, cell-major layouts, run-length connectivity),
+side. Each is the plain formula stated in its docstring, vectorised over whole tensors, with no attempt at
+speed beyond that. Where the kernels use tricks (fixed-point sums, cell-major layouts, run-length connectivity),
 these functions use the plain formula, in float64 by default.
 """
 from __future__ import annotations
@@ -27,11 +27,12 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------------------------------
-# SLIC (SPEC section 1)
+# SLIC
 
 
 def slic_grid(height: int, width: int, n_segments: int) -> Tuple[int, int, float]:
-    """Grid of SPEC section 1: ``(cells_y, cells_x, step)``, ``step = sqrt(H*W / n_segments)``."""
+    """SLIC's seed grid: ``(cells_y, cells_x, step)``, ``step = sqrt(H*W / n_segments)``,
+    ``floor(H / step + 0.5)`` x ``floor(W / step + 0.5)`` cells, each count clamped to [1, the image's size]."""
     step = math.sqrt(height * width / n_segments)
     cells_y = min(max(math.floor(height / step + 0.5), 1), height)
     cells_x = min(max(math.floor(width / step + 0.5), 1), width)
@@ -282,7 +283,7 @@ def enforce_connectivity(labels: torch.Tensor, min_size: int = 0, *, return_coun
 
 
 # --------------------------------------------------------------------------------------------------
-# Superpixel pooling and the consistency loss (SPEC section 2)
+# Superpixel pooling and the consistency loss
 
 
 def superpixel_pool(x: torch.Tensor, labels: torch.Tensor, num_superpixels: int, reduce: str = "mean"):
@@ -396,7 +397,7 @@ def superpixel_consistency_loss(logits, target, superpixels, num_superpixels: in
 
 
 # ---------------------------------------------------------------------------------------------
-# ASAM (SPEC section 3)
+# ASAM: the adjacency graph, propagation and refinement
 
 def superpixel_adjacency(labels: torch.Tensor, counts: torch.Tensor):
     """(indptr, indices, border, node_offset) of the batch graph, from a dense [K, K] matrix of

@@ -171,7 +171,7 @@ def test_slic(case):
         args = slic_args(natural_images()[:1, :, :48, :64].contiguous(), 40, connect=False)
     labels, counts = emulated("slic", *args)
     want_labels, want_counts = cpu("slic", *args)
-    # SPEC: CPU and CUDA agree on >= 99.9% of pixels; the kernels share their arithmetic, so here
+    # The promise is that CPU and CUDA agree on >= 99.9% of pixels; the kernels share their arithmetic, so here
     # they agree exactly.
     assert torch.equal(labels, want_labels), (labels != want_labels).float().mean().item()
     assert torch.equal(counts, want_counts)

@@ -1,4 +1,4 @@
-// _cam_unary: ASAM's unary term, pooled over superpixels straight from the CAM (SPEC section 3).
+// _cam_unary: ASAM's unary term, pooled over superpixels straight from the CAM.
 //
 //   T_p         = t + sum over the image's present classes c of cam_c(p)
 //   out[b,0,k]  = mean over the pixels p of superpixel k of  log max(t,         floor * T_p) - log T_p

@@ -1,12 +1,11 @@
 // Argument and value checks that raise Python ValueError / TypeError with a message.
 //
-// SPL_CHECK_VALUE / SPL_CHECK_TYPE are TORCH_CHECK_VALUE / TORCH_CHECK_TYPE with the message built
-// here, from strings and std::to_string, never through std::ostream's number formatting. Why: on
-// the GPU machine's image (torch 2.11 + CUDA 13, g++ 13) our extension ended up with its own copy
-// of the libstdc++ stream code, and formatting a number with it crashed the process (the stream's
-// locale facets belong to the process's libstdc++), so every raised error became a segfault
-// (seen 2026-11-24; linking libstdc++ first did not change it). With one std::string argument,
-// c10::str passes the message through without a stream.
+// Rule: SPL_CHECK_VALUE / SPL_CHECK_TYPE (TORCH_CHECK_VALUE / TORCH_CHECK_TYPE with the message
+// built here) build every message from strings, std::to_string and snprintf, never through
+// std::ostream's number formatting, and hand c10 one std::string (which c10::str passes through
+// without a stream). The extension may carry its own copy of libstdc++'s stream code, whose locale
+// facets belong to the process's libstdc++: formatting a number with it can crash the process, so a
+// raised error would become a segfault (this happened with torch 2.11 + CUDA 13 and g++ 13).
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,4 +1,4 @@
-// The local superpixel transformation and consistency weight of SPEC section 2, shared by the CPU
+// The local superpixel transformation and consistency weight, shared by the CPU
 // and CUDA kernels of consistency_weights.
 //
 // With h_k the class histogram of superpixel k and n_k its number of labelled pixels:

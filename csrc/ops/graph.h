@@ -1,4 +1,4 @@
-// Superpixel graphs (SPEC section 3): superpixel_adjacency and sparse_propagate.
+// Superpixel graphs: superpixel_adjacency and sparse_propagate.
 // Argument checks shared by the CPU and CUDA kernels.
 //
 // A batch's graph is the disjoint union of per-image graphs in CSR form: node_offset [B + 1]

@@ -1,4 +1,4 @@
-// spl::slic: batched SLIC superpixels (SPEC section 1).
+// spl::slic: batched SLIC superpixels (the rule: ops/slic_common.h).
 #pragma once
 
 #include "ops/check.h"

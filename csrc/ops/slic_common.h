@@ -31,7 +31,7 @@ constexpr int kSlots = 9;
 constexpr int kOwnSlot = 4;
 
 // ---------------------------------------------------------------------------------------------
-// Grid geometry (SPEC section 1): step S = sqrt(H*W / n_segments); round(H/S) x round(W/S) cells;
+// Grid geometry: step S = sqrt(H*W / n_segments); round(H/S) x round(W/S) cells;
 // cell i along an axis of extent n covers [ceil(i*n/cells), ceil((i+1)*n/cells)).
 struct Grid {
   int64_t height = 0, width = 0;

@@ -1,4 +1,4 @@
-// Superpixel pooling ops (SPEC section 2): superpixel_pool (+ backward), superpixel_unpool,
+// Superpixel pooling ops: superpixel_pool (+ backward), superpixel_unpool,
 // superpixel_histogram, consistency_weights. Argument checks shared by the CPU and CUDA kernels.
 #pragma once
 
