@@ -15,7 +15,7 @@ import argparse
 import os
 import tempfile
 
-from spl import bench
+from spl.apps import bench
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -4,14 +4,14 @@
         [--split report|tune|FILE] [--voc DIR] [--methods raw,asam,asam-diffusion,par,densecrf] \
         [--densecrf-settings best|both] [--limit N] [--cache DIR] [--out DIR] [--montage ID,ID,...]
 
-Protocol (``spl.cam_eval``): every method refines each CAM once with its defaults; the background
+Protocol (``spl.apps.cam_eval``): every method refines each CAM once with its defaults; the background
 threshold t is then swept over its output (t = 0.05 ... 0.60); reported: the best t and its mIoU (21
 VOC classes, 255 ignored), the curve, the mIoU at the raw CAM's best t, the per-class IoU, and the
 median milliseconds per image on one CPU thread. DenseCRF takes t as input, so it runs again at each
 t (its best case); to bound its cost it runs at the thresholds within ``--densecrf-window`` of the raw
 CAM's best t (default 0.15: 7 thresholds), and the curve shows only those. Its bilateral setting
 (sxy 50 / srgb 5 or IRN/PSA's sxy 80 / srgb 13) was chosen on the tuning half (``--densecrf-settings
-both`` runs the two). PAR is ``spl.peers.par_refine``.
+both`` runs the two). PAR is ``spl.apps.peers.par_refine``.
 
 CAMs: folders of IRN-format ``.npy`` files, made once with ``../shared/tools/real_cams.py`` (real
 Grad-CAMs of a trained classifier; ``--os 32`` for the second source) and ``synth_cams.py``
@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 import spl  # noqa: E402
-from spl import cam_eval, peers  # noqa: E402
+from spl.apps import cam_eval, peers  # noqa: E402
 from spl.metrics import DEFAULT_THRESHOLDS, ThresholdSweep  # noqa: E402
 
 METHODS = ("raw", "asam", "asam-diffusion", "par", "densecrf")

@@ -4,7 +4,7 @@
         [--set diffuse_mix=0,0.5,1 --set core=0.9,2] [--limit N] [--json out.json]
 
 Each ``--set name=v1,v2,...`` adds one axis; every combination is refined once per image and swept over
-the background threshold (``spl.cam_eval``). Prints, per CAM source, mIoU at the best t, that t, the mIoU at
+the background threshold (``spl.apps.cam_eval``). Prints, per CAM source, mIoU at the best t, that t, the mIoU at
 the raw CAM's best t, and the worst per-class drop against the raw CAM. The split lists are in
 benchmarks/splits/ (voc-val-dev-tune.txt, voc-val-dev-report.txt).
 """
@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 import spl  # noqa: E402
-from spl import cam_eval  # noqa: E402
+from spl.apps import cam_eval  # noqa: E402
 
 
 def parse_value(text):

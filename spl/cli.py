@@ -21,7 +21,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .apps.demo import run_demo
 
     return run_demo(out_dir=args.out, device=args.device)
 
@@ -39,25 +39,25 @@ def _keeping_threads(run, args) -> int:
 
 
 def _cmd_refine(args: argparse.Namespace) -> int:
-    from .refine import run_refine
+    from .apps.refine import run_refine
 
     return _keeping_threads(run_refine, args)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import run_eval
+    from .apps.evaluate import run_eval
 
     return run_eval(args)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import run_train
+    from .apps.train import run_train
 
     return _keeping_threads(run_train, args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .apps.bench import run_bench
 
     return run_bench(args)
 
@@ -75,29 +75,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=_cmd_demo)
 
-    from .refine import add_arguments
+    from .apps.refine import add_arguments
 
     p = sub.add_parser("refine", help="refine a data set's CAMs with ASAM; writes VOC-palette masks",
                        description="Refines CAMs with ASAM (spl.asam_refine) in batches, one GPU or many "
-                                   "(torchrun); resumable, never loses work. See spl/refine.py.")
+                                   "(torchrun); resumable, never loses work. See spl/apps/refine.py.")
     add_arguments(p)
     p.set_defaults(func=_cmd_refine)
 
-    from . import evaluate
+    from .apps import evaluate
 
     p = sub.add_parser("eval", help="score CAMs (any format) or label PNGs against ground truth; --curve sweeps t",
                        description=evaluate.__doc__.split("\n\n")[0])
     evaluate.add_arguments(p)
     p.set_defaults(func=_cmd_eval)
 
-    from . import train
+    from .apps import train
 
     p = sub.add_parser("train", help="train DeepLab-v2 on pseudo-labels with the superpixel-consistency loss",
                        description=train.__doc__.split("\n\n")[0])
     train.add_arguments(p)
     p.set_defaults(func=_cmd_train)
 
-    from . import bench
+    from .apps import bench
 
     p = sub.add_parser("bench", help="time every workload against the reference and the peers; JSON and plots",
                        description=bench.__doc__.split("\n\n")[0])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from spl import bench
+from spl.apps import bench
 from spl.cli import main
 
 
@@ -44,6 +44,9 @@ def test_quick_bench_writes_every_figure(quick_report):
     assert quality["ASAM (defaults)"]["gain"] > 0
     refine = next(r for r in rows if r["workload"] == "refine" and r["method"] == "spl refine, end to end")
     assert refine["images_per_s"] > 0 and refine["miou_after"] > refine["miou_before"]
+    # ... and the same driver on the reference ops (python -m spl.apps.reference_refine), slower.
+    ref = next(r for r in rows if r["workload"] == "refine" and r["method"] == "the same driver on spl.reference ops")
+    assert ref["images_per_s"] > 0 and ref["vs_spl"] > 1
     # Every op swept along all three axes, at least spl and the reference.
     for op in ("SLIC", "ASAM"):
         points = [s for s in report["scaling"] if s["op"] == op]
@@ -172,7 +175,7 @@ def test_profile_tool_runs_on_the_cpu():
 def test_contention_workloads_and_report(monkeypatch, tmp_path):
     """spl bench --contention: every workload runs and is timed in-process (what each child does);
     the section pairs the three settings of each workload and size, and the table shows them."""
-    from spl import bench_contention as bc
+    from spl.apps import bench_contention as bc
 
     threads = torch.get_num_threads()
     try:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from conftest import alive, collage, descendants
-from spl.refine import voc_palette
+from spl.formats import voc_palette
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import alive, collage, descendants
 from spl import cli
-from spl.refine import read_cam, voc_palette
+from spl.formats import read_cam, voc_palette
 
 N_IMAGES = 6
 
@@ -335,7 +335,7 @@ def test_killed_refine_leaves_no_orphaned_workers(dataset, tmp_path):
 
 
 def test_threads_option_sets_the_main_process_threads_and_gives_them_back(dataset, tmp_path, monkeypatch):
-    from spl import refine as refine_module
+    from spl.apps import common, refine as refine_module
 
     seen = []
     real = refine_module.budget_threads
@@ -350,7 +350,7 @@ def test_threads_option_sets_the_main_process_threads_and_gives_them_back(datase
     assert refine(dataset, tmp_path / "a", "--threads", "1") == 0
     assert seen == [1, 1] and torch.get_num_threads() == before
     seen.clear()
-    monkeypatch.setattr(refine_module, "available_cpus", lambda: 6)
+    monkeypatch.setattr(common, "available_cpus", lambda: 6)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert refine(dataset, tmp_path / "b") == 0
     assert seen == [3, 3] and torch.get_num_threads() == before  # 6 CPUs shared by 2 processes

@@ -129,7 +129,7 @@ def test_connectivity_memory_is_bounded_per_pixel_on_noise(op, segments, compact
 def test_refine_reads_16_bit_grayscale_scaled(tmp_path):
     from PIL import Image
 
-    from spl.refine import read_image
+    from spl.formats import read_image
 
     a = np.linspace(0, 65535, 48 * 64).reshape(48, 64).astype(np.uint16)
     Image.fromarray(a).save(tmp_path / "g.png")

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from conftest import collage
-from spl import cli, models
+from spl import cli
+from spl.apps import models
 
 N_IMAGES = 8
 

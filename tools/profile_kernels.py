@@ -18,7 +18,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import spl
-from spl.bench import measure
+from spl.apps.bench import measure
 
 # Host calls that wait for the device (a synchronous cudaMemcpy included: torch reads scalars with
 # cudaMemcpyAsync + cudaStreamSynchronize, counted once, as the sync).

@@ -26,12 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import models, ops
-from .losses import SuperpixelConsistencyLoss
-from .formats import DATASETS, class_names
-from .metrics import ConfusionMatrix
-from .refine import (IMAGE_EXTENSIONS, atomic_write, budget_threads, die_with_parent, find_file, list_names,
-                     read_image, read_label_png)
+from .. import ops
+
+from . import models
+from ..losses import SuperpixelConsistencyLoss
+from ..formats import DATASETS, class_names
+from ..metrics import ConfusionMatrix
+from ..formats import IMAGE_EXTENSIONS, find_file, list_names, read_image, read_label_png
+from .common import atomic_write, budget_threads, die_with_parent, distributed
 
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -149,18 +151,6 @@ def _stack(items):
 # ---------------------------------------------------------------------------------------------
 # The job
 
-def _distributed():
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and os.environ.get("SPL_DIST_BACKEND") != "gloo"
-                                else "gloo")
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def _check_inputs(args, names: List[str]) -> None:
     from PIL import Image
 
@@ -238,7 +228,7 @@ def _train(args) -> int:
         args.num_classes = len(DATASETS[args.dataset])
     if args.num_classes < 2:
         raise TrainError(f"--num-classes must be at least 2 (background and one class), got {args.num_classes}")
-    rank, world, local = _distributed()
+    rank, world, local = distributed()
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(f"cuda:{local}" if args.device == "cuda" else "cpu")

@@ -14,15 +14,15 @@ import json
 import math
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
 
-from . import asam
-from .formats import (DATASETS, FORMATS, IGNORE, class_names, find_file, list_names, read_cam, read_label_png,
+from .. import asam
+from ..formats import (DATASETS, FORMATS, IGNORE, class_names, find_file, list_names, read_cam, read_label_png,
                       to_image_grid)
-from .metrics import DEFAULT_THRESHOLDS, ConfusionMatrix, ThresholdSweep
+from ..metrics import DEFAULT_THRESHOLDS, ConfusionMatrix, ThresholdSweep
 
 # ---------------------------------------------------------------------------------------------
 # Reports shared with spl refine --gt
@@ -75,7 +75,7 @@ def plot_curves(path: str, sweeps: Dict[str, ThresholdSweep], title: str) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .refine import atomic_write
+    from .common import atomic_write
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
     for n, s in sweeps.items():
@@ -168,7 +168,7 @@ def run_eval(args) -> int:
         print(f"{prog}: --workers must be at least 0, got {args.workers}", file=sys.stderr)
         return 2
     if args.out is not None:
-        from .refine import prepare_output
+        from .common import prepare_output
 
         problem = prepare_output(args.out, prog)
         if problem is not None:
@@ -190,7 +190,7 @@ def run_eval(args) -> int:
     sweep = ThresholdSweep(thresholds, n) if args.curve else None
     errors: List[dict] = []
     scored = labelled = 0
-    from .refine import die_with_parent
+    from .common import die_with_parent
 
     loader = torch.utils.data.DataLoader(EvalSet(names, args.pred, args.gt, args.format, num_classes, args.curve),
                                          batch_size=8, num_workers=args.workers, collate_fn=_collate,
@@ -242,7 +242,7 @@ def run_eval(args) -> int:
             report["iou_at_best_t"] = {c: None if math.isnan(v) else 100 * v
                                        for c, v in zip(names_c, sweep.iou()[thresholds.index(best_t)].tolist())}
     if args.out is not None:
-        from .refine import atomic_write
+        from .common import atomic_write
 
         atomic_write(os.path.join(args.out, "eval.json"), lambda tmp: open(tmp, "w").write(json.dumps(report, indent=1)))
         lines = "".join(json.dumps(e) + "\n" for e in errors)

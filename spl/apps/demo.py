@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import ops
+from .. import ops
 
 
 def _timed(fn, repeats: int = 3, sync: bool = False) -> float:
@@ -60,40 +60,6 @@ def run_demo(out_dir: str = "spl-out/demo", device: Optional[str] = None, n_segm
     return 0
 
 
-def scene(seed: int, size: int = 288, regions: int = 6):
-    """(uint8 [size, size, 3], int64 truth [size, size] in 0..regions-1): smooth random regions, each
-    filled with a crop of a different scikit-image sample photo."""
-    from skimage import data, filters
-
-    rng = np.random.default_rng(seed)
-    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry(),
-               data.retina(), data.hubble_deep_field()]
-    sources = [s for s in sources if min(s.shape[:2]) >= size]
-    fields = np.stack([filters.gaussian(rng.standard_normal((size, size)), sigma=size / 8) for _ in range(regions)])
-    truth = fields.argmax(0)
-    image = np.zeros((size, size, 3), np.uint8)
-    for r in range(regions):
-        src = sources[(seed + r) % len(sources)]
-        y = rng.integers(0, src.shape[0] - size + 1)
-        x = rng.integers(0, src.shape[1] - size + 1)
-        image[truth == r] = src[y:y + size, x:x + size, :3][truth == r]
-    return image, truth.astype(np.int64)
-
-
-def coarse_cams(truth: np.ndarray, num_classes: int, seed: int, stride: int = 16) -> np.ndarray:
-    """CAM-like scores [num_classes, H, W] for the foreground regions 1.. of truth: pooled to 1/stride,
-    multiplied by a smooth random field (parts stay weak, as in real CAMs), blurred, upsampled."""
-    rng = np.random.default_rng(seed)
-    H, W = truth.shape
-    t = torch.from_numpy(truth)
-    onehot = torch.nn.functional.one_hot(t, num_classes + 1).permute(2, 0, 1).float()[None, 1:]
-    small = torch.nn.functional.avg_pool2d(onehot, stride, ceil_mode=True)
-    field = torch.from_numpy(rng.uniform(0.2, 1.0, small.shape).astype(np.float32))
-    small = torch.nn.functional.avg_pool2d(small * field, 3, 1, 1, count_include_pad=False)
-    cams = torch.nn.functional.interpolate(small, size=(H, W), mode="bilinear", align_corners=False)[0]
-    return (cams / cams.flatten(1).amax(1).clamp_min(1e-6)[:, None, None]).numpy()
-
-
 def _colour(mask: np.ndarray, palette) -> np.ndarray:
     return np.asarray(palette, np.uint8).reshape(-1, 3)[mask]
 
@@ -102,9 +68,10 @@ def _asam_part(out_dir: str, device: str, scenes: int = 4, num_classes: int = 5)
     from PIL import Image
     from skimage.segmentation import mark_boundaries
 
-    from .asam import asam_refine, cam_to_mask
-    from .metrics import ThresholdSweep
-    from .refine import voc_palette
+    from ..asam import asam_refine, cam_to_mask
+    from ..metrics import ThresholdSweep
+    from .scenes import coarse_cams, scene
+    from ..formats import voc_palette
 
     palette = voc_palette()
     pairs = [scene(seed) for seed in range(scenes)]

@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .metrics import DEFAULT_THRESHOLDS, ThresholdSweep
+from ..metrics import DEFAULT_THRESHOLDS, ThresholdSweep
 
 __all__ = ["Item", "load_item", "read_ids", "Method", "evaluate", "VOC_CLASSES"]
 

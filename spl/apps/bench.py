@@ -16,7 +16,7 @@ Workloads (the benchmarks of the issues that built each part):
 - W3, ASAM: 32 VOC-size images (375x500), 20 classes (3 present) + background, ASAM's defaults
   (K=500, a mean field at 21 thresholds), SLIC included; the refinement alone for spl and for
   ``spl.reference.asam_refine`` (torch.sparse); with ``--peers`` DenseCRF (pydensecrf2, CPU).
-  Quality, with the WSSS protocol (``spl.cam_eval``): raw CAM, ASAM and, with ``--peers``, PAR and
+  Quality, with the WSSS protocol (``spl.apps.cam_eval``): raw CAM, ASAM and, with ``--peers``, PAR and
   DenseCRF, each refined once, then the background threshold swept over its output; on the report
   half of voc-val-dev (``--w3-cams``: real CAMs; default simulated), else the VOC sample or scenes.
 - refine: ``spl refine`` end to end as a user runs it (decode, refine, write), images per second,
@@ -175,7 +175,7 @@ def photo_batches(pool: Sequence[np.ndarray], batch: int, size, count: int = 3) 
 
 def segmentation_set(voc: Optional[str], count: int):
     """(description, [(rgb (H, W, 3) uint8, truth (H, W) int64, 255 = ignore)]): VOC images with their
-    ground truth, else scenes of known regions made from scikit-image's samples (``spl.demo.scene``)."""
+    ground truth, else scenes of known regions made from scikit-image's samples (``spl.apps.scenes.scene``)."""
     from PIL import Image
 
     files = _voc_files(voc)[:count]
@@ -184,7 +184,7 @@ def segmentation_set(voc: Optional[str], count: int):
                   np.array(Image.open(f.replace("JPEGImages", "SegmentationClass").replace(".jpg", ".png")))
                   .astype(np.int64)) for f in files]
         return f"{len(pairs)} PASCAL VOC 2012 images ({voc})", pairs
-    from .demo import scene
+    from .scenes import scene
 
     return (f"{count} scenes of known regions from scikit-image samples (no VOC data found)",
             [scene(seed) for seed in range(count)])
@@ -198,7 +198,7 @@ def cam_set(voc: Optional[str], synth: Optional[str], count: int, tmp: str):
         subprocess.run([sys.executable, synth, voc, cams], check=True, stdout=subprocess.DEVNULL)
         items = voc_cam_items(voc, cams, count)
         return f"{len(items)} PASCAL VOC 2012 images, CAMs simulated by {os.path.basename(synth)}", items
-    from .demo import coarse_cams, scene
+    from .scenes import coarse_cams, scene
 
     items = []
     for seed in range(count):
@@ -328,7 +328,7 @@ def compare_at_equal_recall(rows: List[dict]) -> None:
 
 
 def densecrf(rgb: np.ndarray, cam: np.ndarray, present: np.ndarray, t: float) -> np.ndarray:
-    """Labels (H, W) 0..20 by DenseCRF (``spl.peers.densecrf_labels``) of the present classes' scores."""
+    """Labels (H, W) 0..20 by DenseCRF (``spl.apps.peers.densecrf_labels``) of the present classes' scores."""
     from .peers import densecrf_labels
 
     return np.concatenate([[0], np.nonzero(present)[0] + 1])[densecrf_labels(rgb, cam[present], t)]
@@ -392,7 +392,7 @@ class Bench:
 
     # --------------------------------------------------------------------------------------- W1
     def w1(self) -> None:
-        from . import metrics, ops, reference
+        from .. import metrics, ops, reference
 
         B, S, K = (4, 256, 200) if self.quick else (32, 512, 1000)
         compactness, iters = 10.0, 10
@@ -443,7 +443,7 @@ class Bench:
         in its own units), so quality at one nominal compactness compares trade-off points, not
         methods. Sweeping it traces each method's BR-UE curve; each peer point then gets spl's UE and
         ASA at the same BR, interpolated along spl's curve: the comparison at equal boundary recall."""
-        from . import metrics, ops
+        from .. import metrics, ops
 
         grid = [5.0, 10.0, 20.0] if self.quick else [3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0]
         case = f"{described}, n_segments={K}, {iters} iterations"
@@ -481,7 +481,7 @@ class Bench:
 
     # --------------------------------------------------------------------------------------- W2
     def w2(self) -> None:
-        from . import ops, reference
+        from .. import ops, reference
 
         B, C, S, K = (2, 21, 128, 100) if self.quick else (16, 21, 512, 1000)
         case = f"B={B}, C={C}, {S}x{S}, K={K}"
@@ -529,9 +529,9 @@ class Bench:
 
     # --------------------------------------------------------------------------------------- W3
     def w3(self) -> None:
-        from . import asam, ops, reference
+        from .. import asam, ops, reference
 
-        from .asam import ASAM_DEFAULTS, THRESHOLDS
+        from ..asam import ASAM_DEFAULTS, THRESHOLDS
 
         B, (H, W), K = (2, (128, 160), 100) if self.quick else (32, (375, 500), ASAM_DEFAULTS["n_segments"])
         case = (f"{B} images {H}x{W}, 20 classes (3 present) + background, K={K}, mean field at {len(THRESHOLDS)} "
@@ -567,13 +567,13 @@ class Bench:
         self._asam_quality()
 
     def _asam_quality(self) -> None:
-        """The WSSS protocol (spl.cam_eval): each method refines once with its defaults, then the
+        """The WSSS protocol (spl.apps.cam_eval): each method refines once with its defaults, then the
         background threshold is swept over its output; raw CAM, ASAM and, with --peers, PAR and
         DenseCRF (run again at each threshold: it takes t as input). Images: the report half of
         voc-val-dev when it is found (never the tuning half), else the VOC sample or scenes."""
         from . import cam_eval, peers
-        from .asam import asam_refine
-        from .metrics import DEFAULT_THRESHOLDS
+        from ..asam import asam_refine
+        from ..metrics import DEFAULT_THRESHOLDS
 
         thresholds = (0.1, 0.15, 0.2) if self.quick else DEFAULT_THRESHOLDS
         with tempfile.TemporaryDirectory() as tmp:
@@ -678,7 +678,7 @@ class Bench:
         self._sweeps(op, self._slic_methods() if op == "SLIC" else self._asam_methods())
 
     def _slic_methods(self):
-        from . import ops, reference
+        from .. import ops, reference
 
         def spl_fn(batch, K):
             return lambda r: ops.slic(batch, K)
@@ -700,7 +700,7 @@ class Bench:
         return methods
 
     def _asam_methods(self):
-        from . import asam, ops, reference
+        from .. import asam, ops, reference
 
         def spl_fn(batch, K):
             images, cams, mask = batch
@@ -797,30 +797,9 @@ def write_refine_dataset(items, tmp: str, copies: int) -> str:
     return root
 
 
-_REFERENCE_DRIVER = """
-import sys
-import torch
-import spl.asam, spl.reference as ref
-from spl.cli import main
-
-REFERENCE_OPTIONS = ("mode", "diffuse_iters", "diffuse_mix", "iters", "steps", "alpha", "weight", "sigma_c", "beta",
-                     "core")
-
-def asam_refine(images, cams, class_mask=None, n_segments=500, compactness=10.0, **options):
-    if class_mask is None:
-        class_mask = torch.ones(cams.shape[:2], dtype=torch.bool, device=cams.device)
-    labels = ref.slic(images, n_segments, compactness)
-    return ref.asam_refine(images, cams, labels, class_mask, thresholds=spl.asam.THRESHOLDS,
-                           **{k: v for k, v in options.items() if k in REFERENCE_OPTIONS})
-
-spl.asam.asam_refine = asam_refine
-sys.exit(main(["refine"] + sys.argv[1:]))
-"""
-
-
 def run_refine_job(args: List[str], cwd: str, reference: bool = False) -> float:
     """Seconds of one ``spl refine`` job, run as a user runs it (a new process, the installed spl)."""
-    cmd = [sys.executable] + (["-c", _REFERENCE_DRIVER] if reference else ["-m", "spl", "refine"]) + args
+    cmd = [sys.executable, "-m"] + (["spl.apps.reference_refine"] if reference else ["spl", "refine"]) + args
     start = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     seconds = time.perf_counter() - start
@@ -1076,7 +1055,7 @@ def write_outputs(report: dict, out: str) -> List[str]:
 
 
 def run_bench(args) -> int:
-    from . import ops
+    from .. import ops
 
     if args.merge:
         try:
@@ -1167,7 +1146,7 @@ def add_arguments(p) -> None:
     p.add_argument("--scaling-only", action="store_true", help="only the sweeps (of W1: SLIC, of W3: ASAM)")
     p.add_argument("--contention", action="store_true",
                    help="instead of the workloads: every CPU workload idle, beside a busy torch process, and with one "
-                        "thread beside it, each in a fresh process (spl/bench_contention.py); --quick: two of them")
+                        "thread beside it, each in a fresh process (spl/apps/bench_contention.py); --quick: two of them")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="combine the bench.json files of several runs on one "
                                                                "device into --out (tables, JSON, plots); runs nothing")
     p.add_argument("--voc", help="PASCAL VOC-style folder (JPEGImages, SegmentationClass) for the photos and the "
