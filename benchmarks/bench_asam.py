@@ -1,4 +1,4 @@
-"""Workload W3 alone, ASAM (W3): ``spl bench --workload W3 --peers`` (see spl/apps/bench.py).
+"""Workload W3 alone, ASAM (W3): ``spl bench --workload W3 --peers`` (see spl/apps/bench/).
 
     python benchmarks/bench_asam.py [--device cpu|cuda] [--quick] [--no-scaling] [--out DIR] ...
 

@@ -1,4 +1,4 @@
-"""Workload W2 alone, pooling and the consistency loss (W2): ``spl bench --workload W2 --peers`` (see spl/apps/bench.py).
+"""Workload W2 alone, pooling and the consistency loss (W2): ``spl bench --workload W2 --peers`` (see spl/apps/bench/).
 
     python benchmarks/bench_loss.py [--device cpu|cuda] [--quick] [--no-scaling] [--out DIR] ...
 

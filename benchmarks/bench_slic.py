@@ -1,4 +1,4 @@
-"""Workload W1 alone, SLIC (W1): ``spl bench --workload W1 --peers`` (see spl/apps/bench.py).
+"""Workload W1 alone, SLIC (W1): ``spl bench --workload W1 --peers`` (see spl/apps/bench/).
 
     python benchmarks/bench_slic.py [--device cpu|cuda] [--quick] [--no-scaling] [--out DIR] ...
 

@@ -175,7 +175,7 @@ def test_profile_tool_runs_on_the_cpu():
 def test_contention_workloads_and_report(monkeypatch, tmp_path):
     """spl bench --contention: every workload runs and is timed in-process (what each child does);
     the section pairs the three settings of each workload and size, and the table shows them."""
-    from spl.apps import bench_contention as bc
+    from spl.apps.bench import contention as bc
 
     threads = torch.get_num_threads()
     try:
@@ -202,3 +202,13 @@ def test_contention_needs_the_cpu(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(ops, "has_cuda_kernels", lambda: True)
     assert main(["bench", "--contention", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
     assert "--contention measures the CPU kernels" in capsys.readouterr().err
+
+
+def test_the_checkouts_files_are_found_from_any_folder(tmp_path, monkeypatch):
+    # spl bench finds benchmarks/splits (W3's report half) relative to its own source, not the cwd.
+    from spl.apps.bench import data
+
+    monkeypatch.chdir(tmp_path)
+    split = data.report_split()
+    assert split is not None and split.endswith(os.path.join("benchmarks", "splits", "voc-val-dev-report.txt"))
+    assert os.path.isfile(split)

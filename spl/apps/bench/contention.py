@@ -8,7 +8,7 @@ and size this measures, each in a fresh process (the thread count is fixed befor
 work, as a user's would be):
 
 - ``idle``: default threads, nothing else running;
-- ``busy``: default threads, beside one co-running torch process (``python -m spl.apps.bench_contention
+- ``busy``: default threads, beside one co-running torch process (``python -m spl.apps.bench.contention
   busy``: short element-wise ops and a reduction on 40,000 floats in a loop, at torch's default
   threads, so its own threads keep entering and leaving parallel regions);
 - ``busy, 1 thread``: ``torch.set_num_threads(1)``, beside the same process.
@@ -50,7 +50,7 @@ def busy_loop() -> None:  # pragma: no cover  (runs until killed)
 def _workload(name: str, batch: int, voc: Optional[str]) -> Callable[[], object]:
     import spl
 
-    from .bench import asam_inputs, photo_pool
+    from .data import asam_inputs, photo_pool
 
     images, cams, present = asam_inputs(photo_pool(voc)[:16], batch, SIZE)
     if name == "slic":
@@ -95,7 +95,7 @@ def time_workload(name: str, batch: int, threads: Optional[int], voc: Optional[s
 
 
 def _child(name: str, batch: int, threads: Optional[int], voc: Optional[str], budget_s: float) -> dict:
-    cmd = [sys.executable, "-m", "spl.apps.bench_contention", "time", name, str(batch), "--budget", str(budget_s)]
+    cmd = [sys.executable, "-m", "spl.apps.bench.contention", "time", name, str(batch), "--budget", str(budget_s)]
     if threads is not None:
         cmd += ["--threads", str(threads)]
     if voc:
@@ -114,7 +114,7 @@ def run_contention(voc: Optional[str], quick: bool, log: Callable[[str], None] =
     for phase in ("idle", "busy"):
         busy = None
         if phase == "busy":
-            busy = subprocess.Popen([sys.executable, "-m", "spl.apps.bench_contention", "busy"],
+            busy = subprocess.Popen([sys.executable, "-m", "spl.apps.bench.contention", "busy"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(3.0)  # until it imports torch and loops
         try:
@@ -134,7 +134,7 @@ def run_contention(voc: Optional[str], quick: bool, log: Callable[[str], None] =
             rows.append({"workload": name, "batch": batch, **{s: r[s] for s in SETTINGS},
                          "busy_over_one_thread": r["busy"]["ms"] / r["busy, 1 thread"]["ms"]})
     return {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "co_runner": "python -m spl.apps.bench_contention busy (torch element-wise ops on 40,000 floats, "
+            "co_runner": "python -m spl.apps.bench.contention busy (torch element-wise ops on 40,000 floats, "
                          "default threads)", "size": list(SIZE), "rows": rows}
 
 
@@ -150,7 +150,7 @@ def contention_table(section: dict) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spl.apps.bench_contention",
+    p = argparse.ArgumentParser(prog="python -m spl.apps.bench.contention",
                                 description="child processes of spl bench --contention")
     sub = p.add_subparsers(dest="what", required=True)
     sub.add_parser("busy", help="the co-running busy process (runs until killed)")
