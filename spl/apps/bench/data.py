@@ -18,22 +18,24 @@ SOURCE_ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__fil
 # ----------------------------------------------------------------------------------------------- data
 
 
-def default_voc() -> Optional[str]:
-    """$SPL_VOC, else the project's ``shared/data/voc-dev`` sample beside a source checkout."""
-    for d in (os.environ.get("SPL_VOC"), os.path.join(SOURCE_ROOT, "..", "shared", "data", "voc-dev"),
-              os.path.join("shared", "data", "voc-dev"), os.path.join("..", "shared", "data", "voc-dev")):
+def _shared_data(env: str, name: str) -> Optional[str]:
+    """$env, else the project's ``shared/data/<name>`` beside a source checkout (or the cwd), if it holds
+    JPEG images."""
+    for d in (os.environ.get(env), os.path.join(SOURCE_ROOT, "..", "shared", "data", name),
+              os.path.join("shared", "data", name), os.path.join("..", "shared", "data", name)):
         if d and glob.glob(os.path.join(d, "JPEGImages", "*.jpg")):
             return os.path.abspath(d)
     return None
+
+
+def default_voc() -> Optional[str]:
+    """$SPL_VOC, else the ``voc-dev`` sample (11 VOC train images)."""
+    return _shared_data("SPL_VOC", "voc-dev")
 
 
 def default_voc_val() -> Optional[str]:
-    """$SPL_VOC_VAL, else the project's ``shared/data/voc-val-dev`` beside a source checkout."""
-    for d in (os.environ.get("SPL_VOC_VAL"), os.path.join(SOURCE_ROOT, "..", "shared", "data", "voc-val-dev"),
-              os.path.join("shared", "data", "voc-val-dev"), os.path.join("..", "shared", "data", "voc-val-dev")):
-        if d and glob.glob(os.path.join(d, "JPEGImages", "*.jpg")):
-            return os.path.abspath(d)
-    return None
+    """$SPL_VOC_VAL, else ``voc-val-dev`` (711 VOC val images)."""
+    return _shared_data("SPL_VOC_VAL", "voc-val-dev")
 
 
 def report_split() -> Optional[str]:
