@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -283,6 +284,30 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     numpy_in = isinstance(image, np.ndarray)
     if numpy_in:
         image, cam, labels, class_mask, features = _numpy_inputs(fn, image, cam, labels, class_mask, features)
+    image, cam, class_mask, features = _checked_inputs(fn, image, cam, class_mask, features)
+    opts = _checked_options(fn, cam, features, mode=mode, n_segments=n_segments, compactness=compactness,
+                            sigma_c=sigma_c, beta=beta, hops=hops, diffuse_iters=diffuse_iters, diffuse_mix=diffuse_mix,
+                            iters=iters, steps=steps, alpha=alpha, weight=weight, thresholds=thresholds,
+                            bg_threshold=bg_threshold, core=core, edge_sigma=edge_sigma, sigma_f=sigma_f)
+    batch = _Batch.of(fn, image, cam, labels, class_mask, opts)
+    if batch.empty:  # no image, or no class present anywhere: all background
+        out = torch.zeros(*batch.out_shape, dtype=torch.float32, device=image.device)
+    else:
+        cam_slots = _slot_maps(fn, batch, cam)
+        nodes, rgb_means, lab, pooled, valid = _superpixel_means(batch, image, cam_slots)
+        graph, affinity = _affinity_graph(batch, nodes, lab, features, opts)
+        score = _refined_scores(graph, affinity, pooled, valid, nodes, cam_slots, opts)
+        out = _to_pixels(batch, nodes, score, image, rgb_means, opts)
+    if return_labels:
+        return _numpy_out(out, numpy_in), _numpy_out(batch.labels, numpy_in)
+    return _numpy_out(out, numpy_in)
+
+
+# ---------------------------------------------------------------------------------------------
+# asam_refine's steps
+
+def _checked_inputs(fn, image, cam, class_mask, features):
+    """The tensors' types, shapes and devices (values come with the batch's facts)."""
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"{fn}: image must be a tensor or NumPy array, got {type(image).__name__}")
     if image.dim() != 4 or image.shape[1] != 3:
@@ -290,17 +315,45 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     if image.dtype != torch.uint8 and not image.is_floating_point():
         raise TypeError(f"{fn}: image must be uint8 or floating point, got {image.dtype}")
     B, _, H, W = image.shape
-    device = image.device
     if H == 0 or W == 0:
         raise ValueError(f"{fn}: image must not be empty, got shape {list(image.shape)}")
-    cam = _float_maps(fn, "cam", cam, B, device, check_finite=False)
-    C = cam.shape[1]
-    if C < 1:
+    cam = _float_maps(fn, "cam", cam, B, image.device, check_finite=False)
+    if cam.shape[1] < 1:
         raise ValueError(f"{fn}: cam must have at least one class channel (C >= 1), got shape {list(cam.shape)}")
     h, w = cam.shape[-2:]
     if h > H or w > W or h < 1 or w < 1:
         raise ValueError(f"{fn}: cam is {h}x{w} but the image is {H}x{W}; cam must have the image's size or a "
                          "smaller one (it is then upsampled)")
+    class_mask = _class_mask(fn, class_mask, B, cam.shape[1], image.device)
+    if features is not None:
+        features = _upsample(_float_maps(fn, "features", features, B, image.device), H, W, fn, "features")
+    return image, cam, class_mask, features
+
+
+@dataclass(frozen=True)
+class _Options:
+    mode: str
+    n_segments: int
+    compactness: float
+    sigma_c: float
+    beta: float
+    hops: int
+    diffuse_iters: int
+    diffuse_mix: float
+    iters: int
+    steps: int
+    alpha: float
+    weight: float
+    thresholds: tuple
+    core: float
+    edge_sigma: Optional[float]
+    sigma_f: float
+
+
+def _checked_options(fn, cam, features, *, mode, n_segments, compactness, sigma_c, beta, hops, diffuse_iters,
+                     diffuse_mix, iters, steps, alpha, weight, thresholds, bg_threshold, core, edge_sigma,
+                     sigma_f) -> _Options:
+    """asam_refine's parameters, each checked against its range (a TypeError or ValueError naming it)."""
     if mode not in ("meanfield", "diffusion"):
         raise ValueError(f"{fn}: mode must be 'meanfield' or 'diffusion', got {mode!r}")
     n_segments = _integer(fn, "n_segments", n_segments, 1, ops.INT64_MAX)
@@ -326,71 +379,105 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
             raise ValueError(f"{fn}: give thresholds or bg_threshold, not both")
         thresholds = (_number(fn, "bg_threshold", bg_threshold, 0.0, low_open=True),)
     thresholds = _threshold_grid(fn, THRESHOLDS if thresholds is None else thresholds)
-    class_mask = _class_mask(fn, class_mask, B, C, device)
-    if features is not None:
-        features = _upsample(_float_maps(fn, "features", features, B, device), H, W, fn, "features")
+    return _Options(mode, n_segments, compactness, sigma_c, beta, hops, diffuse_iters, diffuse_mix, iters, steps, alpha,
+                    weight, thresholds, core, edge_sigma, sigma_f)
 
-    # One pass over the CAM gives every per-channel fact needed below: its extremes give NaN and
-    # infinities (NaN propagates into both) and negative scores; without a class mask, per-channel
-    # maxima also give the default one.
-    flat = cam.flatten(2)
-    if not cam.numel():
-        low = high = cam.new_zeros(B, C)
-    elif class_mask is None:
-        high, low = flat.amax(2), flat.amin(2)
-    else:
-        low, high = torch.aminmax(flat)
-    if class_mask is None:
-        class_mask = high > 0
-    labels, counts, lowest = _superpixels(fn, image, labels, n_segments, compactness)
-    # Every fact the host needs, in one device synchronisation (each one stalls the GPU's queue).
-    present = class_mask.sum(1)
-    finite = torch.isfinite(low) & torch.isfinite(high)
-    if cam.dtype == torch.float64:  # computed in float32: larger values would become infinite
-        big = torch.finfo(torch.float32).max
-        finite = finite & (low.abs() <= big) & (high.abs() <= big)
-    facts = [finite.all(), (low < 0).any(), lowest]
-    if B:
-        facts += [counts.max(), counts.sum(), present.max()]
-    # The class mask comes along: the host then knows which planes of the output to write.
-    host = torch.cat([torch.stack([f.long() for f in facts]), class_mask.flatten().long()]).tolist()
-    finite, negative, lowest, *sizes = host[:len(facts)]
-    present_classes = np.asarray(host[len(facts):], dtype=bool).reshape(B, C)
-    if not finite:
-        raise ValueError(f"{fn}: cam holds NaN or infinite values" +
-                         (" (or values beyond float32's range, where it is computed)" if cam.dtype == torch.float64 else ""))
-    if lowest == -(2 ** 62):
-        raise ValueError(f"{fn}: labels hold an id not below the number of pixels of an image ({H * W}); superpixel "
-                         "labels must be 0..K-1 (renumber them with spl.enforce_connectivity)")
-    if lowest < -1:
-        raise ValueError(f"{fn}: labels must be >= -1 (-1: pixel left out)")
-    if B == 0 or sizes[2] == 0:  # no image, or no class present anywhere: all background
-        out = torch.zeros(B, C, H, W, dtype=torch.float32, device=device)
-        return (_numpy_out(out, numpy_in), _numpy_out(labels, numpy_in)) if return_labels else _numpy_out(out, numpy_in)
-    k_max, N, S = sizes
 
-    # Slots: image b's present classes, in order, padded to S = the most classes of any image. The
-    # refinement works on [nodes, S] (a VOC image has 1-4 classes, not C = 20).
-    slot_valid = torch.arange(S, device=device)[None, :] < present[:, None]  # [B, S]
-    if present_classes.all():  # every class present in every image (IRN-format CAMs): slots = planes
+@dataclass
+class _Batch:
+    """A batch's superpixels and what the host knows of it after the one device synchronisation."""
+    labels: torch.Tensor  # [B, H, W]
+    counts: torch.Tensor  # [B] superpixels per image
+    class_mask: torch.Tensor  # [B, C] on the device
+    present: torch.Tensor  # [B] classes per image, on the device
+    present_classes: np.ndarray  # [B, C] on the host
+    out_shape: tuple  # (B, C, H, W)
+    negative: bool = False  # the CAM has negative scores
+    k_max: int = 0  # the most superpixels of an image
+    N: int = 0  # superpixels of the batch
+    S: int = 0  # slots: the most classes of an image
+    empty: bool = True
+
+    @staticmethod
+    def of(fn, image, cam, labels, class_mask, opts: _Options) -> "_Batch":
+        B, C = cam.shape[:2]
+        H, W = image.shape[-2:]
+        # One pass over the CAM gives every per-channel fact needed below: its extremes give NaN and
+        # infinities (NaN propagates into both) and negative scores; without a class mask, per-channel
+        # maxima also give the default one.
+        flat = cam.flatten(2)
+        if not cam.numel():
+            low = high = cam.new_zeros(B, C)
+        elif class_mask is None:
+            high, low = flat.amax(2), flat.amin(2)
+        else:
+            low, high = torch.aminmax(flat)
+        if class_mask is None:
+            class_mask = high > 0
+        labels, counts, lowest = _superpixels(fn, image, labels, opts.n_segments, opts.compactness)
+        # Every fact the host needs, in one device synchronisation (each one stalls the GPU's queue).
+        present = class_mask.sum(1)
+        finite = torch.isfinite(low) & torch.isfinite(high)
+        if cam.dtype == torch.float64:  # computed in float32: larger values would become infinite
+            big = torch.finfo(torch.float32).max
+            finite = finite & (low.abs() <= big) & (high.abs() <= big)
+        facts = [finite.all(), (low < 0).any(), lowest]
+        if B:
+            facts += [counts.max(), counts.sum(), present.max()]
+        # The class mask comes along: the host then knows which planes of the output to write.
+        host = torch.cat([torch.stack([f.long() for f in facts]), class_mask.flatten().long()]).tolist()
+        finite, negative, lowest, *sizes = host[:len(facts)]
+        present_classes = np.asarray(host[len(facts):], dtype=bool).reshape(B, C)
+        if not finite:
+            raise ValueError(f"{fn}: cam holds NaN or infinite values" +
+                             (" (or values beyond float32's range, where it is computed)"
+                              if cam.dtype == torch.float64 else ""))
+        if lowest == -(2 ** 62):
+            raise ValueError(f"{fn}: labels hold an id not below the number of pixels of an image ({H * W}); "
+                             "superpixel labels must be 0..K-1 (renumber them with spl.enforce_connectivity)")
+        if lowest < -1:
+            raise ValueError(f"{fn}: labels must be >= -1 (-1: pixel left out)")
+        batch = _Batch(labels, counts, class_mask, present, present_classes, (B, C, H, W), bool(negative))
+        if B and sizes[2]:
+            batch.k_max, batch.N, batch.S = sizes
+            batch.empty = False
+        return batch
+
+
+def _slot_maps(fn, batch: _Batch, cam: torch.Tensor) -> torch.Tensor:
+    """[B, S, H, W] float32: image b's present classes' maps, in order, padded to S = the most classes of
+    any image, at the image's size, negative scores as 0, padding slots 0. The refinement works on
+    slots (a VOC image has 1-4 classes, not C = 20)."""
+    B, C, H, W = batch.out_shape
+    h, w = cam.shape[-2:]
+    S = batch.S
+    if batch.present_classes.all():  # every class present in every image (IRN-format CAMs): slots = planes
         cam_slots = cam.float()
     else:
-        slot_class = torch.argsort((~class_mask).to(torch.uint8), dim=1, stable=True)[:, :S]  # [B, S]
+        slot_class = torch.argsort((~batch.class_mask).to(torch.uint8), dim=1, stable=True)[:, :S]  # [B, S]
         # Whole planes copied (index_select over [B * C] planes), not a gather with a per-pixel index.
-        plane = (torch.arange(B, device=device)[:, None] * C + slot_class).flatten()
+        plane = (torch.arange(B, device=cam.device)[:, None] * C + slot_class).flatten()
         cam_slots = cam.flatten(0, 1).index_select(0, plane).view(B, S, h, w).float()
     cam_slots = _upsample(cam_slots, H, W, fn, "cam")  # bilinear: stays within [low, high]
-    if negative:  # negative scores count as 0
+    if batch.negative:  # negative scores count as 0
         cam_slots = cam_slots.clamp_min(0)
-    if not present_classes.all():  # padding slots hold another class's plane (or a repeat): zeroed
-        cam_slots = cam_slots * slot_valid[:, :, None, None]
+    if not batch.present_classes.all():  # padding slots hold another class's plane (or a repeat): zeroed
+        cam_slots = cam_slots * _slot_valid(batch)[:, :, None, None]
+    return cam_slots
 
-    nodes = _Nodes(counts, k_max, N)
+
+def _slot_valid(batch: _Batch) -> torch.Tensor:  # [B, S]: the slots that hold a class of the image
+    return torch.arange(batch.S, device=batch.counts.device)[None, :] < batch.present[:, None]
+
+
+def _superpixel_means(batch: _Batch, image: torch.Tensor, cam_slots: torch.Tensor):
+    """(nodes, mean RGB [B, 3, K] in [0, 1], CIELAB [N, 3], pooled CAM [N, S], valid slots [N, S])."""
+    nodes = _Nodes(batch.counts, batch.k_max, batch.N)
     # Colour and CAM pooled in one call (one pass of the labels' counts and range check less; each
     # plane's mean is computed alone, so the values are the same as from two calls). The cat also
     # converts a uint8 image to float.
     colour = image if image.dtype == torch.uint8 else image.float()  # float64 would promote the CAM
-    means = ops.superpixel_pool(torch.cat([colour, cam_slots], 1), labels, k_max, "mean")  # [B, 3 + S, K]
+    means = ops.superpixel_pool(torch.cat([colour, cam_slots], 1), batch.labels, batch.k_max, "mean")  # [B, 3 + S, K]
     rgb_means = means[:, :3]
     if image.dtype == torch.uint8:  # scaled on the means, not on every pixel (one pass less)
         rgb_means = rgb_means / 255.0
@@ -399,51 +486,68 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     # make a superpixel's colour depend on its position in the batch.
     lab = reference.rgb_to_lab(mean_rgb.double().T[None, :, :, None])[0, :, :, 0].T.float()  # [N, 3]
     pooled = nodes.gather(means[:, 3:])  # [N, S]
-    valid = slot_valid[nodes.image]  # [N, S]
+    valid = _slot_valid(batch)[nodes.image]  # [N, S]
+    return nodes, rgb_means, lab, pooled, valid
 
-    graph = ops.superpixel_adjacency(labels, counts)
-    if hops > 1:
-        graph = expand_hops(graph, hops)
+
+def _affinity_graph(batch: _Batch, nodes: "_Nodes", lab: torch.Tensor, features: Optional[torch.Tensor],
+                    opts: _Options):
+    """The graph of adjacent superpixels (``hops`` steps apart) and its edge affinities
+    ``exp(-|Lab_i - Lab_j|^2 / (2 sigma_c^2)) [* exp(-|f_i - f_j|^2 / (2 sigma_f^2))]) ^ beta``."""
+    graph = ops.superpixel_adjacency(batch.labels, batch.counts)
+    if opts.hops > 1:
+        graph = expand_hops(graph, opts.hops)
     rows, cols = graph.rows(), graph.indices
-    affinity = torch.exp(-((lab[rows] - lab[cols]) ** 2).sum(1) / (2 * sigma_c ** 2))
+    affinity = torch.exp(-((lab[rows] - lab[cols]) ** 2).sum(1) / (2 * opts.sigma_c ** 2))
     if features is not None:
-        f = nodes.gather(ops.superpixel_pool(features.float(), labels, k_max, "mean"))
-        affinity = affinity * torch.exp(-((f[rows] - f[cols]) ** 2).sum(1) / (2 * sigma_f ** 2))
-    if beta != 1.0:
-        affinity = affinity ** beta
+        f = nodes.gather(ops.superpixel_pool(features.float(), batch.labels, batch.k_max, "mean"))
+        affinity = affinity * torch.exp(-((f[rows] - f[cols]) ** 2).sum(1) / (2 * opts.sigma_f ** 2))
+    if opts.beta != 1.0:
+        affinity = affinity ** opts.beta
+    return graph, affinity
 
-    if mode == "diffusion":  # each class's maximum becomes the CAM's (pixel) maximum
+
+def _refined_scores(graph, affinity, pooled, valid, nodes: "_Nodes", cam_slots, opts: _Options) -> torch.Tensor:
+    """[N, S] refined scores by ``opts.mode``, then the confident-core guarantee."""
+    if opts.mode == "diffusion":  # each class's maximum becomes the CAM's (pixel) maximum
+        B, S = cam_slots.shape[:2]
         peak = cam_slots.flatten(2).amax(2) if cam_slots.numel() else cam_slots.new_zeros(B, S)
-        score = _diffuse(graph, affinity, pooled, nodes, iters, alpha, peak[nodes.image])
+        score = _diffuse(graph, affinity, pooled, nodes, opts.iters, opts.alpha, peak[nodes.image])
     else:
         scores = pooled
-        if diffuse_mix > 0:
-            scores = (1 - diffuse_mix) * pooled + diffuse_mix * _diffuse(graph, affinity, pooled, nodes,
-                                                                          diffuse_iters, 1.0)
-        score = threshold_mean_field(graph, affinity, scores, valid, thresholds, iters, steps, weight, alpha)
-    if core <= 1.0:
-        score = _keep_core(score, pooled, valid, nodes, core)
+        if opts.diffuse_mix > 0:
+            scores = (1 - opts.diffuse_mix) * pooled + opts.diffuse_mix * _diffuse(graph, affinity, pooled, nodes,
+                                                                                    opts.diffuse_iters, 1.0)
+        score = threshold_mean_field(graph, affinity, scores, valid, opts.thresholds, opts.iters, opts.steps,
+                                     opts.weight, opts.alpha)
+    if opts.core <= 1.0:
+        score = _keep_core(score, pooled, valid, nodes, opts.core)
+    return score
 
-    # [N, S] -> [B, S, K] -> the slots' pixels [B, S, H, W] -> their planes of the output (the other
-    # planes are 0: absent classes are not unpooled).
-    per_node = torch.zeros(B * k_max, S, dtype=torch.float32, device=device)
+
+def _to_pixels(batch: _Batch, nodes: "_Nodes", score: torch.Tensor, image: torch.Tensor, rgb_means: torch.Tensor,
+               opts: _Options) -> torch.Tensor:
+    """[N, S] -> [B, S, K] -> the slots' pixels [B, S, H, W] -> their planes of the output [B, C, H, W]
+    (the other planes are 0: absent classes are not unpooled)."""
+    B, C, H, W = batch.out_shape
+    device = score.device
+    per_node = torch.zeros(B * batch.k_max, batch.S, dtype=torch.float32, device=device)
     per_node[nodes.index] = score.float()
-    per_slot = per_node.view(B, k_max, S).transpose(1, 2).contiguous()
-    if edge_sigma is None:
-        slot_pixels = ops.superpixel_unpool(per_slot, labels)
+    per_slot = per_node.view(B, batch.k_max, batch.S).transpose(1, 2).contiguous()
+    if opts.edge_sigma is None:
+        slot_pixels = ops.superpixel_unpool(per_slot, batch.labels)
     else:
         guide = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-        slot_pixels = torch.ops.spl.edge_aware_unpool(per_slot, labels, guide, rgb_means.float().contiguous(),
-                                                      edge_sigma, 1)
-    if present_classes.all():  # slots = planes (IRN-format CAMs: only the image's classes)
-        return (_numpy_out(slot_pixels, numpy_in), _numpy_out(labels, numpy_in)) if return_labels else \
-            _numpy_out(slot_pixels, numpy_in)
+        slot_pixels = torch.ops.spl.edge_aware_unpool(per_slot, batch.labels, guide, rgb_means.float().contiguous(),
+                                                      opts.edge_sigma, 1)
+    if batch.present_classes.all():  # slots = planes (IRN-format CAMs: only the image's classes)
+        return slot_pixels
     out = torch.zeros(B, C, H, W, dtype=torch.float32, device=device)
-    b_index, c_index = np.nonzero(present_classes)  # row-major: slot s of image b is its s-th class
-    s_index = np.concatenate([np.arange(n) for n in present_classes.sum(1)]) if B else np.zeros(0, np.int64)
+    b_index, c_index = np.nonzero(batch.present_classes)  # row-major: slot s of image b is its s-th class
+    s_index = np.concatenate([np.arange(n) for n in batch.present_classes.sum(1)])
     to_device = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)  # noqa: E731
     out[to_device(b_index), to_device(c_index)] = slot_pixels[to_device(b_index), to_device(s_index)]
-    return (_numpy_out(out, numpy_in), _numpy_out(labels, numpy_in)) if return_labels else _numpy_out(out, numpy_in)
+    return out
 
 
 class _Nodes:
