@@ -173,204 +173,260 @@ def run_refine(args, refiner=None) -> int:
     """Runs the job of the parsed ``spl refine`` arguments; returns the exit code. ``refiner``: the
     function called as ``asam_refine(images, cams, class_mask=..., **ASAM options)`` (default
     ``spl.asam_refine``; spl bench times the driver on the reference ops through it)."""
-    rank, world, local = distributed()
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    # An explicit index: torch.cuda.set_device rejects a bare "cuda" (torch 2.11).
-    device = torch.device(f"cuda:{local}" if args.device == "cuda" else args.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    for name in ("images", "cams"):
-        if not os.path.isdir(getattr(args, name)):
-            print(f"spl refine: --{name} {getattr(args, name)} is not a folder", file=sys.stderr)
-            return 2
-    if args.num_classes is None:
-        args.num_classes = len(DATASETS[args.dataset]) - 1
-    options = {k: getattr(args, k) for k in ASAM_OPTIONS}
-    problem = _check_options(args, options)
-    if problem is not None:
-        print(f"spl refine: {problem}", file=sys.stderr)
-        return 2
-    problem = prepare_output(args.out, "spl refine")
-    errors_path = os.path.join(args.out, "errors.jsonl" if world == 1 else f"errors.rank{rank}.jsonl")
-    if problem is None and os.path.isdir(errors_path):
-        problem = f"spl refine: {errors_path} is a folder; it must be a file (or absent)"
-    if problem is not None:
-        print(problem, file=sys.stderr)
-        return 2
+    job = _Job.start(args, refiner)
+    if isinstance(job, int):  # a usage error (2) or another refine writing there (3)
+        return job
     try:
-        lock = lock_output(args.out, "refine", rank)  # noqa: F841  (held until the process ends)
-    except OutputLocked as e:
-        print(f"spl refine: {e}", file=sys.stderr)
-        return 3
-    budget_threads(args.threads, world)
-    names = list_names(args.images, args.list)
-    mine = names[rank::world]
-    _remove_stale_temporaries(args.out, mine + (["eval"] if rank == 0 else []))
-    t = args.bg_threshold
-    dataset = RefineDataset(mine, args.images, args.cams, args.format, args.num_classes, args.gt, args.out)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
-                                         collate_fn=_collate, shuffle=False, worker_init_fn=die_with_parent)
-    palette = voc_palette()  # 256 distinct colours: VOC's 21 and COCO's 81 classes, 255 ignored
-    before, after = ConfusionMatrix(args.num_classes + 1), ConfusionMatrix(args.num_classes + 1)
-    # With --gt, the WSSS protocol's curves: mIoU against the background threshold, raw and refined.
-    thresholds = tuple(sorted(set(DEFAULT_THRESHOLDS) | {float(t)}))
-    curve_before = ThresholdSweep(thresholds, args.num_classes + 1)
-    curve_after = ThresholdSweep(thresholds, args.num_classes + 1)
-    failed = refined = skipped = 0
-    unscored = 0  # finished images of an earlier --ignore-band run without saved scores: no mask at t
-    band = tuple(args.ignore_band) if args.ignore_band else None
-    band_cm = ConfusionMatrix(args.num_classes + 1) if band is not None and args.gt is not None else None
-    band_pixels = [0, 0]  # ignored, labelled (ground truth not 255) pixels of the written masks
-    writer = concurrent.futures.ThreadPoolExecutor(max_workers=2)
-    writes = []  # (item, its figures, the future of its write)
-    try:
-        from tqdm import tqdm
+        return job.run()
+    finally:
+        if job.world > 1:
+            import torch.distributed as dist
 
-        bar = tqdm(total=len(mine), unit="img", disable=rank != 0 or args.quiet, dynamic_ncols=True)
-    except ImportError:  # pragma: no cover
-        bar = None
-    start = time.perf_counter()
-    with open(errors_path, "w") as errors:  # this run's failures (a rerun retries the earlier ones)
-        def fail(item, message, stage):
-            nonlocal failed
-            failed += 1
-            errors.write(json.dumps({"image": item["name"], "stage": stage, "error": message}) + "\n")
-            errors.flush()
+            dist.barrier()
+            dist.destroy_process_group()
 
-        def collect(pending, wait):
-            """Counts the items whose outputs are written (their figures join the evaluation) and the
-            failed writes; returns the writes still running."""
-            nonlocal refined
-            left = []
-            for it, figures, future in pending:
-                if not (wait or future.done()):
-                    left.append((it, figures, future))
-                elif future.exception() is not None:
-                    fail(it, f"{type(future.exception()).__name__}: {future.exception()}", "write")
-                else:
-                    refined += 1
-                    if figures is not None:
-                        before.matrix += figures[0]
-                        after.matrix += figures[1]
-                        curve_before.matrix += figures[2].matrix
-                        curve_after.matrix += figures[3].matrix
-                        if band_cm is not None:
-                            band_cm.matrix += figures[4]
-                            band_pixels[:] = [band_pixels[0] + figures[5], band_pixels[1] + figures[6]]
-            return left
 
-        for batch in loader:
-            todo = []
-            for item in batch:
-                if item["error"] is not None:
-                    fail(item, item["error"], item["stage"])
-                elif item["done"]:
-                    skipped += 1
-                    if args.gt is not None:
-                        raw_scores = _upsampled(item, device, args.num_classes)
-                        before.update(asam.cam_to_mask(raw_scores, t, item["present"][None])[0].cpu(), item["gt"])
-                        present = np.flatnonzero(item["present"])
-                        curve_before.update(raw_scores[0, present].cpu(), item["gt"], present + 1)
-                        previous, saved = item["previous"], item.get("previous_scores")
-                        if saved is not None:
-                            curve_after.update(saved[present], item["gt"], present + 1)
-                        # A mask written with an ignore band (this run's option, or 255s of an earlier run's)
-                        # is not the mask at t: that comes from the saved scores, if any.
-                        if band is not None or (previous == IGNORE).any():
-                            if band_cm is not None:
-                                matrix, ignored, valid = _band_figures(previous, item["gt"], args.num_classes + 1)
-                                band_cm.matrix += matrix
-                                band_pixels[:] = [band_pixels[0] + ignored, band_pixels[1] + valid]
-                            previous = None if saved is None else \
-                                asam.cam_to_mask(saved, t, item["present"]).astype(np.uint8)
-                        if previous is not None:
-                            after.update(previous, item["gt"])
-                        else:
-                            unscored += 1
-                else:
-                    todo.append(item)
-            groups: Dict[Tuple[int, int], list] = {}
-            for item in todo:
-                groups.setdefault(item["image"].shape[:2], []).append(item)
-            # Images of one size are refined together; if that fails, each is refined alone, so that one
-            # bad item never takes the others of its batch with it.
-            work = list(groups.values())
-            while work:
-                items = work.pop(0)
-                try:
-                    images = torch.stack([it["image"] for it in items]).permute(0, 3, 1, 2).to(device)
-                    cams = torch.cat([_upsampled(it, device, args.num_classes) for it in items])
-                    mask = torch.from_numpy(np.stack([it["present"] for it in items])).to(device)
-                    out = (refiner or asam.asam_refine)(images, cams, class_mask=mask, **options)
-                    labels = asam.cam_to_mask(out, t, mask).cpu().numpy()
-                    written = labels if band is None else _ignore_band(out, mask, *band).cpu().numpy()
-                    raw = asam.cam_to_mask(cams, t, mask).cpu().numpy() if args.gt is not None else None
-                    scores = out.cpu().numpy() if args.save_scores or args.gt is not None else None
-                except Exception as e:  # noqa: BLE001
-                    if len(items) > 1:
-                        work = [[it] for it in items] + work
-                    else:
-                        fail(items[0], f"{type(e).__name__}: {e}", "refine")
-                    continue
-                for j, it in enumerate(items):
-                    figures = None
-                    if args.gt is not None:  # counted once the outputs are written (a full disk: not at all)
-                        present = np.flatnonzero(it["present"])
-                        n = args.num_classes + 1
-                        figures = (confusion_matrix(raw[j], it["gt"], n), confusion_matrix(labels[j], it["gt"], n),
-                                   ThresholdSweep(thresholds, n).update(cams[j, present].cpu(), it["gt"], present + 1),
-                                   ThresholdSweep(thresholds, n).update(scores[j, present], it["gt"], present + 1))
-                        if band is not None:
-                            figures += _band_figures(written[j], it["gt"], n)
-                    saved = scores[j] if args.save_scores else None
-                    writes.append((it, figures,
-                                   writer.submit(_write_outputs, args.out, it["name"], written[j], saved, palette)))
-            if bar is not None:
-                bar.update(len(batch))
-            writes = collect(writes, wait=False)
-        writes = collect(writes, wait=True)
-        writer.shutdown(wait=True)
-    if bar is not None:
-        bar.close()
-    elapsed = time.perf_counter() - start
+class _Evaluation:
+    """With --gt: the figures of the images whose outputs are written, raw CAM against refined: confusion
+    matrices at the background threshold, the curves over thresholds (the WSSS protocol), and with an
+    ignore band the written pseudo-labels' confident pixels."""
 
-    counts = torch.tensor([refined, skipped, failed], dtype=torch.int64)
-    if world > 1:
+    def __init__(self, args):
+        self.n = args.num_classes + 1
+        self.t = args.bg_threshold
+        self.band = tuple(args.ignore_band) if args.ignore_band else None
+        self.thresholds = tuple(sorted(set(DEFAULT_THRESHOLDS) | {float(self.t)}))
+        self.before, self.after = ConfusionMatrix(self.n), ConfusionMatrix(self.n)
+        self.curve_before = ThresholdSweep(self.thresholds, self.n)
+        self.curve_after = ThresholdSweep(self.thresholds, self.n)
+        self.band_cm = ConfusionMatrix(self.n) if self.band is not None else None
+        self.band_pixels = [0, 0]  # ignored, labelled (ground truth not 255) pixels of the written masks
+        self.unscored = 0  # finished images of an earlier --ignore-band run without saved scores: no mask at t
+
+    def of_refined(self, item, raw, labels, written, cam, scores):
+        """The figures of one refined image (added once its outputs are written: a full disk, not at all)."""
+        present = np.flatnonzero(item["present"])
+        gt = item["gt"]
+        figures = (confusion_matrix(raw, gt, self.n), confusion_matrix(labels, gt, self.n),
+                   ThresholdSweep(self.thresholds, self.n).update(cam[present].cpu(), gt, present + 1).matrix,
+                   ThresholdSweep(self.thresholds, self.n).update(scores[present], gt, present + 1).matrix)
+        return figures + (_band_figures(written, gt, self.n) if self.band is not None else ())
+
+    def add(self, figures) -> None:
+        self.before.matrix += figures[0]
+        self.after.matrix += figures[1]
+        self.curve_before.matrix += figures[2]
+        self.curve_after.matrix += figures[3]
+        if self.band_cm is not None:
+            self._add_band(*figures[4:])
+
+    def _add_band(self, matrix, ignored, labelled) -> None:
+        self.band_cm.matrix += matrix
+        self.band_pixels = [self.band_pixels[0] + ignored, self.band_pixels[1] + labelled]
+
+    def add_finished(self, item, raw_scores) -> None:
+        """An image an earlier run finished: its raw CAM, and its written mask (or saved scores)."""
+        present, gt = np.flatnonzero(item["present"]), item["gt"]
+        self.before.update(asam.cam_to_mask(raw_scores, self.t, item["present"][None])[0].cpu(), gt)
+        self.curve_before.update(raw_scores[0, present].cpu(), gt, present + 1)
+        previous, saved = item["previous"], item.get("previous_scores")
+        if saved is not None:
+            self.curve_after.update(saved[present], gt, present + 1)
+        # A mask written with an ignore band (this run's option, or 255s of an earlier run's) is not
+        # the mask at t: that comes from the saved scores, if any.
+        if self.band is not None or (previous == IGNORE).any():
+            if self.band_cm is not None:
+                self._add_band(*_band_figures(previous, gt, self.n))
+            previous = None if saved is None else asam.cam_to_mask(saved, self.t, item["present"]).astype(np.uint8)
+        if previous is not None:
+            self.after.update(previous, gt)
+        else:
+            self.unscored += 1
+
+    def all_reduce(self, device) -> None:
+        """Sums every rank's figures (torch.distributed)."""
         import torch.distributed as dist
 
         reduce_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
-        band_matrix = band_cm.matrix if band_cm is not None else torch.zeros_like(before.matrix)
-        stacked = torch.stack([before.matrix, after.matrix, band_matrix]).to(reduce_device)
-        counts = torch.cat([counts, torch.tensor([unscored, *band_pixels])]).to(reduce_device)
-        curves = torch.from_numpy(np.stack([curve_before.matrix, curve_after.matrix])).to(reduce_device)
-        dist.all_reduce(stacked)
-        dist.all_reduce(counts)
-        dist.all_reduce(curves)
-        before.matrix, after.matrix = stacked[0].cpu(), stacked[1].cpu()
-        if band_cm is not None:
-            band_cm.matrix = stacked[2].cpu()
-        curve_before.matrix, curve_after.matrix = curves[0].cpu().numpy(), curves[1].cpu().numpy()
-        counts = counts.cpu()
-        unscored, band_pixels = int(counts[3]), counts[4:].tolist()
-        counts = counts[:3]
-        counts = counts.cpu()
-    refined, skipped, failed = counts.tolist()
-    if rank == 0:
-        print(f"spl refine: {refined} refined, {skipped} already done, {failed} failed "
-              f"({len(names)} images, {world} process{'es' if world > 1 else ''}, {device.type}); "
-              f"{refined / max(elapsed, 1e-9):.1f} images/s on rank 0's share")
-        if failed:
-            print(f"spl refine: failures are listed in {args.out}/errors*.jsonl", file=sys.stderr)
-        if args.gt is not None:
-            _report(args, before, after, refined + skipped, curve_before, curve_after, unscored,
-                    None if band_cm is None else (band_cm, *band_pixels))
-    if world > 1:
-        import torch.distributed as dist
+        band = self.band_cm.matrix if self.band_cm is not None else torch.zeros_like(self.before.matrix)
+        stacked = torch.stack([self.before.matrix, self.after.matrix, band]).to(reduce_device)
+        counts = torch.tensor([self.unscored, *self.band_pixels]).to(reduce_device)
+        curves = torch.from_numpy(np.stack([self.curve_before.matrix, self.curve_after.matrix])).to(reduce_device)
+        for x in (stacked, counts, curves):
+            dist.all_reduce(x)
+        self.before.matrix, self.after.matrix = stacked[0].cpu(), stacked[1].cpu()
+        if self.band_cm is not None:
+            self.band_cm.matrix = stacked[2].cpu()
+        self.curve_before.matrix, self.curve_after.matrix = curves[0].cpu().numpy(), curves[1].cpu().numpy()
+        self.unscored, self.band_pixels = int(counts[0]), counts[1:].cpu().tolist()
 
-        dist.barrier()
-        dist.destroy_process_group()
-    return 1 if failed else 0
+
+class _Job:
+    """One rank's share of an spl refine job: read (DataLoader), refine (groups of equal size), write
+    (a background thread), count."""
+
+    @staticmethod
+    def start(args, refiner):
+        """Checks the arguments and the output folder, takes its lock; a _Job, or an exit code."""
+        rank, world, local = distributed()
+        if args.device is None:
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # An explicit index: torch.cuda.set_device rejects a bare "cuda" (torch 2.11).
+        device = torch.device(f"cuda:{local}" if args.device == "cuda" else args.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if args.num_classes is None:
+            args.num_classes = len(DATASETS[args.dataset]) - 1
+        options = {k: getattr(args, k) for k in ASAM_OPTIONS}
+        errors_path = os.path.join(args.out, "errors.jsonl" if world == 1 else f"errors.rank{rank}.jsonl")
+        problem = next((f"spl refine: --{name} {getattr(args, name)} is not a folder" for name in ("images", "cams")
+                        if not os.path.isdir(getattr(args, name))), None)
+        if problem is None:
+            problem = _check_options(args, options)
+            problem = None if problem is None else f"spl refine: {problem}"
+        if problem is None:
+            problem = prepare_output(args.out, "spl refine")
+        if problem is None and os.path.isdir(errors_path):
+            problem = f"spl refine: {errors_path} is a folder; it must be a file (or absent)"
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 2
+        try:
+            lock = lock_output(args.out, "refine", rank)
+        except OutputLocked as e:
+            print(f"spl refine: {e}", file=sys.stderr)
+            return 3
+        return _Job(args, refiner or asam.asam_refine, options, rank, world, device, errors_path, lock)
+
+    def __init__(self, args, refiner, options, rank, world, device, errors_path, lock):
+        self.args, self.refiner, self.options = args, refiner, options
+        self.rank, self.world, self.device = rank, world, device
+        self.errors_path, self.lock = errors_path, lock  # the lock is held until the process ends
+        self.evaluation = _Evaluation(args) if args.gt is not None else None
+        self.band = tuple(args.ignore_band) if args.ignore_band else None
+        self.palette = voc_palette()  # 256 distinct colours: VOC's 21 and COCO's 81 classes, 255 ignored
+        self.refined = self.skipped = self.failed = 0
+        self.errors = None
+
+    def run(self) -> int:
+        args = self.args
+        budget_threads(args.threads, self.world)
+        names = list_names(args.images, args.list)
+        mine = names[self.rank::self.world]
+        _remove_stale_temporaries(args.out, mine + (["eval"] if self.rank == 0 else []))
+        dataset = RefineDataset(mine, args.images, args.cams, args.format, args.num_classes, args.gt, args.out)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
+                                             collate_fn=_collate, shuffle=False, worker_init_fn=die_with_parent)
+        writer = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+        writes = []  # (item, its figures, the future of its write)
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(mine), unit="img", disable=self.rank != 0 or args.quiet, dynamic_ncols=True)
+        except ImportError:  # pragma: no cover
+            bar = None
+        start = time.perf_counter()
+        with open(self.errors_path, "w") as self.errors:  # this run's failures (a rerun retries the earlier ones)
+            for batch in loader:
+                writes += self._refine(self._todo(batch), writer)
+                if bar is not None:
+                    bar.update(len(batch))
+                writes = self._collect(writes, wait=False)
+            self._collect(writes, wait=True)
+            writer.shutdown(wait=True)
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - start
+        return self._finish(len(names), elapsed)
+
+    def _fail(self, item, message, stage) -> None:
+        self.failed += 1
+        self.errors.write(json.dumps({"image": item["name"], "stage": stage, "error": message}) + "\n")
+        self.errors.flush()
+
+    def _todo(self, batch) -> list:
+        """The items to refine; failed and finished ones are counted (finished ones evaluated)."""
+        todo = []
+        for item in batch:
+            if item["error"] is not None:
+                self._fail(item, item["error"], item["stage"])
+            elif item["done"]:
+                self.skipped += 1
+                if self.evaluation is not None:
+                    self.evaluation.add_finished(item, _upsampled(item, self.device, self.args.num_classes))
+            else:
+                todo.append(item)
+        return todo
+
+    def _refine(self, todo, writer) -> list:
+        """Refines the items, images of one size together; if that fails, each alone, so that one bad item
+        never takes the others of its batch with it. Returns the writes submitted."""
+        args, device, t = self.args, self.device, self.args.bg_threshold
+        groups: Dict[Tuple[int, int], list] = {}
+        for item in todo:
+            groups.setdefault(item["image"].shape[:2], []).append(item)
+        work, writes = list(groups.values()), []
+        while work:
+            items = work.pop(0)
+            try:
+                images = torch.stack([it["image"] for it in items]).permute(0, 3, 1, 2).to(device)
+                cams = torch.cat([_upsampled(it, device, args.num_classes) for it in items])
+                mask = torch.from_numpy(np.stack([it["present"] for it in items])).to(device)
+                out = self.refiner(images, cams, class_mask=mask, **self.options)
+                labels = asam.cam_to_mask(out, t, mask).cpu().numpy()
+                written = labels if self.band is None else _ignore_band(out, mask, *self.band).cpu().numpy()
+                raw = asam.cam_to_mask(cams, t, mask).cpu().numpy() if self.evaluation is not None else None
+                scores = out.cpu().numpy() if args.save_scores or self.evaluation is not None else None
+            except Exception as e:  # noqa: BLE001
+                if len(items) > 1:
+                    work = [[it] for it in items] + work
+                else:
+                    self._fail(items[0], f"{type(e).__name__}: {e}", "refine")
+                continue
+            for j, it in enumerate(items):
+                figures = None if self.evaluation is None else \
+                    self.evaluation.of_refined(it, raw[j], labels[j], written[j], cams[j], scores[j])
+                saved = scores[j] if args.save_scores else None
+                writes.append((it, figures, writer.submit(_write_outputs, args.out, it["name"], written[j], saved,
+                                                          self.palette)))
+        return writes
+
+    def _collect(self, pending, wait: bool) -> list:
+        """Counts the items whose outputs are written (their figures join the evaluation) and the failed
+        writes; returns the writes still running."""
+        left = []
+        for it, figures, future in pending:
+            if not (wait or future.done()):
+                left.append((it, figures, future))
+            elif future.exception() is not None:
+                self._fail(it, f"{type(future.exception()).__name__}: {future.exception()}", "write")
+            else:
+                self.refined += 1
+                if figures is not None:
+                    self.evaluation.add(figures)
+        return left
+
+    def _finish(self, images: int, elapsed: float) -> int:
+        """Sums the ranks' counts and figures; rank 0 reports. Returns the exit code."""
+        counts = torch.tensor([self.refined, self.skipped, self.failed], dtype=torch.int64)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.get_backend() == "nccl":
+                counts = counts.to(self.device)
+            dist.all_reduce(counts)
+            if self.evaluation is not None:
+                self.evaluation.all_reduce(self.device)
+        refined, skipped, failed = counts.cpu().tolist()
+        if self.rank == 0:
+            print(f"spl refine: {refined} refined, {skipped} already done, {failed} failed "
+                  f"({images} images, {self.world} process{'es' if self.world > 1 else ''}, {self.device.type}); "
+                  f"{refined / max(elapsed, 1e-9):.1f} images/s on rank 0's share")
+            if failed:
+                print(f"spl refine: failures are listed in {self.args.out}/errors*.jsonl", file=sys.stderr)
+            if self.evaluation is not None:
+                _report(self.args, self.evaluation, refined + skipped)
+        return 1 if failed else 0
 
 
 def _ignore_band(scores: torch.Tensor, class_mask: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -411,8 +467,10 @@ def _write_outputs(out_dir, name, labels, scores, palette):
     save_mask(os.path.join(out_dir, name + ".png"), labels, palette)
 
 
-def _report(args, before: ConfusionMatrix, after: ConfusionMatrix, images: int, curve_before: ThresholdSweep,
-            curve_after: ThresholdSweep, unscored: int = 0, band=None) -> None:
+def _report(args, evaluation: "_Evaluation", images: int) -> None:
+    ev = evaluation
+    before, after, curve_before, curve_after, unscored = ev.before, ev.after, ev.curve_before, ev.curve_after, ev.unscored
+    band = None if ev.band_cm is None else (ev.band_cm, *ev.band_pixels)
     from .evaluate import class_table, curve_json, curve_table
 
     names = class_names(args.dataset, args.num_classes)
