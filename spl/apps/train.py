@@ -20,7 +20,7 @@ import os
 import random
 import sys
 import time
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import torch
@@ -224,6 +224,52 @@ def _truncate_log(path: str, iterations: int) -> None:
 
 
 def _train(args) -> int:
+    rank, world, device, names, superpixels = _setup(args)
+    model, optimizer, scaler, start = _model(args, device, rank)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    criterion = SuperpixelConsistencyLoss(args.num_classes, tau=args.tau, gamma=args.gamma) \
+        if args.loss == "consistency" else None
+    dataset = TrainSet(names, args.images, args.pseudo_labels, superpixels, args.crop_size, args.num_classes,
+                       args.seed)
+    stop = args.max_iters if args.stop_after is None else min(args.max_iters, start + args.stop_after)
+    sampler = PlanSampler(len(names), args.batch_size, rank, world, args.seed, start, stop)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers,
+                                         collate_fn=_stack, worker_init_fn=die_with_parent)
+    log = _Log(args, rank, start)
+    net.train()
+    try:
+        for it, batch in enumerate(loader, start):
+            factor = (1 - it / args.max_iters) ** 0.9  # DeepLab's poly schedule
+            optimizer.param_groups[0]["lr"] = args.lr * factor
+            optimizer.param_groups[1]["lr"] = 10 * args.lr * factor
+            loss = _step(args, net, criterion, optimizer, scaler, batch, device)
+            if not torch.isfinite(loss):
+                raise TrainError(f"the loss became {loss.item()} at iteration {it}; lower --lr")
+            done = it + 1
+            if rank == 0:
+                log.iteration(done, loss.item(), args.lr * factor, device)
+                if done % args.checkpoint_every == 0 or done in (args.max_iters, stop):
+                    _save_checkpoint(os.path.join(args.out, "checkpoint.pt"), model, optimizer, scaler, done)
+    finally:
+        log.close()
+    if rank == 0 and stop == args.max_iters:
+        atomic_write(os.path.join(args.out, "model.pt"), lambda tmp: torch.save(model.state_dict(), tmp))
+        if args.val_list:
+            evaluate(model, args, device)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def _setup(args):
+    """Checks the arguments and inputs, sets the device, threads and seeds: (rank, world, device, the
+    training names, the superpixel folder or None)."""
     if args.num_classes is None:  # background included
         args.num_classes = len(DATASETS[args.dataset])
     if args.num_classes < 2:
@@ -253,14 +299,17 @@ def _train(args) -> int:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
+    return rank, world, device, names, superpixels
 
+
+def _model(args, device, rank):
+    """(model, optimizer, AMP scaler, first iteration): built, or resumed from OUT/checkpoint.pt."""
     model = models.build_model(args.model, args.num_classes)
     if args.backbone_weights:
         models.load_backbone(model, args.backbone_weights)
     model.to(device)
     optimizer = torch.optim.SGD(model.param_groups(args.lr), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    use_amp = args.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
     checkpoint = os.path.join(args.out, "checkpoint.pt")
     if rank == 0:
         _remove_stale_temporaries(args.out)
@@ -274,87 +323,64 @@ def _train(args) -> int:
         start = int(state["iteration"])
         if rank == 0:
             print(f"spl train: resumed from {checkpoint} at iteration {start}")
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
-    if args.loss == "consistency":
-        criterion = SuperpixelConsistencyLoss(args.num_classes, tau=args.tau, gamma=args.gamma)
+    return model, optimizer, scaler, start
+
+
+def _step(args, net, criterion, optimizer, scaler, batch, device) -> torch.Tensor:
+    """One iteration: forward (autocast with --amp on CUDA), the loss, backward, the optimizer step."""
+    images = batch["image"].to(device, non_blocking=True)
+    target = batch["label"].to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+        logits = net(_normalise(images))
+    if criterion is None:
+        up = models.upsample_logits(logits.float(), target.shape[-2:])
+        loss = F.cross_entropy(up, target, ignore_index=255)
     else:
-        criterion = None
-    dataset = TrainSet(names, args.images, args.pseudo_labels, superpixels, args.crop_size, args.num_classes,
-                       args.seed)
-    stop = args.max_iters if args.stop_after is None else min(args.max_iters, start + args.stop_after)
-    sampler = PlanSampler(len(names), args.batch_size, rank, world, args.seed, start, stop)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers,
-                                         collate_fn=_stack, worker_init_fn=die_with_parent)
-    log_path = os.path.join(args.out, "train.log")
-    if rank == 0:
-        _truncate_log(log_path, start)
-    log = open(log_path, "a") if rank == 0 else None
-    try:
-        from tqdm import tqdm
+        sp = batch["superpixels"].to(device) if "superpixels" in batch else \
+            ops.slic(images, args.n_segments, args.compactness)
+        loss = criterion(logits.float(), target, sp)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
 
-        bar = tqdm(total=args.max_iters, initial=start, unit="it", disable=rank != 0 or args.quiet,
-                   dynamic_ncols=True)
-    except ImportError:  # pragma: no cover
-        bar = None
-    net.train()
-    tic = time.perf_counter()
-    it = start
-    try:
-        for it, batch in enumerate(loader, start):
-            factor = (1 - it / args.max_iters) ** 0.9  # DeepLab's poly schedule
-            optimizer.param_groups[0]["lr"] = args.lr * factor
-            optimizer.param_groups[1]["lr"] = 10 * args.lr * factor
-            images = batch["image"].to(device, non_blocking=True)
-            target = batch["label"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = net(_normalise(images))
-            if criterion is None:
-                up = models.upsample_logits(logits.float(), target.shape[-2:])
-                loss = F.cross_entropy(up, target, ignore_index=255)
-            else:
-                if "superpixels" in batch:
-                    sp = batch["superpixels"].to(device)
-                else:
-                    sp = ops.slic(images, args.n_segments, args.compactness)
-                loss = criterion(logits.float(), target, sp)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if not torch.isfinite(loss):
-                raise TrainError(f"the loss became {loss.item()} at iteration {it}; lower --lr")
-            done = it + 1
-            if rank == 0:
-                value = loss.item()
-                rate = (done - start) / max(time.perf_counter() - tic, 1e-9)
-                entry = {"iteration": done, "loss": value, "lr": args.lr * factor, "iterations_per_s": rate}
-                if device.type == "cuda":
-                    entry["max_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-                log.write(json.dumps(entry) + "\n")
-                log.flush()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{value:.4f}")
-                if done % args.checkpoint_every == 0 or done in (args.max_iters, stop):
-                    _save_checkpoint(checkpoint, model, optimizer, scaler, done)
-    finally:
-        if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
-    if rank == 0 and stop == args.max_iters:
-        atomic_write(os.path.join(args.out, "model.pt"), lambda tmp: torch.save(model.state_dict(), tmp))
-        if args.val_list:
-            evaluate(model, args, device)
-    if world > 1:
-        import torch.distributed as dist
 
-        dist.barrier()
-        dist.destroy_process_group()
-    return 0
+class _Log:
+    """Rank 0's train.log (one JSON line per iteration; a resumed run first drops the lines after its
+    checkpoint) and progress bar."""
+
+    def __init__(self, args, rank: int, start: int):
+        self.start, self.tic = start, time.perf_counter()
+        self.file = self.bar = None
+        if rank != 0:
+            return
+        path = os.path.join(args.out, "train.log")
+        _truncate_log(path, start)
+        self.file = open(path, "a")
+        try:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=args.max_iters, initial=start, unit="it", disable=args.quiet, dynamic_ncols=True)
+        except ImportError:  # pragma: no cover
+            pass
+
+    def iteration(self, done: int, loss: float, lr: float, device) -> None:
+        rate = (done - self.start) / max(time.perf_counter() - self.tic, 1e-9)
+        entry = {"iteration": done, "loss": loss, "lr": lr, "iterations_per_s": rate}
+        if device.type == "cuda":
+            entry["max_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def _save_checkpoint(path, model, optimizer, scaler, iteration):
