@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import ops, reference
+from . import _checks, ops, reference
 
 __all__ = ["asam_refine", "cam_to_mask", "threshold_mean_field", "ASAM_DEFAULTS", "THRESHOLDS"]
 
@@ -68,14 +68,8 @@ def _from_numpy(a: np.ndarray, dtype=None) -> torch.Tensor:
 
 
 def _number(fn: str, name: str, value, low: float, high: float = math.inf, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or v < low or v > high or (low_open and v == low):
-        bound = f"> {low}" if low_open else f">= {low}"
-        raise ValueError(f"{fn}: {name} must be a finite number {bound}" +
-                         (f" and <= {high}" if math.isfinite(high) else "") + f", got {value}")
-    return v
+    return _checks.number(fn, name, value, None if low == -math.inf else low, None if high == math.inf else high,
+                          low_open=low_open)
 
 
 # Rounds beyond this are a mistake, not a request (the defaults are 5..20; each round costs ~1 ms
@@ -84,11 +78,7 @@ MAX_ROUNDS = 10_000
 
 
 def _integer(fn: str, name: str, value, low: int, high: int = MAX_ROUNDS) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{fn}: {name} must be in [{low}, {high}], got {value}")
-    return int(value)
+    return _checks.integer(fn, name, value, low, high)
 
 
 def _float_maps(fn: str, name: str, x, batch: Optional[int], device, check_finite: bool = True) -> torch.Tensor:

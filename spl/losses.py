@@ -1,7 +1,6 @@
 """The superpixel local-consistency weighted cross-entropy (the rule: spl.ops.consistency_weights)."""
 from __future__ import annotations
 
-import math
 
 from typing import Optional
 
@@ -9,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from . import _checks, ops
 
 __all__ = ["SuperpixelConsistencyLoss"]
 
@@ -45,17 +44,18 @@ class SuperpixelConsistencyLoss(nn.Module):
     def __init__(self, num_classes: int, tau: float = 0.7, gamma: float = 1.0, ignore_index: int = 255,
                  eps: float = 1e-8):
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"SuperpixelConsistencyLoss: num_classes must be an int >= 1, got {num_classes!r}")
-        for name, value in (("tau", tau), ("gamma", gamma), ("eps", eps)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"SuperpixelConsistencyLoss: {name} must be a finite number, got {value!r}")
-        if not 0.0 <= float(tau) <= 1.0:
-            raise ValueError(f"SuperpixelConsistencyLoss: tau must be in [0, 1], got {tau}")
-        if not float(gamma) >= 0.0:
-            raise ValueError(f"SuperpixelConsistencyLoss: gamma must be >= 0, got {gamma}")
-        if not float(eps) > 0.0:
-            raise ValueError(f"SuperpixelConsistencyLoss: eps must be > 0, got {eps}")
+        fn = "SuperpixelConsistencyLoss"
+        num_classes = _checks.integer(fn, "num_classes", num_classes, 1)
+        tau, gamma = _checks.number(fn, "tau", tau), _checks.number(fn, "gamma", gamma)
+        eps = _checks.number(fn, "eps", eps, 0.0, low_open=True)
+        ignore_index = _checks.integer(fn, "ignore_index", ignore_index)
+        # tau's and gamma's ranges are the op's (consistency_weights): asked now, on one pixel, so that
+        # a bad value fails here and not at the first forward.
+        one = torch.zeros(1, 1, 1, dtype=torch.int64)
+        try:
+            torch.ops.spl.consistency_weights(one, one, 1, num_classes, tau, gamma, ignore_index)
+        except ValueError as e:
+            raise ValueError(f"{fn}: {str(e).split(': ', 1)[-1]}") from None
         self.num_classes, self.tau, self.gamma = num_classes, float(tau), float(gamma)
         self.ignore_index, self.eps = int(ignore_index), float(eps)
 

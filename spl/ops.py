@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
+
+from . import _checks
 
 __all__ = [
     "slic",
@@ -40,10 +42,8 @@ def has_cuda_kernels() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("spl::slic", "CUDA")
 
 
-def _as_float(fn: str, name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{fn}: {name} must be a number, got {value!r}")
-    return float(value)
+def _as_float(fn: str, name: str, value) -> float:  # conversion only: the op checks the value
+    return _checks.number(fn, name, value, finite=False)
 
 
 def _check_device(t: torch.Tensor, fn: str) -> None:
@@ -176,31 +176,22 @@ def slic(
         raise ValueError(f"slic: image must have at least one channel and one pixel, got shape {list(image_t.shape)}")
     _check_device(image_t, "slic")
 
-    if isinstance(n_segments, bool) or not isinstance(n_segments, (int, np.integer)):
-        raise TypeError(f"slic: n_segments must be an int, got {type(n_segments).__name__}")
-    if not 1 <= n_segments <= H * W:
-        raise ValueError(f"slic: n_segments must be in [1, H*W] = [1, {H * W}], got {n_segments}")
+    # Types and int64 bounds here; the op checks every range itself (csrc/ops/slic.h: n_segments in
+    # [1, H*W], compactness in [1e-6, 1e6], max_num_iter in [1, 10000], min_size_factor >= 0, spacing
+    # two entries in [1e-3, 1e3]), with the same ValueError.
+    n_segments = _checks.integer("slic", "n_segments", n_segments)
     compactness = _as_float("slic", "compactness", compactness)
-    if not (math.isfinite(compactness) and 1e-6 <= compactness <= 1e6):
-        raise ValueError(f"slic: compactness must be in [1e-6, 1e6], got {compactness}")
-    if isinstance(max_num_iter, bool) or not isinstance(max_num_iter, (int, np.integer)):
-        raise TypeError(f"slic: max_num_iter must be an int, got {type(max_num_iter).__name__}")
-    if not 1 <= max_num_iter <= 10000:
-        raise ValueError(f"slic: max_num_iter must be in [1, 10000], got {max_num_iter}")
+    max_num_iter = _checks.integer("slic", "max_num_iter", max_num_iter)
     if convert2lab is None:
         convert2lab = C == 3
     elif convert2lab and C != 3:
         raise ValueError(f"slic: convert2lab=True needs 3 (RGB) channels, got {C}")
     min_size_factor = _as_float("slic", "min_size_factor", min_size_factor)
-    if not (math.isfinite(min_size_factor) and min_size_factor >= 0):
-        raise ValueError(f"slic: min_size_factor must be a finite number >= 0, got {min_size_factor}")
     if spacing is None:
         spacing = (1.0, 1.0)
     if isinstance(spacing, (str, bytes)) or not hasattr(spacing, "__len__"):
         raise TypeError(f"slic: spacing must be a pair of numbers (y, x), got {spacing!r}")
     spacing = [_as_float("slic", "spacing", s) for s in spacing]
-    if len(spacing) != 2 or not all(math.isfinite(s) and 1e-3 <= s <= 1e3 for s in spacing):
-        raise ValueError(f"slic: spacing must be 2 numbers (y, x) in [1e-3, 1e3], got {spacing}")
     if mask is not None:
         mask = _as_bool_mask(mask, B, H, W, image_t.device)
 
@@ -284,19 +275,11 @@ _FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REDUCTIONS = ("sum", "mean", "max")
 
 
-INT64_MAX = 2**63 - 1
+INT64_MAX = _checks.INT64_MAX
 
 
 def _check_num(name: str, fn: str, value, minimum: int = 0, maximum: int = INT64_MAX):
-    if isinstance(value, torch.SymInt):
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
-    if value > maximum:  # beyond int64 the op's schema cannot take it; below, a bound the caller sets
-        raise ValueError(f"{fn}: {name} must be <= {maximum}, got {value}")
-    return int(value)
+    return _checks.integer(fn, name, value, minimum, None if maximum == INT64_MAX else maximum)
 
 
 def _check_labels(fn: str, labels, batch_hw=None, device=None, name: str = "labels"):
@@ -486,11 +469,8 @@ def consistency_weights(target: torch.Tensor, labels: torch.Tensor, num_superpix
     fn = "consistency_weights"
     _check_target(fn, target, labels, num_classes, ignore_index)
     K = _check_num("num_superpixels", fn, num_superpixels)
-    tau, gamma = float(tau), float(gamma)
-    if not (math.isfinite(tau) and 0.0 <= tau <= 1.0):
-        raise ValueError(f"{fn}: tau must be in [0, 1], got {tau}")
-    if not (math.isfinite(gamma) and gamma >= 0.0):
-        raise ValueError(f"{fn}: gamma must be a finite number >= 0, got {gamma}")
+    # The op checks tau in [0, 1] and gamma finite >= 0 (csrc/ops/cpu/consistency_weights_kernel.cpp).
+    tau, gamma = _as_float(fn, "tau", tau), _as_float(fn, "gamma", gamma)
     return torch.ops.spl.consistency_weights(target, labels, K, int(num_classes), tau, gamma, int(ignore_index))
 
 

@@ -45,9 +45,13 @@ def test_enforce_connectivity_batched_numpy():
 
 
 def test_loss_rejects_infinite_settings_and_stray_labels():
-    for kw in (dict(gamma=float("inf")), dict(tau=float("nan")), dict(eps=float("inf")), dict(gamma="1")):
+    for kw in (dict(gamma=float("inf")), dict(tau=float("nan")), dict(eps=float("inf"))):
         with pytest.raises(ValueError, match="SuperpixelConsistencyLoss: .* must be a finite number"):
             spl.SuperpixelConsistencyLoss(21, **kw)
+    with pytest.raises(TypeError, match="SuperpixelConsistencyLoss: gamma must be a number"):  # a type: TypeError
+        spl.SuperpixelConsistencyLoss(21, gamma="1")
+    with pytest.raises(ValueError, match=r"SuperpixelConsistencyLoss: tau must be in \[0, 1\]"):  # the op's range
+        spl.SuperpixelConsistencyLoss(21, tau=1.5)
     loss = spl.SuperpixelConsistencyLoss(3)
     sp = torch.zeros(1, 4, 4, dtype=torch.int64)
     sp[0, 0, 0] = 10**12  # one stray id: K would be 10^12 superpixels
