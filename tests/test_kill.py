@@ -133,7 +133,7 @@ def test_train_killed_ten_times_resumes_to_the_same_weights(tmp_path):
         return [sys.executable, "-m", "spl", "train", "--images", str(data / "images"), "--pseudo-labels",
                 str(data / "labels"), "--list", str(data / "train.txt"), "--out", str(out), "--model", "deeplabv2-tiny",
                 "--crop-size", "48", "--batch-size", "2", "--lr", "0.02", "--device", "cpu", "--workers", "2",
-                "--n-segments", "40", "--max-iters", "40", "--checkpoint-every", "3", "--quiet"]
+                "--n-segments", "40", "--max-iters", "80", "--checkpoint-every", "3", "--quiet"]
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     timed_run(command(whole))
@@ -147,6 +147,6 @@ def test_train_killed_ten_times_resumes_to_the_same_weights(tmp_path):
     b = torch.load(killed / "model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (killed / "train.log").read_text().splitlines()]
-    assert [r["iteration"] for r in log] == list(range(1, 41))
+    assert [r["iteration"] for r in log] == list(range(1, 81))
     assert [r["loss"] for r in log] == [json.loads(line)["loss"] for line in (whole / "train.log").read_text().splitlines()]
     assert no_temporaries(killed)
