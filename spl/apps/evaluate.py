@@ -23,6 +23,7 @@ from .. import asam
 from ..formats import (DATASETS, FORMATS, IGNORE, class_names, find_file, list_names, read_cam, read_label_png,
                       to_image_grid)
 from ..metrics import DEFAULT_THRESHOLDS, ConfusionMatrix, ThresholdSweep
+from .common import atomic_write, die_with_parent, prepare_output
 
 # ---------------------------------------------------------------------------------------------
 # Reports shared with spl refine --gt
@@ -74,8 +75,6 @@ def plot_curves(path: str, sweeps: Dict[str, ThresholdSweep], title: str) -> Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .common import atomic_write
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
     for n, s in sweeps.items():
@@ -168,8 +167,6 @@ def run_eval(args) -> int:
         print(f"{prog}: --workers must be at least 0, got {args.workers}", file=sys.stderr)
         return 2
     if args.out is not None:
-        from .common import prepare_output
-
         problem = prepare_output(args.out, prog)
         if problem is not None:
             print(problem, file=sys.stderr)
@@ -190,8 +187,6 @@ def run_eval(args) -> int:
     sweep = ThresholdSweep(thresholds, n) if args.curve else None
     errors: List[dict] = []
     scored = labelled = 0
-    from .common import die_with_parent
-
     loader = torch.utils.data.DataLoader(EvalSet(names, args.pred, args.gt, args.format, num_classes, args.curve),
                                          batch_size=8, num_workers=args.workers, collate_fn=_collate,
                                          worker_init_fn=die_with_parent)
@@ -242,8 +237,6 @@ def run_eval(args) -> int:
             report["iou_at_best_t"] = {c: None if math.isnan(v) else 100 * v
                                        for c, v in zip(names_c, sweep.iou()[thresholds.index(best_t)].tolist())}
     if args.out is not None:
-        from .common import atomic_write
-
         atomic_write(os.path.join(args.out, "eval.json"), lambda tmp: open(tmp, "w").write(json.dumps(report, indent=1)))
         lines = "".join(json.dumps(e) + "\n" for e in errors)
         atomic_write(os.path.join(args.out, "errors.jsonl"), lambda tmp: open(tmp, "w").write(lines))
