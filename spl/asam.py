@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from . import _checks, ops, reference
+from .ops._common import on_calling_thread
+from .ops.sparse_propagate import propagate, transition
 
 __all__ = ["asam_refine", "cam_to_mask", "threshold_mean_field", "ASAM_DEFAULTS", "THRESHOLDS"]
 
@@ -180,7 +182,7 @@ def _small_calls_on_calling_thread(refine):
             small = image.device.type == "cpu" and image.dim() >= 3 and image.numel() <= image.shape[-3] * INLINE_PIXELS
         else:
             small = False
-        with ops._on_calling_thread(small):
+        with on_calling_thread(small):
             return refine(image, *args, **kwargs)
 
     return wrapper
@@ -346,7 +348,7 @@ def _checked_options(fn, cam, features, *, mode, n_segments, compactness, sigma_
     """asam_refine's parameters, each checked against its range (a TypeError or ValueError naming it)."""
     if mode not in ("meanfield", "diffusion"):
         raise ValueError(f"{fn}: mode must be 'meanfield' or 'diffusion', got {mode!r}")
-    n_segments = _integer(fn, "n_segments", n_segments, 1, ops.INT64_MAX)
+    n_segments = _integer(fn, "n_segments", n_segments, 1, _checks.INT64_MAX)
     diffuse_iters = _integer(fn, "diffuse_iters", diffuse_iters, 0)
     iters = _integer(fn, "iters", iters, 0)
     steps = _integer(fn, "steps", steps, 0)
@@ -565,7 +567,7 @@ def _diffuse(graph, affinity, scores, nodes: _Nodes, iters: int, alpha: float,
              peak: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``iters`` rounds of ``s <- alpha T s + (1 - alpha) s0``, each class of each image rescaled to
     ``peak`` ([N, S], default: the maximum of its input; the walk averages, which lowers peaks)."""
-    s = ops._propagate(graph, ops._transition(graph, affinity.float(), 1.0), scores.float(), iters, alpha)
+    s = propagate(graph, transition(graph, affinity.float(), 1.0), scores.float(), iters, alpha)
     if peak is None:
         peak = nodes.image_max(scores)[nodes.image]
     return s * (peak / nodes.image_max(s)[nodes.image].clamp_min(1e-30))
@@ -601,14 +603,14 @@ def threshold_mean_field(graph: "ops.Graph", affinity: torch.Tensor, scores: tor
     unary = torch.log((p / _sum_slots(p)).clamp_min(_LOG_FLOOR))
     allowed = torch.cat([valid.new_ones(N, 1), valid], 1)[:, :, None]
     unary = unary.masked_fill(~allowed, float("-inf"))
-    transition = ops._transition(graph, affinity.float(), 1.0)  # once for every walk
+    walk = transition(graph, affinity.float(), 1.0)  # once for every walk
     logits = unary
     for _ in range(steps):
         # Only the class slots walk: T is row-stochastic and q_background = 1 - sum of the slots,
         # so the background's message is 1 - the sum of theirs (the same in exact arithmetic, and
         # half the propagation for a one-class image).
         q = _softmax_slots(logits)[:, 1:].reshape(N, S * M)
-        walked = ops._propagate(graph, transition, q, iters, alpha).view(N, S, M)
+        walked = propagate(graph, walk, q, iters, alpha).view(N, S, M)
         messages = torch.cat([1 - _sum_slots(walked), walked], 1)
         logits = torch.add(unary, messages, alpha=weight)
     log_odds = (logits[:, 1:] - logits[:, :1]).transpose(1, 2)  # [N, M, S]: log q_c - log q_background

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import spl
-from spl import ops, reference
+from spl import reference
+from spl.ops.cam_unary import cam_unary
 from conftest import collage, cpu_and_cuda, cuda_ok, needs_cuda
 
 
@@ -178,7 +179,7 @@ def test_propagate_gradcheck(device):
 @pytest.mark.parametrize("device", cpu_and_cuda())
 def test_propagate_opcheck(device):
     g, w, x = random_graph(3, device, dtype=torch.float32)
-    from spl.ops import _transition
+    from spl.ops.sparse_propagate import transition as _transition
 
     ev, sv = _transition(g, w, 1.0)
     torch.library.opcheck(torch.ops.spl.sparse_propagate, (g.indptr, g.indices, g.node_offset, ev, sv, x, 5, 0.9))
@@ -194,7 +195,7 @@ def test_propagate_cpu_and_cuda_agree():
     gc = spl.Graph(*(t.cuda() for t in g))
     # Given the same transition values, the op computes the same bits on both devices (same order
     # of operations, no fused multiply-add on either).
-    from spl.ops import _transition
+    from spl.ops.sparse_propagate import transition as _transition
 
     ev, sv = _transition(g, w, 1.0)
     args = (g.indptr, g.indices, g.node_offset, ev, sv, x)
@@ -280,7 +281,7 @@ def random_cam_case(seed, device, dtype=torch.float32, B=3, C=5, H=23, W=31):
 def test_cam_unary_matches_reference(device, dtype, seed):
     cam, labels, K, present = random_cam_case(seed, device, dtype)
     for t, floor in ((0.15, 1e-6), (0.4, 1e-2)):
-        out = spl.ops._cam_unary(cam, labels, present, K + 1, t, floor)  # K + 1: an empty superpixel
+        out = cam_unary(cam, labels, present, K + 1, t, floor)  # K + 1: an empty superpixel
         # The reference in float64: its float32 path rounds differently from run to run (torch's
         # vectorised reductions), by up to 1e-5 here.
         want = reference.cam_unary(cam.double(), labels, present, K + 1, t, floor).float()
@@ -294,38 +295,38 @@ def test_cam_unary_matches_reference(device, dtype, seed):
 @pytest.mark.parametrize("device", cpu_and_cuda())
 def test_cam_unary_is_deterministic_and_independent_of_threads(device):
     cam, labels, K, present = random_cam_case(7, device, B=4, H=64, W=80)
-    first = spl.ops._cam_unary(cam, labels, present, K, 0.15, 1e-6)
+    first = cam_unary(cam, labels, present, K, 0.15, 1e-6)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        single = spl.ops._cam_unary(cam, labels, present, K, 0.15, 1e-6)
+        single = cam_unary(cam, labels, present, K, 0.15, 1e-6)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(first, single)
     # Each image on its own gives the same bits as in the batch.
     for b in range(cam.shape[0]):
-        assert torch.equal(spl.ops._cam_unary(cam[b:b + 1], labels[b:b + 1], present[b:b + 1], K, 0.15, 1e-6),
+        assert torch.equal(cam_unary(cam[b:b + 1], labels[b:b + 1], present[b:b + 1], K, 0.15, 1e-6),
                            first[b:b + 1])
 
 
 @needs_cuda
 def test_cam_unary_cpu_and_cuda_agree():
     cam, labels, K, present = random_cam_case(3, "cpu", B=4, H=64, W=80)
-    cpu = spl.ops._cam_unary(cam, labels, present, K, 0.15, 1e-6)
-    gpu = spl.ops._cam_unary(cam.cuda(), labels.cuda(), present.cuda(), K, 0.15, 1e-6)
+    cpu = cam_unary(cam, labels, present, K, 0.15, 1e-6)
+    gpu = cam_unary(cam.cuda(), labels.cuda(), present.cuda(), K, 0.15, 1e-6)
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-6, rtol=1e-6)  # logf differs in the last bit at most
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 def test_cam_unary_edge_cases(device):
     cam, labels, K, present = random_cam_case(1, device)
-    assert spl.ops._cam_unary(cam[:0], labels[:0], present[:0], K, 0.15, 1e-6).shape == (0, 6, K)
-    assert spl.ops._cam_unary(cam, labels, present, 0, 0.15, 1e-6).shape == (3, 6, 0)
-    ignored = spl.ops._cam_unary(cam, torch.full_like(labels, -1), present, K, 0.15, 1e-6)
+    assert cam_unary(cam[:0], labels[:0], present[:0], K, 0.15, 1e-6).shape == (0, 6, K)
+    assert cam_unary(cam, labels, present, 0, 0.15, 1e-6).shape == (3, 6, 0)
+    ignored = cam_unary(cam, torch.full_like(labels, -1), present, K, 0.15, 1e-6)
     assert bool((ignored == 0).all())
     # One pixel, one present class: exact values.
     one = torch.tensor([[[[0.45]]]], device=device)
-    out = spl.ops._cam_unary(one, torch.zeros(1, 1, 1, dtype=torch.int64, device=device),
+    out = cam_unary(one, torch.zeros(1, 1, 1, dtype=torch.int64, device=device),
                              torch.ones(1, 1, dtype=torch.bool, device=device), 1, 0.15, 1e-6)
     torch.testing.assert_close(out.flatten().cpu(), torch.tensor([np.log(0.25), np.log(0.75)], dtype=torch.float32))
 
@@ -338,7 +339,7 @@ def test_cam_unary_gradient(device):
     cam = (0.2 + torch.rand(2, 3, 5, 6, generator=g, dtype=torch.float64)).to(device).requires_grad_()
     labels = torch.randint(-1, 4, (2, 5, 6), generator=g).to(device)
     present = torch.tensor([[True, False, True], [True, True, True]], device=device)
-    assert torch.autograd.gradcheck(lambda c: spl.ops._cam_unary(c, labels, present, 5, 0.15, 1e-6).double(),
+    assert torch.autograd.gradcheck(lambda c: cam_unary(c, labels, present, 5, 0.15, 1e-6).double(),
                                     (cam,), eps=1e-3, atol=2e-3, rtol=1e-2)
     img, cam2, _ = two_region_case(device, size=32)
     cam2.requires_grad_()
@@ -355,7 +356,7 @@ def test_cam_unary_opcheck(device):
 @pytest.mark.parametrize("device", cpu_and_cuda())
 def test_cam_unary_bad_inputs(device):
     cam, labels, K, present = random_cam_case(4, device)
-    unary = spl.ops._cam_unary
+    unary = cam_unary
     with pytest.raises(TypeError, match="cam must be float32 or float64"):
         unary(cam.half(), labels, present, K, 0.15, 1e-6)
     with pytest.raises(ValueError, match=r"cam must have shape \[B, C, H, W\]"):
@@ -514,13 +515,13 @@ def test_refine_small_calls_run_on_the_calling_thread(monkeypatch, two_threads):
     from spl import asam
 
     seen = []
-    real = ops._propagate
+    real = asam.propagate
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ops, "_propagate", spy)
+    monkeypatch.setattr(asam, "propagate", spy)
     img = torch.from_numpy(np.stack([collage(s, size=40)[0] for s in range(2)])).permute(0, 3, 1, 2).contiguous()
     cam = torch.rand(2, 2, 10, 10)
     small = spl.asam_refine(img, cam, n_segments=40)

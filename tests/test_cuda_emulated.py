@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import spl
+from spl.ops.sparse_propagate import transition
 import cuda_emu  # tests/cuda_emu, next to this file
 from conftest import collage, emulating_cuda, natural_images
 from cuda_emu import build as emu_build
@@ -367,7 +368,7 @@ def test_sparse_propagate_and_backward(dtype):
     g = torch.Generator().manual_seed(9)
     weight = torch.rand(graph.num_edges, generator=g, dtype=dtype)
     x = torch.rand(graph.num_nodes, 6, generator=g, dtype=dtype)
-    edge_value, self_value = spl.ops._transition(graph, weight, 1.0)
+    edge_value, self_value = transition(graph, weight, 1.0)
     args = (graph.indptr, graph.indices, graph.node_offset, edge_value, self_value, x)
     for iters, alpha in ((0, 1.0), (1, 0.5), (7, 0.9), (25, 1.0)):
         got = emulated("sparse_propagate", *args, iters, alpha)  # (iters = 0 still validates the graph)

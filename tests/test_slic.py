@@ -369,15 +369,23 @@ def test_torch_compile_fullgraph():
 
 
 def test_cuda_input_without_cuda_kernels_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(spl.ops, "has_cuda_kernels", lambda: False)
+    from spl.ops import _common
+
+    monkeypatch.setattr(_common, "has_cuda_kernels", lambda: False)
     fake = torch.zeros(1, 3, 8, 8, dtype=torch.uint8, device="meta")
     monkeypatch.setattr(fake.__class__, "device", property(lambda self: torch.device("cuda")), raising=False)
     with pytest.raises(RuntimeError, match="no CUDA kernels"):
-        spl.ops._check_device(fake, "slic")
+        _common.check_device(fake, "slic")
 
 
 def test_docstring_examples():
     import doctest
+    import pkgutil
+    import sys
 
-    result = doctest.testmod(spl.ops, verbose=False)
-    assert result.attempted > 0 and result.failed == 0
+    attempted = 0
+    for module in pkgutil.iter_modules(spl.ops.__path__):  # one module per op
+        result = doctest.testmod(sys.modules[f"spl.ops.{module.name}"], verbose=False)
+        assert result.failed == 0, module.name
+        attempted += result.attempted
+    assert attempted > 0
