@@ -172,7 +172,7 @@ def slic(
 
 
 # --------------------------------------------------------------------------------------------------
-# Connectivity enforcement (the rule of csrc/ops/connectivity_common.h)
+# Connectivity enforcement (the rule of csrc/ops/enforce_connectivity.h)
 
 
 def _rank_regions(region: torch.Tensor, inside: torch.Tensor):

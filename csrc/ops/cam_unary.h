@@ -1,4 +1,5 @@
-// _cam_unary: ASAM's unary term, pooled over superpixels straight from the CAM.
+// spl::_cam_unary (private: no C++ API): ASAM's unary term, pooled over superpixels straight from
+// the CAM.
 //
 //   T_p         = t + sum over the image's present classes c of cam_c(p)
 //   out[b,0,k]  = mean over the pixels p of superpixel k of  log max(t,         floor * T_p) - log T_p
@@ -17,7 +18,7 @@
 //
 // A private op: asam_refine checks the inputs first (finite, non-negative CAM; labels in [-1, K)).
 // The kernels still check shapes, dtypes and devices, and skip labels outside [0, K). Its gradient
-// (spl/ops.py) is the reference formula's, differentiated by autograd.
+// (spl/ops/cam_unary.py) is the reference formula's, differentiated by autograd.
 #pragma once
 
 #include "ops/check.h"
@@ -40,7 +41,9 @@ inline double fixed_scale(double floor, int64_t pixels) {
   return std::ldexp(1.0, 62 - bits - e);
 }
 
-inline void check_args(const at::Tensor& cam, const at::Tensor& labels, const at::Tensor& class_mask,
+}  // namespace cam_unary
+
+inline void check_cam_unary_args(const at::Tensor& cam, const at::Tensor& labels, const at::Tensor& class_mask,
                        int64_t num_superpixels, double bg_threshold, double floor) {
   const char* op = "_cam_unary";
   SPL_CHECK_TYPE(cam.scalar_type() == at::kFloat || cam.scalar_type() == at::kDouble, op,
@@ -64,5 +67,4 @@ inline void check_args(const at::Tensor& cam, const at::Tensor& labels, const at
   SPL_CHECK_VALUE(floor >= 1e-30 && floor < 1.0, op, ": floor must be in [1e-30, 1), got ", floor);
 }
 
-}  // namespace cam_unary
 }  // namespace spl

@@ -12,10 +12,16 @@
 #include <string>
 #include <vector>
 
-#include "ops/connectivity.h"
+#include "ops/consistency_weights.h"
 #include "ops/cpu/vector_math.h"
+#include "ops/edge_aware_unpool.h"
+#include "ops/enforce_connectivity.h"
 #include "ops/slic.h"
+#include "ops/sparse_propagate.h"
+#include "ops/superpixel_adjacency.h"
+#include "ops/superpixel_histogram.h"
 #include "ops/superpixel_pool.h"
+#include "ops/superpixel_unpool.h"
 
 namespace {
 
@@ -97,6 +103,35 @@ void test_pooling(const at::Device& device) {
         "consistency_weights weights" + on);
   check(throws_value_error([&] { spl::superpixel_pool(x, labels, 1, "sum"); }),
         "superpixel_pool rejects labels >= num_superpixels" + on);
+  at::Tensor hist = spl::superpixel_histogram(target, labels, 2, 3, 255).cpu();
+  check(hist.equal(at::tensor({0, 2, 0, 0, 1, 1}, at::kLong).view({1, 2, 3})), "superpixel_histogram" + on);
+  // guide 0 0 1 1 1 1: pixel 1 (guide 0) sits next to superpixel 1 (mean guide 1) and keeps its own value.
+  at::Tensor guide = at::tensor({0.0f, 0.0f, 1.0f, 1.0f, 1.0f, 1.0f}).view({1, 1, 1, 6}).to(device);
+  at::Tensor guide_means = at::tensor({0.0f, 1.0f}).view({1, 1, 2}).to(device);
+  at::Tensor soft = spl::edge_aware_unpool(mean.to(device), labels, guide, guide_means, 0.05, 1).cpu();
+  check(std::abs(soft[0][0][0][1].item<float>() - 0.5f) < 1e-6f && soft[0][0][0][4].item<float>() == 0.0f,
+        "edge_aware_unpool" + on);
+}
+
+void test_graph(const at::Device& device) {
+  // One image, superpixels 0 | 1 | 2 in three columns: a path 0 - 1 - 2 with borders of 2 pixel pairs.
+  at::Tensor labels = at::tensor({0, 1, 2, 0, 1, 2}, at::kLong).view({1, 2, 3}).to(device);
+  at::Tensor node_offset = at::tensor({0, 3}, at::kLong).to(device);
+  const std::string on = " on " + device.str();
+  auto [indptr, indices, border] = spl::superpixel_adjacency(labels, node_offset);
+  check(indptr.cpu().equal(at::tensor({0, 1, 3, 4}, at::kLong)) &&
+            indices.cpu().equal(at::tensor({1, 0, 2, 1}, at::kLong)) &&
+            border.cpu().equal(at::tensor({2, 2, 2, 2}, at::kLong)),
+        "superpixel_adjacency" + on);
+  // T with edge values 1/2 and diagonal 1/2 (rows of the end nodes: 1/2 + 1/2) is a random walk;
+  // a constant x stays constant, for any number of rounds.
+  at::Tensor edge_value = at::full({4}, 0.5f, at::kFloat).to(device);
+  at::Tensor self_value = at::tensor({0.5f, 0.0f, 0.5f}).to(device);
+  at::Tensor x = at::full({3, 2}, 3.0f, at::kFloat).to(device);
+  at::Tensor walked = spl::sparse_propagate(indptr, indices, node_offset, edge_value, self_value, x, 5, 1.0).cpu();
+  check(walked.allclose(at::full({3, 2}, 3.0f, at::kFloat)), "sparse_propagate" + on);
+  check(throws_value_error([&] { spl::sparse_propagate(indptr, indices, node_offset, edge_value, self_value, x, 5, 2.0); }),
+        "sparse_propagate rejects alpha > 1" + on);
 }
 
 }  // namespace
@@ -138,10 +173,12 @@ int main() {
   test_slic_quadrants(at::kCPU);
   test_connectivity(at::kCPU);
   test_pooling(at::kCPU);
+  test_graph(at::kCPU);
   if (at::hasCUDA()) {
     test_slic_quadrants(at::Device(at::kCUDA, 0));
     test_connectivity(at::Device(at::kCUDA, 0));
     test_pooling(at::Device(at::kCUDA, 0));
+    test_graph(at::Device(at::kCUDA, 0));
   }
   std::printf("%d failure(s)\n", failures);
   return failures == 0 ? 0 : 1;

@@ -5,8 +5,8 @@ The kernel sources are copied with three rewrites (``translate``):
     ``::spl_emu::launch([&] { kernel(args); }, grid, block, shared, stream);``,
   - ``extern __shared__ T name[];`` becomes a pointer to the launch's dynamic shared memory,
   - ``TORCH_LIBRARY_IMPL(spl, CUDA, m)`` becomes ``TORCH_LIBRARY_IMPL(spl_emu, CPU, m)``,
-and are compiled as C++ with runtime.h included first; csrc/spl.cpp's schemas are registered again
-under ``spl_emu``. So ``torch.ops.spl_emu.<op>(cpu tensors)`` runs the CUDA kernel of ``<op>`` on the
+and are compiled as C++ with runtime.h included first; the schemas (csrc/spl.cpp and every op's
+TORCH_LIBRARY_FRAGMENT in csrc/ops/<op>.cpp) are registered again under ``spl_emu``. So ``torch.ops.spl_emu.<op>(cpu tensors)`` runs the CUDA kernel of ``<op>`` on the
 CPU, next to ``torch.ops.spl.<op>``, the CPU kernel.
 
 Usage: ``python -m tests.cuda_emu.build`` (or ``load()`` from a test). The build is cached under
@@ -106,6 +106,27 @@ def _write_if_changed(path: str, text: str) -> None:
         f.write(text)
 
 
+def emulated_schemas() -> str:
+    """The `spl` library under the name `spl_emu`: csrc/spl.cpp (which owns the namespace) followed by
+    every op's ``TORCH_LIBRARY_FRAGMENT(spl, m) { ... }`` block from csrc/ops/<op>.cpp. Only the
+    blocks are taken: the rest of an op's .cpp is its C++ API, which calls the `spl` ops."""
+    with open(os.path.join(CSRC, "spl.cpp")) as f:
+        library = re.sub(r"TORCH_LIBRARY\(\s*spl\s*,", "TORCH_LIBRARY(spl_emu,", f.read())
+    parts = ["#define SPL_NO_PYTHON_MODULE\n", library]
+    fragment = re.compile(r"TORCH_LIBRARY_FRAGMENT\(\s*spl\s*,\s*m\s*\)\s*\{")
+    for path in sorted(glob.glob(os.path.join(CSRC, "ops", "*.cpp"))):
+        with open(path) as f:
+            text = f.read()
+        blocks = list(fragment.finditer(text))
+        if not blocks:
+            raise RuntimeError(f"{path}: no TORCH_LIBRARY_FRAGMENT(spl, m) block (every op's .cpp holds its schema)")
+        for match in blocks:
+            body_end = _matching(text, match.end() - 1, "{", "}")
+            body = text[match.end():body_end - 1]
+            parts.append(f"\n// {os.path.relpath(path, ROOT)}\nTORCH_LIBRARY_FRAGMENT(spl_emu, m) {{{body}}}\n")
+    return "".join(parts)
+
+
 def prepare(build_root: str) -> list:
     """Writes the translated tree under build_root; returns the C++ sources to compile."""
     tree = os.path.join(build_root, "csrc")
@@ -122,10 +143,8 @@ def prepare(build_root: str) -> list:
                 rel += ".cpp"
                 sources.append(os.path.join(tree, rel))
         _write_if_changed(os.path.join(tree, rel), text)
-    with open(os.path.join(CSRC, "spl.cpp")) as f:
-        schemas = re.sub(r"TORCH_LIBRARY\(\s*spl\s*,", "TORCH_LIBRARY(spl_emu,", f.read())
     schema_file = os.path.join(tree, "spl_emu_schemas.cpp")
-    _write_if_changed(schema_file, "#define SPL_NO_PYTHON_MODULE\n" + schemas)
+    _write_if_changed(schema_file, emulated_schemas())
     sources.append(schema_file)
     with open(os.path.join(HERE, "selftest.cu")) as f:
         _write_if_changed(os.path.join(tree, "emu_selftest.cu.cpp"), translate(f.read(), "selftest.cu"))

@@ -74,7 +74,7 @@ void image_cam_unary(const scalar_t* cam, const int64_t* labels, const bool* pre
 
 at::Tensor cam_unary_cpu(const at::Tensor& cam, const at::Tensor& labels, const at::Tensor& class_mask,
                          int64_t K, double bg_threshold, double floor) {
-  cam_unary::check_args(cam, labels, class_mask, K, bg_threshold, floor);
+  check_cam_unary_args(cam, labels, class_mask, K, bg_threshold, floor);
   const int64_t B = cam.size(0), C = cam.size(1), HW = cam.size(2) * cam.size(3);
   at::Tensor out = at::zeros({B, C + 1, K}, cam.options().dtype(at::kFloat));
   if (B == 0 || K == 0 || HW == 0) return out;

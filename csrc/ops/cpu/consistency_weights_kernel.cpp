@@ -1,5 +1,5 @@
 // consistency_weights on the CPU: per image, one pass to histogram the pseudo-labels per
-// superpixel, one to write weights and transformed labels (ops/consistency_common.h).
+// superpixel, one to write weights and transformed labels (ops/consistency_weights.h).
 #include "ops/check.h"
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -10,9 +10,8 @@
 #include <cmath>
 #include <vector>
 
-#include "ops/consistency_common.h"
+#include "ops/consistency_weights.h"
 #include "ops/cpu/superpixel_helpers.h"
-#include "ops/superpixel_pool.h"
 #include "ops/cpu/parallel.h"
 
 namespace spl {
@@ -23,11 +22,8 @@ std::tuple<at::Tensor, at::Tensor> consistency_weights_cpu(const at::Tensor& tar
                                                            int64_t K, int64_t num_classes, double tau, double gamma,
                                                            int64_t ignore_index) {
   const char* op = "consistency_weights";
-  check_target(op, target, num_classes);
-  SPL_CHECK_VALUE(std::isfinite(tau) && tau >= 0.0 && tau <= 1.0, op, ": tau must be in [0, 1], got ", tau);
-  SPL_CHECK_VALUE(std::isfinite(gamma) && gamma >= 0.0, op, ": gamma must be a finite number >= 0, got ", gamma);
+  check_consistency_weights_args(target, labels, K, num_classes, tau, gamma);
   const int64_t B = target.size(0), H = target.size(1), W = target.size(2), HW = H * W;
-  check_labels(op, labels, B, H, W, target.device(), K);
   const at::Tensor t = target.contiguous(), lc = labels.contiguous();
   check_label_range(op, lc, K);
   at::Tensor weights = at::empty({B, H, W}, target.options().dtype(at::kFloat));

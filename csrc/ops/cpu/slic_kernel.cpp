@@ -23,12 +23,11 @@
 #include <type_traits>
 #include <vector>
 
-#include "ops/cpu/connectivity_kernel.h"
+#include "ops/cpu/enforce_connectivity_kernel.h"
 #include "ops/cpu/parallel.h"
 #include "ops/cpu/scratch_buffer.h"
 #include "ops/cpu/target_clones.h"
 #include "ops/slic.h"
-#include "ops/slic_common.h"
 
 // The hot loops are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time
 // (target_clones.h); the labels are the same in every clone.
@@ -263,7 +262,7 @@ void init_centres(const SlicConfig& cfg, const Cell& cell, int64_t cy, int64_t c
 
 // ------------------------------------------------------------------------------------------------
 // 3. Assignment. The candidates of a cell are its 9 neighbouring centres, expanded into
-// coefficients [9][C+3] (slic_common.h: expand_candidate); a missing one has distance +inf.
+// coefficients [9][C+3] (slic.h: expand_candidate); a missing one has distance +inf.
 // Finds for each pixel of a chunk the candidate with the smallest distance (ties: lower slot).
 // (ys, xs) are the pixels' positions relative to the cell's first pixel; `reference` is the cell's
 // own centre, on which features are centred.
@@ -510,7 +509,7 @@ SPL_TARGET_CLONES void process_cell(const SlicConfig& cfg, int64_t k, const Imag
   }
 }
 
-// New centres [begin, end) of one image: the same sums and means as slic_common.h's update_centre
+// New centres [begin, end) of one image: the same sums and means as slic.h's update_centre
 // (so the same bits as the GPU), with the statistics of the 9 cells summed in one sweep, the
 // channel count known at compile time where it is (kC > 0), and no division per centre.
 template <int kC>

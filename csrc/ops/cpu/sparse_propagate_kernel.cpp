@@ -20,7 +20,7 @@
 
 #include "ops/cpu/parallel.h"
 #include "ops/cpu/target_clones.h"
-#include "ops/graph.h"
+#include "ops/sparse_propagate.h"
 
 namespace spl {
 namespace cpu {
@@ -116,7 +116,7 @@ at::Tensor sparse_propagate_cpu(const at::Tensor& indptr, const at::Tensor& indi
                                 const at::Tensor& edge_value, const at::Tensor& self_value, const at::Tensor& x,
                                 int64_t iters, double alpha) {
   const char* op = "sparse_propagate";
-  check_propagate_args(op, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha);
+  check_sparse_propagate_args(op, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha);
   const at::Tensor ip = indptr.contiguous(), ix = indices.contiguous(), off = node_offset.contiguous();
   const at::Tensor ev = edge_value.contiguous(), sv = self_value.contiguous(), xc = x.contiguous();
   const int64_t N = xc.size(0), C = xc.size(1);
@@ -162,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_propagate_backward_cpu(
     const at::Tensor& grad, const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& node_offset,
     const at::Tensor& edge_value, const at::Tensor& self_value, const at::Tensor& x, int64_t iters, double alpha) {
   const char* op = "sparse_propagate (backward)";
-  check_propagate_args(op, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha);
+  check_sparse_propagate_args(op, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha);
   SPL_CHECK_VALUE(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(), op,
                     ": grad must match x in shape and dtype");
   const at::Tensor ip_t = indptr.contiguous(), ix_t = indices.contiguous(), off = node_offset.contiguous();

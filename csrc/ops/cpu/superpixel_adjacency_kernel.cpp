@@ -12,7 +12,7 @@
 #include <tuple>
 #include <vector>
 
-#include "ops/graph.h"
+#include "ops/superpixel_adjacency.h"
 #include "ops/cpu/parallel.h"
 #include "ops/cpu/target_clones.h"
 
@@ -112,7 +112,7 @@ bool image_graph(const int64_t* l, int64_t H, int64_t W, int64_t K, ImageGraph& 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> superpixel_adjacency_cpu(const at::Tensor& labels,
                                                                         const at::Tensor& node_offset) {
-  check_adjacency_args(labels, node_offset);
+  check_superpixel_adjacency_args(labels, node_offset);
   const at::Tensor lc = labels.contiguous(), oc = node_offset.contiguous();
   const int64_t B = lc.size(0), H = lc.size(1), W = lc.size(2);
   const int64_t* off = oc.const_data_ptr<int64_t>();

@@ -10,7 +10,6 @@
 #include <cstdint>
 
 #include "ops/cpu/parallel.h"
-#include "ops/superpixel_pool.h"
 
 namespace spl {
 namespace cpu {

@@ -8,7 +8,7 @@
 #include <atomic>
 
 #include "ops/cpu/superpixel_helpers.h"
-#include "ops/superpixel_pool.h"
+#include "ops/superpixel_histogram.h"
 #include "ops/cpu/parallel.h"
 
 namespace spl {
@@ -18,9 +18,8 @@ namespace {
 at::Tensor superpixel_histogram_cpu(const at::Tensor& target, const at::Tensor& labels, int64_t K,
                                     int64_t num_classes, int64_t ignore_index) {
   const char* op = "superpixel_histogram";
-  check_target(op, target, num_classes);
+  check_superpixel_histogram_args(target, labels, K, num_classes);
   const int64_t B = target.size(0), H = target.size(1), W = target.size(2), HW = H * W;
-  check_labels(op, labels, B, H, W, target.device(), K);
   const at::Tensor t = target.contiguous(), lc = labels.contiguous();
   check_label_range(op, lc, K);
   at::Tensor hist = at::zeros({B, K, num_classes}, target.options());

@@ -94,10 +94,8 @@ void pool_forward(const scalar_t* x, const int64_t* labels, const int64_t* count
 std::tuple<at::Tensor, at::Tensor> superpixel_pool_cpu(const at::Tensor& x, const at::Tensor& labels, int64_t K,
                                                        c10::string_view reduce_name) {
   const char* op = "superpixel_pool";
-  check_features(op, x, 4);
-  const PoolReduce reduce = parse_reduce(reduce_name);
+  const PoolReduce reduce = check_superpixel_pool_args(x, labels, K, reduce_name);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  check_labels(op, labels, B, H, W, x.device(), K);
   const at::Tensor xc = x.contiguous(), lc = labels.contiguous();
   check_label_range(op, lc, K);
   at::Tensor out = at::empty({B, C, K}, x.options());

@@ -8,7 +8,7 @@
 #include <torch/library.h>
 
 #include "ops/cpu/superpixel_helpers.h"
-#include "ops/superpixel_pool.h"
+#include "ops/superpixel_unpool.h"
 
 namespace spl {
 namespace cpu {
@@ -16,11 +16,9 @@ namespace {
 
 at::Tensor superpixel_unpool_cpu(const at::Tensor& features, const at::Tensor& labels) {
   const char* op = "superpixel_unpool";
-  check_features(op, features, 3);
-  SPL_CHECK_VALUE(labels.dim() == 3, op, ": labels must have shape [B, H, W], got ", labels.sizes());
+  check_superpixel_unpool_args(features, labels);
   const int64_t B = features.size(0), C = features.size(1), K = features.size(2);
   const int64_t H = labels.size(1), W = labels.size(2), HW = H * W;
-  check_labels(op, labels, B, H, W, features.device(), K);
   const at::Tensor f = features.contiguous(), lc = labels.contiguous();
   check_label_range(op, lc, K);
   at::Tensor out = at::empty({B, C, H, W}, features.options());

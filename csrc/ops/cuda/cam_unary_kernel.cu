@@ -76,7 +76,7 @@ __global__ void cam_unary_mean_kernel(const long long* sums, const long long* co
 
 at::Tensor cam_unary_cuda(const at::Tensor& cam, const at::Tensor& labels, const at::Tensor& class_mask, int64_t K,
                           double bg_threshold, double floor) {
-  cam_unary::check_args(cam, labels, class_mask, K, bg_threshold, floor);
+  check_cam_unary_args(cam, labels, class_mask, K, bg_threshold, floor);
   c10::cuda::CUDAGuard guard(cam.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t B = cam.size(0), C = cam.size(1), HW = cam.size(2) * cam.size(3);

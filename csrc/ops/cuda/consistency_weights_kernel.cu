@@ -1,5 +1,5 @@
 // consistency_weights on the GPU: a histogram pass (integer counts), a per-superpixel decision,
-// a per-pixel write (ops/consistency_common.h, the same code as the CPU kernel).
+// a per-pixel write (ops/consistency_weights.h, the same code as the CPU kernel).
 #include "ops/check.h"
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -7,10 +7,9 @@
 
 #include <cmath>
 
-#include "ops/consistency_common.h"
+#include "ops/consistency_weights.h"
 #include "ops/cuda/cuda_helpers.h"
 #include "ops/cuda/superpixel_histogram_kernel.h"
-#include "ops/superpixel_pool.h"
 
 namespace spl {
 namespace cuda {
@@ -52,11 +51,8 @@ std::tuple<at::Tensor, at::Tensor> consistency_weights_cuda(const at::Tensor& ta
                                                             int64_t K, int64_t num_classes, double tau, double gamma,
                                                             int64_t ignore_index) {
   const char* op = "consistency_weights";
-  check_target(op, target, num_classes);
-  SPL_CHECK_VALUE(std::isfinite(tau) && tau >= 0.0 && tau <= 1.0, op, ": tau must be in [0, 1], got ", tau);
-  SPL_CHECK_VALUE(std::isfinite(gamma) && gamma >= 0.0, op, ": gamma must be a finite number >= 0, got ", gamma);
+  check_consistency_weights_args(target, labels, K, num_classes, tau, gamma);
   const int64_t B = target.size(0), H = target.size(1), W = target.size(2), HW = H * W;
-  check_labels(op, labels, B, H, W, target.device(), K);
   c10::cuda::CUDAGuard guard(target.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor t = target.contiguous(), lc = labels.contiguous();

@@ -9,7 +9,6 @@
 
 #include "ops/cuda/cuda_helpers.h"
 #include "ops/edge_aware_unpool.h"
-#include "ops/superpixel_pool.h"
 
 namespace spl {
 namespace cuda {

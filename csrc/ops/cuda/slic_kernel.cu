@@ -1,4 +1,4 @@
-// SLIC on the GPU. Same steps, same arithmetic (ops/slic_common.h) and therefore the same labels
+// SLIC on the GPU. Same steps, same arithmetic (ops/slic.h) and therefore the same labels
 // as the CPU kernel (ops/cpu/slic_kernel.cpp):
 //   1. features: one thread per pixel writes fixed-point int32 planes [B, C, H, W];
 //   2. seeds: one thread per centre;
@@ -18,10 +18,9 @@
 #include <type_traits>
 #include <vector>
 
-#include "ops/cuda/connectivity_kernel.h"
+#include "ops/cuda/enforce_connectivity_kernel.h"
 #include "ops/cuda/cuda_helpers.h"
 #include "ops/slic.h"
-#include "ops/slic_common.h"
 
 namespace spl {
 namespace cuda {

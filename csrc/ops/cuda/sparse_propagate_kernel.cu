@@ -18,7 +18,7 @@
 #include <tuple>
 
 #include "ops/cuda/cuda_helpers.h"
-#include "ops/graph.h"
+#include "ops/sparse_propagate.h"
 
 namespace spl {
 namespace cuda {
@@ -163,7 +163,7 @@ at::Tensor sparse_propagate_cuda(const at::Tensor& indptr, const at::Tensor& ind
                                  const at::Tensor& edge_value, const at::Tensor& self_value, const at::Tensor& x,
                                  int64_t iters, double alpha) {
   const char* op = "sparse_propagate";
-  check_propagate_args(op, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha);
+  check_sparse_propagate_args(op, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha);
   c10::cuda::CUDAGuard guard(x.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor ip = indptr.contiguous(), ix = indices.contiguous(), off = node_offset.contiguous();
@@ -201,7 +201,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_propagate_backward_cuda(
     const at::Tensor& grad, const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& node_offset,
     const at::Tensor& edge_value, const at::Tensor& self_value, const at::Tensor& x, int64_t iters, double alpha) {
   const char* op = "sparse_propagate (backward)";
-  check_propagate_args(op, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha);
+  check_sparse_propagate_args(op, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha);
   SPL_CHECK_VALUE(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type() &&
                         grad.device() == x.device(),
                     op, ": grad must match x in shape, dtype and device");

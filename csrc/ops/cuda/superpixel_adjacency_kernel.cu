@@ -16,7 +16,7 @@
 #include <tuple>
 
 #include "ops/cuda/cuda_helpers.h"
-#include "ops/graph.h"
+#include "ops/superpixel_adjacency.h"
 
 namespace spl {
 namespace cuda {
@@ -70,7 +70,7 @@ __global__ void check_offsets_kernel(const int64_t* off, int64_t B, int* error) 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> superpixel_adjacency_cuda(const at::Tensor& labels,
                                                                          const at::Tensor& node_offset) {
   const char* op = "superpixel_adjacency";
-  check_adjacency_args(labels, node_offset);
+  check_superpixel_adjacency_args(labels, node_offset);
   c10::cuda::CUDAGuard guard(labels.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor lc = labels.contiguous(), off = node_offset.contiguous();

@@ -8,7 +8,7 @@
 
 #include "ops/cuda/cuda_helpers.h"
 #include "ops/cuda/segmented_reduce.cuh"
-#include "ops/superpixel_pool.h"
+#include "ops/superpixel_histogram.h"
 
 namespace spl {
 namespace cuda {
@@ -45,9 +45,8 @@ __global__ void histogram_kernel(const int64_t* target, const int64_t* labels, i
 at::Tensor superpixel_histogram_cuda(const at::Tensor& target, const at::Tensor& labels, int64_t K,
                                      int64_t num_classes, int64_t ignore_index) {
   const char* op = "superpixel_histogram";
-  check_target(op, target, num_classes);
+  check_superpixel_histogram_args(target, labels, K, num_classes);
   const int64_t B = target.size(0), H = target.size(1), W = target.size(2);
-  check_labels(op, labels, B, H, W, target.device(), K);
   c10::cuda::CUDAGuard guard(target.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor t = target.contiguous(), lc = labels.contiguous();

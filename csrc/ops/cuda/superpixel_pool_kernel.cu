@@ -210,10 +210,8 @@ void raise_if_bad_labels(const at::Tensor& error, const char* op, int64_t K, cud
 std::tuple<at::Tensor, at::Tensor> superpixel_pool_cuda(const at::Tensor& x, const at::Tensor& labels, int64_t K,
                                                         c10::string_view reduce_name) {
   const char* op = "superpixel_pool";
-  check_features(op, x, 4);
-  const PoolReduce reduce = parse_reduce(reduce_name);
+  const PoolReduce reduce = check_superpixel_pool_args(x, labels, K, reduce_name);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
-  check_labels(op, labels, B, H, W, x.device(), K);
   c10::cuda::CUDAGuard guard(x.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor xc = x.contiguous(), lc = labels.contiguous();

@@ -8,7 +8,7 @@
 
 #include "ops/cuda/cuda_helpers.h"
 #include "ops/cuda/gather_by_label.cuh"
-#include "ops/superpixel_pool.h"
+#include "ops/superpixel_unpool.h"
 
 namespace spl {
 namespace cuda {
@@ -18,11 +18,9 @@ constexpr int kThreads = 256;
 
 at::Tensor superpixel_unpool_cuda(const at::Tensor& features, const at::Tensor& labels) {
   const char* op = "superpixel_unpool";
-  check_features(op, features, 3);
-  SPL_CHECK_VALUE(labels.dim() == 3, op, ": labels must have shape [B, H, W], got ", labels.sizes());
+  check_superpixel_unpool_args(features, labels);
   const int64_t B = features.size(0), C = features.size(1), K = features.size(2);
   const int64_t H = labels.size(1), W = labels.size(2), HW = H * W;
-  check_labels(op, labels, B, H, W, features.device(), K);
   c10::cuda::CUDAGuard guard(features.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor f = features.contiguous(), lc = labels.contiguous();

@@ -1,4 +1,5 @@
-// The merge rule of connectivity enforcement, shared by the CPU and CUDA kernels.
+// spl::enforce_connectivity: relabel a label map into 4-connected regions, merging small ones. The
+// merge rule and the checks shared by the CPU and CUDA kernels (which slic's kernels use too).
 //
 // Regions are the 4-connected components of equal labels. A region is identified by its first
 // pixel in raster order, so "smaller region id" means "comes first in the image" and is also the
@@ -13,11 +14,29 @@
 // an island of a mask).
 #pragma once
 
+#include "ops/check.h"
+#include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 
 #include <cstdint>
+#include <tuple>
 
 namespace spl {
+
+// C++ API (goes through the dispatcher, so it runs the CPU or CUDA kernel of `labels`).
+std::tuple<at::Tensor, at::Tensor> enforce_connectivity(const at::Tensor& labels, int64_t min_size);
+
+// Checks shared by the kernels; raise c10::ValueError / c10::TypeError with messages for people.
+inline void check_enforce_connectivity_args(const at::Tensor& labels, int64_t min_size) {
+  SPL_CHECK_TYPE(labels.scalar_type() == at::kLong,
+                   "enforce_connectivity: labels must be an int64 tensor, got ", labels.scalar_type());
+  SPL_CHECK_VALUE(labels.dim() == 3, "enforce_connectivity: labels must have shape [B, H, W], got ",
+                    labels.sizes());
+  SPL_CHECK_VALUE(labels.size(1) * labels.size(2) < (int64_t{1} << 31),
+                    "enforce_connectivity: images of 2^31 pixels or more are not supported");
+  SPL_CHECK_VALUE(min_size >= 0, "enforce_connectivity: min_size must be >= 0, got ", min_size);
+}
+
 namespace connectivity {
 
 // A candidate merge target packed so that the larger packed value is the better choice:

@@ -1,5 +1,5 @@
 #include "ops/check.h"
-#include "ops/cpu/connectivity_kernel.h"
+#include "ops/cpu/enforce_connectivity_kernel.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -12,8 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "ops/connectivity.h"
-#include "ops/connectivity_common.h"
+#include "ops/enforce_connectivity.h"
 #include "ops/cpu/target_clones.h"
 #include "ops/cpu/parallel.h"
 #include "ops/cpu/scratch_buffer.h"
@@ -63,7 +62,7 @@ class BorderCounts {
     ++count_[i];
   }
 
-  // The best choice (connectivity_common.h: longest border, then smaller id), packed; 0 if there
+  // The best choice (enforce_connectivity.h: longest border, then smaller id), packed; 0 if there
   // is no neighbour. Empties the table.
   uint64_t take_best() {
     uint64_t best = 0;
@@ -291,7 +290,7 @@ bool write_region_map(const label_t* labels, int64_t height, int64_t width, int3
   return outside;
 }
 
-// Step 3, the merge rounds of connectivity_common.h. work[0..n) are the first pixels of the small
+// Step 3, the merge rounds of enforce_connectivity.h. work[0..n) are the first pixels of the small
 // groups (in order, so their ids are in order too).
 void merge_small_groups(int64_t height, int64_t width, int64_t min_size, int32_t* map, int64_t n, ImageMemory& m) {
   int32_t* live = m.work;

@@ -4,7 +4,7 @@
 // the region graph. All integer work, so the result does not depend on thread order. Region ids
 // are global pixel indices, so the whole batch is one problem.
 #include "ops/check.h"
-#include "ops/cuda/connectivity_kernel.h"
+#include "ops/cuda/enforce_connectivity_kernel.h"
 
 #include <torch/library.h>
 
@@ -18,8 +18,7 @@
 #include <algorithm>
 #include <climits>
 
-#include "ops/connectivity.h"
-#include "ops/connectivity_common.h"
+#include "ops/enforce_connectivity.h"
 #include "ops/cuda/cuda_helpers.h"
 
 namespace spl {

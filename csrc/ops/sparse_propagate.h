@@ -1,10 +1,7 @@
-// Superpixel graphs: superpixel_adjacency and sparse_propagate.
-// Argument checks shared by the CPU and CUDA kernels.
-//
-// A batch's graph is the disjoint union of per-image graphs in CSR form: node_offset [B + 1]
-// (image b owns nodes node_offset[b] .. node_offset[b + 1] - 1), indptr [N + 1], indices [E] (global
-// node ids, each row sorted, no self loops, symmetric structure), border [E] (4-neighbour pixel pairs
-// along the shared border of the two superpixels).
+// spl::sparse_propagate: iters rounds of s <- alpha * T s + (1 - alpha) * x over a superpixel graph
+// (the batch CSR of ops/superpixel_adjacency.h), T = off-diagonal values per CSR edge + a diagonal;
+// and its private backward spl::_sparse_propagate_backward. The checks shared by the CPU and CUDA
+// kernels (of both).
 #pragma once
 
 #include "ops/check.h"
@@ -12,27 +9,13 @@
 
 namespace spl {
 
-inline void check_node_offset(const char* op, const at::Tensor& node_offset, const at::Device& device) {
-  SPL_CHECK_TYPE(node_offset.scalar_type() == at::kLong, op, ": node_offset must be an int64 tensor, got ",
-                   node_offset.scalar_type());
-  SPL_CHECK_VALUE(node_offset.dim() == 1 && node_offset.size(0) >= 1, op,
-                    ": node_offset must have shape [B + 1], got ", node_offset.sizes());
-  SPL_CHECK_VALUE(node_offset.device() == device, op, ": node_offset is on ", node_offset.device(),
-                    " but the labels / features are on ", device);
-}
-
-inline void check_adjacency_args(const at::Tensor& labels, const at::Tensor& node_offset) {
-  const char* op = "superpixel_adjacency";
-  SPL_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": labels must be an int64 tensor, got ",
-                   labels.scalar_type());
-  SPL_CHECK_VALUE(labels.dim() == 3, op, ": labels must have shape [B, H, W], got ", labels.sizes());
-  check_node_offset(op, node_offset, labels.device());
-  SPL_CHECK_VALUE(node_offset.size(0) == labels.size(0) + 1, op, ": node_offset must have B + 1 = ",
-                    labels.size(0) + 1, " entries, got ", node_offset.size(0));
-}
+// C++ API (through the dispatcher). Returns [N, C], the dtype of x (float32 or float64).
+at::Tensor sparse_propagate(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& node_offset,
+                            const at::Tensor& edge_value, const at::Tensor& self_value, const at::Tensor& x,
+                            int64_t iters, double alpha);
 
 // The transition matrix T of sparse_propagate: off-diagonal values per CSR edge, diagonal per node.
-inline void check_propagate_args(const char* op, const at::Tensor& indptr, const at::Tensor& indices,
+inline void check_sparse_propagate_args(const char* op, const at::Tensor& indptr, const at::Tensor& indices,
                                  const at::Tensor& node_offset, const at::Tensor& edge_value,
                                  const at::Tensor& self_value, const at::Tensor& x, int64_t iters, double alpha) {
   const auto t = x.scalar_type();

@@ -1,5 +1,5 @@
 // CUDA building blocks of connectivity enforcement, shared by the enforce_connectivity and slic
-// CUDA kernels. The rule is in ops/connectivity_common.h; results equal the CPU kernel's.
+// CUDA kernels. The rule is in ops/enforce_connectivity.h; results equal the CPU kernel's.
 #pragma once
 
 #include <ATen/core/Tensor.h>

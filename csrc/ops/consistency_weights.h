@@ -1,5 +1,5 @@
-// The local superpixel transformation and consistency weight, shared by the CPU
-// and CUDA kernels of consistency_weights.
+// spl::consistency_weights: the local superpixel transformation of a pseudo-label and its
+// consistency weights. The rule and the checks shared by the CPU and CUDA kernels.
 //
 // With h_k the class histogram of superpixel k and n_k its number of labelled pixels:
 //   majority m_k = argmax_c h_k(c) (ties: the smaller class); transformed when h_k(m_k) >= tau n_k.
@@ -9,12 +9,31 @@
 // gamma. Pixels with ignore_index or superpixel -1 keep ignore_index and weigh 0.
 #pragma once
 
+#include "ops/check.h"
+#include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 
 #include <cmath>
 #include <cstdint>
+#include <tuple>
 
 namespace spl {
+
+// C++ API (through the dispatcher). Returns (weights float32 [B, H, W], transformed int64 [B, H, W]).
+std::tuple<at::Tensor, at::Tensor> consistency_weights(const at::Tensor& target, const at::Tensor& labels,
+                                                       int64_t num_superpixels, int64_t num_classes, double tau,
+                                                       double gamma, int64_t ignore_index);
+
+// target, labels: int64 [B, H, W] on one device (values checked by the kernels); tau in [0, 1];
+// gamma finite >= 0.
+inline void check_consistency_weights_args(const at::Tensor& target, const at::Tensor& labels,
+                                           int64_t num_superpixels, int64_t num_classes, double tau, double gamma) {
+  const char* op = "consistency_weights";
+  check_target(op, target, num_classes);
+  SPL_CHECK_VALUE(std::isfinite(tau) && tau >= 0.0 && tau <= 1.0, op, ": tau must be in [0, 1], got ", tau);
+  SPL_CHECK_VALUE(std::isfinite(gamma) && gamma >= 0.0, op, ": gamma must be a finite number >= 0, got ", gamma);
+  check_labels(op, labels, target.size(0), target.size(1), target.size(2), target.device(), num_superpixels);
+}
 namespace consistency {
 
 template <typename count_t>

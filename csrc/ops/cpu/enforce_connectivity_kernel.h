@@ -1,5 +1,5 @@
 // CPU building blocks of connectivity enforcement, shared by the enforce_connectivity and slic
-// CPU kernels. The rule is in ops/connectivity_common.h.
+// CPU kernels. The rule is in ops/enforce_connectivity.h.
 #pragma once
 
 #include <cstdint>
