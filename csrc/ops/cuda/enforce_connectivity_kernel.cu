@@ -365,6 +365,207 @@ void renumber_by_first_pixel(const int32_t* labels, int64_t batch, int64_t pixel
   write_ranked_labels(region, nullptr, batch, pixels, out, counts, device, stream);
 }
 
+namespace {
+
+// ---- connect_regions, step by step -----------------------------------------------------------
+
+// Union-find labelling: region[p] becomes the first pixel of p's component (-1 outside), and
+// size[r] (zeroed by the caller) the pixel count of region r.
+template <typename label_t>
+void label_components(const label_t* labels, int64_t n, int64_t height, int64_t width, int32_t* region,
+                      int32_t* size, cudaStream_t stream) {
+  const unsigned blocks = blocks_for(n, kThreads);
+  init_parent_kernel<<<blocks, kThreads, 0, stream>>>(labels, n, region);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  union_kernel<<<blocks, kThreads, 0, stream>>>(labels, n, height, width, region);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  flatten_kernel<<<blocks, kThreads, 0, stream>>>(n, region, size);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The number of border keys (for_small_borders: one per 4-adjacent pixel pair of different regions
+// and direction whose source region is small), counted in *total. Synchronises.
+int64_t count_border_keys(const int32_t* region, const int32_t* size, int64_t n, int64_t height, int64_t width,
+                          int32_t small, unsigned long long* total, cudaStream_t stream) {
+  count_borders_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream>>>(n, region, size, height, width, small,
+                                                                          total);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t num_keys = static_cast<int64_t>(read_scalar(total, stream));
+  SPL_CHECK(num_keys < INT_MAX, "connectivity: too many borders in one CUDA batch; split the batch");
+  return num_keys;
+}
+
+// The distinct (small region, neighbour) pairs in increasing order and the length of each one's
+// border. pair lies in pair_t and border in border_t, which also holds the device copy of
+// num_pairs.
+struct Borders {
+  at::Tensor border_t, pair_t;
+  const uint64_t* pair = nullptr;
+  const int32_t* border = nullptr;
+  int64_t num_pairs = 0;
+};
+
+// Sorts the keys (cub::DoubleBuffer: they end in keys.Current()), then writes each distinct key to
+// keys.Alternate(), its run length to lengths and the number of distinct keys to *num_runs.
+void sort_and_count_runs(cub::DoubleBuffer<uint64_t>& keys, int64_t num_keys, int32_t* lengths, int32_t* num_runs,
+                         const at::Device& device, cudaStream_t stream) {
+  const int num_bits = 2 * 32;
+  size_t sort_bytes = 0, rle_bytes = 0;
+  C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, sort_bytes, keys, static_cast<int>(num_keys), 0, num_bits,
+                                                stream));
+  C10_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(nullptr, rle_bytes, keys.Current(), keys.Alternate(), lengths,
+                                                    num_runs, static_cast<int>(num_keys), stream));
+  at::Tensor temp = device_bytes(static_cast<int64_t>(std::max(sort_bytes, rle_bytes)), device);
+  C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp.data_ptr(), sort_bytes, keys, static_cast<int>(num_keys), 0,
+                                                num_bits, stream));
+  C10_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(temp.data_ptr(), rle_bytes, keys.Current(), keys.Alternate(),
+                                                    lengths, num_runs, static_cast<int>(num_keys), stream));
+}
+
+// Border lengths of (small region, neighbour) pairs: sort one key per pixel pair, count runs.
+// Memory (on noise nearly every region is small, so there are about 3.5 keys per pixel): the sort
+// ping-pongs between two buffers (cub::DoubleBuffer; cub's other form hides a copy of the keys in
+// its temporary storage), the unique pairs go to the buffer the sorted keys are not in, and the
+// sorted keys are freed (on return) before the merge rounds take memory of their own.
+// Synchronises.
+Borders border_lengths(const int32_t* region, const int32_t* size, int64_t n, int64_t height, int64_t width,
+                       int32_t small, int64_t num_keys, unsigned long long* cursor, const at::Device& device,
+                       cudaStream_t stream) {
+  const auto long_opts = at::TensorOptions().dtype(at::kLong).device(device);
+  at::Tensor key_buffers[2] = {at::empty({num_keys}, long_opts), at::empty({num_keys}, long_opts)};
+  cub::DoubleBuffer<uint64_t> keys(reinterpret_cast<uint64_t*>(key_buffers[0].data_ptr<int64_t>()),
+                                   reinterpret_cast<uint64_t*>(key_buffers[1].data_ptr<int64_t>()));
+  emit_borders_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream>>>(n, region, size, height, width, small, cursor,
+                                                                        keys.Current());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  Borders borders;
+  borders.border_t = at::empty({num_keys + 1}, at::TensorOptions().dtype(at::kInt).device(device));
+  int32_t* border = borders.border_t.data_ptr<int32_t>();
+  int32_t* num_pairs_d = border + num_keys;
+  sort_and_count_runs(keys, num_keys, border, num_pairs_d, device, stream);
+  borders.num_pairs = read_scalar(num_pairs_d, stream);  // synchronises: the sorted keys can go
+  borders.border = border;
+  borders.pair = keys.Alternate();
+  borders.pair_t = key_buffers[keys.selector ^ 1];
+  return borders;
+}
+
+// Memory of the merge rounds. Group state, indexed by region id (a pixel index): rep (group of
+// each region), group size, best choice, chain pointers, roots, canonical ids, touched flags. Per
+// round: candidate pairs of groups, sorted (again ping-ponging between two buffers) and summed into
+// the buffers the sorted ones are not in; cub's temporary storage for both.
+struct MergeState {
+  at::Tensor rep_t, group_size_t, state_t, best_t, touched_t, cand_t, val_t, round_temp;
+  int32_t* rep = nullptr;
+  int32_t* group_size = nullptr;
+  int32_t* next = nullptr;
+  int32_t* root = nullptr;
+  int32_t* canon = nullptr;
+  uint64_t* best = nullptr;
+  uint8_t* touched = nullptr;
+  uint64_t* cand_buffers[2] = {nullptr, nullptr};
+  int32_t* val_buffers[2] = {nullptr, nullptr};
+  int32_t* num_groups_d = nullptr;
+  size_t pairs_bytes = 0, reduce_bytes = 0;
+};
+
+// Every region its own group (rep[r] = r), of its region's size.
+MergeState make_merge_state(const at::Tensor& size_tensor, int64_t n, int64_t num_pairs, const at::Device& device,
+                            cudaStream_t stream) {
+  const auto int_opts = at::TensorOptions().dtype(at::kInt).device(device);
+  const auto long_opts = at::TensorOptions().dtype(at::kLong).device(device);
+  MergeState m;
+  m.rep_t = at::empty({n}, int_opts);
+  m.rep = m.rep_t.data_ptr<int32_t>();
+  iota_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream>>>(n, m.rep);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  m.group_size_t = size_tensor.clone();
+  m.state_t = at::empty({3 * n}, int_opts);
+  m.best_t = at::zeros({n}, long_opts);
+  m.touched_t = at::zeros({n}, at::TensorOptions().dtype(at::kByte).device(device));
+  m.group_size = m.group_size_t.data_ptr<int32_t>();
+  m.next = m.state_t.data_ptr<int32_t>();
+  m.root = m.next + n;
+  m.canon = m.root + n;
+  m.best = reinterpret_cast<uint64_t*>(m.best_t.data_ptr<int64_t>());
+  m.touched = m.touched_t.data_ptr<uint8_t>();
+  m.cand_t = at::empty({2 * num_pairs}, long_opts);
+  m.val_t = at::empty({2 * num_pairs + 1}, int_opts);
+  m.cand_buffers[0] = reinterpret_cast<uint64_t*>(m.cand_t.data_ptr<int64_t>());
+  m.cand_buffers[1] = reinterpret_cast<uint64_t*>(m.cand_t.data_ptr<int64_t>()) + num_pairs;
+  m.val_buffers[0] = m.val_t.data_ptr<int32_t>();
+  m.val_buffers[1] = m.val_t.data_ptr<int32_t>() + num_pairs;
+  m.num_groups_d = m.val_buffers[1] + num_pairs;
+  cub::DoubleBuffer<uint64_t> cand(m.cand_buffers[0], m.cand_buffers[1]);
+  cub::DoubleBuffer<int32_t> val(m.val_buffers[0], m.val_buffers[1]);
+  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, m.pairs_bytes, cand, val, static_cast<int>(num_pairs), 0,
+                                                 64, stream));
+  C10_CUDA_CHECK(cub::DeviceReduce::ReduceByKey(nullptr, m.reduce_bytes, cand.Current(), cand.Alternate(),
+                                                val.Current(), val.Alternate(), m.num_groups_d,
+                                                ::cuda::std::plus<int32_t>(), static_cast<int>(num_pairs), stream));
+  m.round_temp = device_bytes(static_cast<int64_t>(std::max(m.pairs_bytes, m.reduce_bytes)), device);
+  return m;
+}
+
+// One merge round (connectivity_common.h: steps 1 to 3) on the groups of m.rep, then the new
+// group sizes. Returns false, having merged nothing, when no small group has a neighbour group.
+// Synchronises.
+bool merge_round(MergeState& m, const Borders& borders, const int32_t* region, const int32_t* size, int64_t n,
+                 int32_t small, unsigned long long* total, cudaStream_t stream) {
+  const int64_t num_pairs = borders.num_pairs;
+  const unsigned blocks = blocks_for(n, kThreads), pair_blocks = blocks_for(num_pairs, kThreads);
+  cub::DoubleBuffer<uint64_t> cand(m.cand_buffers[0], m.cand_buffers[1]);
+  cub::DoubleBuffer<int32_t> val(m.val_buffers[0], m.val_buffers[1]);
+  C10_CUDA_CHECK(cudaMemsetAsync(total, 0, sizeof(unsigned long long), stream));
+  group_pairs_kernel<<<pair_blocks, kThreads, 0, stream>>>(num_pairs, borders.pair, borders.border, m.rep,
+                                                           m.group_size, small, cand.Current(), val.Current(), total);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (read_scalar(total, stream) == 0) return false;
+  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(m.round_temp.data_ptr(), m.pairs_bytes, cand, val,
+                                                 static_cast<int>(num_pairs), 0, 64, stream));
+  uint64_t* group_key = cand.Alternate();
+  int32_t* group_total = val.Alternate();
+  C10_CUDA_CHECK(cub::DeviceReduce::ReduceByKey(m.round_temp.data_ptr(), m.reduce_bytes, cand.Current(), group_key,
+                                                val.Current(), group_total, m.num_groups_d,
+                                                ::cuda::std::plus<int32_t>(), static_cast<int>(num_pairs), stream));
+  choose_kernel<<<pair_blocks, kThreads, 0, stream>>>(m.num_groups_d, group_key, group_total, m.best);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  next_kernel<<<pair_blocks, kThreads, 0, stream>>>(m.num_groups_d, group_key, m.best, m.next);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  root_kernel<<<pair_blocks, kThreads, 0, stream>>>(m.num_groups_d, group_key, m.best, m.next, m.root, m.canon,
+                                                    m.touched);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  canon_kernel<<<pair_blocks, kThreads, 0, stream>>>(m.num_groups_d, group_key, m.root, m.canon);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  relabel_groups_kernel<<<blocks, kThreads, 0, stream>>>(n, m.touched, m.root, m.canon, m.rep);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  C10_CUDA_CHECK(cudaMemsetAsync(m.group_size, 0, n * sizeof(int32_t), stream));
+  group_size_kernel<<<blocks, kThreads, 0, stream>>>(n, region, size, m.rep, m.group_size);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  reset_kernel<<<pair_blocks, kThreads, 0, stream>>>(m.num_groups_d, group_key, m.root, m.best, m.touched);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
+// The group of each region once the regions smaller than `small` pixels are merged (undefined: no
+// small region has a neighbour, nothing to merge).
+at::Tensor merge_small_regions(const int32_t* region, const at::Tensor& size_tensor, int64_t n, int64_t height,
+                               int64_t width, int32_t small, const at::Device& device, cudaStream_t stream) {
+  const int32_t* size = size_tensor.const_data_ptr<int32_t>();
+  at::Tensor counter = at::zeros({2}, at::TensorOptions().dtype(at::kLong).device(device));
+  auto* total = reinterpret_cast<unsigned long long*>(counter.data_ptr<int64_t>());
+  const int64_t num_keys = count_border_keys(region, size, n, height, width, small, total, stream);
+  if (num_keys == 0) return at::Tensor();
+  const Borders borders = border_lengths(region, size, n, height, width, small, num_keys, total + 1, device, stream);
+  MergeState m = make_merge_state(size_tensor, n, borders.num_pairs, device, stream);
+  // Rounds repeat until no small group has a neighbour group (connectivity_common.h).
+  while (merge_round(m, borders, region, size, n, small, total, stream)) {
+  }
+  return m.rep_t;
+}
+
+}  // namespace
+
 template <typename label_t>
 void connect_regions(const label_t* labels, int64_t batch, int64_t height, int64_t width, int64_t min_size,
                      int64_t* out, int64_t* counts, const at::Device& device, cudaStream_t stream) {
@@ -374,130 +575,10 @@ void connect_regions(const label_t* labels, int64_t batch, int64_t height, int64
   at::Tensor region_t = at::empty({n}, int_opts);
   at::Tensor size_tensor = at::zeros({n}, int_opts);
   int32_t* region = region_t.data_ptr<int32_t>();
-  int32_t* size = size_tensor.data_ptr<int32_t>();
-  const unsigned blocks = blocks_for(n, kThreads);
-  init_parent_kernel<<<blocks, kThreads, 0, stream>>>(labels, n, region);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  union_kernel<<<blocks, kThreads, 0, stream>>>(labels, n, height, width, region);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  flatten_kernel<<<blocks, kThreads, 0, stream>>>(n, region, size);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-
-  at::Tensor rep_t;
+  label_components(labels, n, height, width, region, size_tensor.data_ptr<int32_t>(), stream);
   const int32_t small = static_cast<int32_t>(min_size < INT_MAX ? min_size : INT_MAX);
-  if (small > 1) {
-    at::Tensor counter = at::zeros({2}, at::TensorOptions().dtype(at::kLong).device(device));
-    auto* total = reinterpret_cast<unsigned long long*>(counter.data_ptr<int64_t>());
-    count_borders_kernel<<<blocks, kThreads, 0, stream>>>(n, region, size, height, width, small, total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const int64_t num_keys = static_cast<int64_t>(read_scalar(total, stream));
-    SPL_CHECK(num_keys < INT_MAX, "connectivity: too many borders in one CUDA batch; split the batch");
-    if (num_keys > 0) {
-      // Border lengths of (small region, neighbour) pairs: sort one key per pixel pair, count runs.
-      // Memory (on noise nearly every region is small, so there are about 3.5 keys per pixel): the
-      // sort ping-pongs between two buffers (cub::DoubleBuffer; cub's other form hides a copy of
-      // the keys in its temporary storage), the unique pairs go to the buffer the sorted keys are
-      // not in, and the sorted keys are freed before the merge rounds take memory of their own.
-      const auto long_opts = at::TensorOptions().dtype(at::kLong).device(device);
-      at::Tensor key_buffers[2] = {at::empty({num_keys}, long_opts), at::empty({num_keys}, long_opts)};
-      cub::DoubleBuffer<uint64_t> keys(reinterpret_cast<uint64_t*>(key_buffers[0].data_ptr<int64_t>()),
-                                       reinterpret_cast<uint64_t*>(key_buffers[1].data_ptr<int64_t>()));
-      emit_borders_kernel<<<blocks, kThreads, 0, stream>>>(n, region, size, height, width, small, total + 1,
-                                                           keys.Current());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const int num_bits = 2 * 32;
-      at::Tensor border_t = at::empty({num_keys + 1}, int_opts);  // + the number of pairs
-      int32_t* border = border_t.data_ptr<int32_t>();
-      int32_t* num_pairs_d = border + num_keys;
-      {
-        size_t sort_bytes = 0, rle_bytes = 0;
-        C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, sort_bytes, keys, static_cast<int>(num_keys), 0,
-                                                      num_bits, stream));
-        C10_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(nullptr, rle_bytes, keys.Current(), keys.Alternate(),
-                                                          border, num_pairs_d, static_cast<int>(num_keys), stream));
-        at::Tensor temp = device_bytes(static_cast<int64_t>(std::max(sort_bytes, rle_bytes)), device);
-        C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp.data_ptr(), sort_bytes, keys, static_cast<int>(num_keys),
-                                                      0, num_bits, stream));
-        C10_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(temp.data_ptr(), rle_bytes, keys.Current(),
-                                                          keys.Alternate(), border, num_pairs_d,
-                                                          static_cast<int>(num_keys), stream));
-      }
-      const int64_t num_pairs = read_scalar(num_pairs_d, stream);  // synchronises: the sorted keys can go
-      const uint64_t* pair = keys.Alternate();
-      at::Tensor pair_t = key_buffers[keys.selector ^ 1];
-      key_buffers[0] = at::Tensor(), key_buffers[1] = at::Tensor();
-
-      // Group state, indexed by region id (a pixel index): rep (group of each region), group
-      // size, best choice, chain pointers, roots, canonical ids, touched flags.
-      rep_t = at::empty({n}, int_opts);
-      int32_t* rep = rep_t.data_ptr<int32_t>();
-      iota_kernel<<<blocks, kThreads, 0, stream>>>(n, rep);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      at::Tensor group_size_t = size_tensor.clone();
-      at::Tensor state_t = at::empty({3 * n}, int_opts);
-      at::Tensor best_t = at::zeros({n}, long_opts);
-      at::Tensor touched_t = at::zeros({n}, at::TensorOptions().dtype(at::kByte).device(device));
-      int32_t* group_size = group_size_t.data_ptr<int32_t>();
-      int32_t* next = state_t.data_ptr<int32_t>();
-      int32_t* root = next + n;
-      int32_t* canon = root + n;
-      auto* best = reinterpret_cast<uint64_t*>(best_t.data_ptr<int64_t>());
-      uint8_t* touched = touched_t.data_ptr<uint8_t>();
-      // Per round: candidate pairs of groups, sorted (again ping-ponging between two buffers) and
-      // summed into the buffers the sorted ones are not in.
-      at::Tensor cand_t = at::empty({2 * num_pairs}, long_opts);
-      at::Tensor val_t = at::empty({2 * num_pairs + 1}, int_opts);
-      uint64_t* cand_buffers[2] = {reinterpret_cast<uint64_t*>(cand_t.data_ptr<int64_t>()),
-                                   reinterpret_cast<uint64_t*>(cand_t.data_ptr<int64_t>()) + num_pairs};
-      int32_t* val_buffers[2] = {val_t.data_ptr<int32_t>(), val_t.data_ptr<int32_t>() + num_pairs};
-      int32_t* num_groups_d = val_buffers[1] + num_pairs;
-      size_t pairs_bytes = 0, reduce_bytes = 0;
-      {
-        cub::DoubleBuffer<uint64_t> cand(cand_buffers[0], cand_buffers[1]);
-        cub::DoubleBuffer<int32_t> val(val_buffers[0], val_buffers[1]);
-        C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, pairs_bytes, cand, val, static_cast<int>(num_pairs),
-                                                       0, 64, stream));
-        C10_CUDA_CHECK(cub::DeviceReduce::ReduceByKey(nullptr, reduce_bytes, cand.Current(), cand.Alternate(),
-                                                      val.Current(), val.Alternate(), num_groups_d,
-                                                      ::cuda::std::plus<int32_t>(), static_cast<int>(num_pairs),
-                                                      stream));
-      }
-      at::Tensor round_temp = device_bytes(static_cast<int64_t>(std::max(pairs_bytes, reduce_bytes)), device);
-      const unsigned pair_blocks = blocks_for(num_pairs, kThreads);
-      while (true) {
-        cub::DoubleBuffer<uint64_t> cand(cand_buffers[0], cand_buffers[1]);
-        cub::DoubleBuffer<int32_t> val(val_buffers[0], val_buffers[1]);
-        C10_CUDA_CHECK(cudaMemsetAsync(total, 0, sizeof(unsigned long long), stream));
-        group_pairs_kernel<<<pair_blocks, kThreads, 0, stream>>>(num_pairs, pair, border, rep, group_size, small,
-                                                                 cand.Current(), val.Current(), total);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        if (read_scalar(total, stream) == 0) break;
-        C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(round_temp.data_ptr(), pairs_bytes, cand, val,
-                                                       static_cast<int>(num_pairs), 0, 64, stream));
-        uint64_t* group_key = cand.Alternate();
-        int32_t* group_total = val.Alternate();
-        C10_CUDA_CHECK(cub::DeviceReduce::ReduceByKey(round_temp.data_ptr(), reduce_bytes, cand.Current(), group_key,
-                                                      val.Current(), group_total, num_groups_d,
-                                                      ::cuda::std::plus<int32_t>(), static_cast<int>(num_pairs),
-                                                      stream));
-        choose_kernel<<<pair_blocks, kThreads, 0, stream>>>(num_groups_d, group_key, group_total, best);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        next_kernel<<<pair_blocks, kThreads, 0, stream>>>(num_groups_d, group_key, best, next);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        root_kernel<<<pair_blocks, kThreads, 0, stream>>>(num_groups_d, group_key, best, next, root, canon, touched);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        canon_kernel<<<pair_blocks, kThreads, 0, stream>>>(num_groups_d, group_key, root, canon);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        relabel_groups_kernel<<<blocks, kThreads, 0, stream>>>(n, touched, root, canon, rep);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        C10_CUDA_CHECK(cudaMemsetAsync(group_size, 0, n * sizeof(int32_t), stream));
-        group_size_kernel<<<blocks, kThreads, 0, stream>>>(n, region, size, rep, group_size);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        reset_kernel<<<pair_blocks, kThreads, 0, stream>>>(num_groups_d, group_key, root, best, touched);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    }
-  }
+  const at::Tensor rep_t =
+      small > 1 ? merge_small_regions(region, size_tensor, n, height, width, small, device, stream) : at::Tensor();
   write_ranked_labels(region, rep_t.defined() ? rep_t.data_ptr<int32_t>() : nullptr, batch, pixels, out, counts,
                       device, stream);
 }

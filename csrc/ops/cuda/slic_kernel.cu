@@ -156,13 +156,208 @@ __device__ __forceinline__ int64_t warp_sum_wide(int64_t v) {
   return static_cast<int64_t>(warp_sum(high)) * 65536 + warp_sum(low);
 }
 
+// The block's cell: its first row y0 and column x0 in an image `width` pixels wide.
+struct Cell {
+  int64_t y0, x0, width;
+  // Index in the image of the cell-local pixel (ly, lx).
+  __device__ __forceinline__ int64_t pixel(uint32_t ly, uint32_t lx) const { return (y0 + ly) * width + x0 + lx; }
+};
+
+// One value per pixel of a thread's round.
+template <typename T>
+using PerPixel = T[kPixelsPerThread];
+// Features of a round's pixels held in registers (kC > 0 only).
+template <int kC>
+using RawFeatures = PerPixel<int32_t[(kC > 0 ? kC : 1)]>;
+
+// Features are centred on the cell's own centre (when it has none, no pixel of the cell is inside
+// the mask).
+__device__ __forceinline__ void load_reference(const float* centres, const uint8_t* alive, int64_t bk, int64_t C,
+                                               int64_t D, float* reference) {
+  const bool own_alive = alive[bk];
+  for (int64_t j = threadIdx.x; j < C; j += blockDim.x) reference[j] = own_alive ? centres[bk * D + j] : 0.0f;
+}
+
+// The 9 centres around cell (cy, cx), one slot per thread of threads 0..8, expanded against the
+// reference (slic_common.h: expand_candidate), and each slot's centre index (-1: none).
+__device__ __forceinline__ void expand_candidates(const float* centres, const uint8_t* alive, const GridArgs& g,
+                                                  int64_t b, int64_t cy, int64_t cx, int64_t y0, int64_t x0,
+                                                  float weight_y, float weight_x, int64_t C, int64_t D, int64_t E,
+                                                  const float* reference, float* cand, int32_t* centre_of_slot) {
+  if (threadIdx.x >= kSlots) return;
+  const int64_t K = g.cells_y * g.cells_x;
+  const int slot = threadIdx.x;
+  const int64_t ny = cy + slot / 3 - 1, nx = cx + slot % 3 - 1;
+  const bool valid = ny >= 0 && ny < g.cells_y && nx >= 0 && nx < g.cells_x && alive[b * K + ny * g.cells_x + nx];
+  const int64_t nk = valid ? ny * g.cells_x + nx : 0;
+  expand_candidate(centres + (b * K + nk) * D, valid, reference, y0, x0, weight_y, weight_x, C, cand + slot * E);
+  centre_of_slot[slot] = valid ? static_cast<int32_t>(nk) : -1;
+}
+
+// Cell-local positions of a thread's pixels in the round from base: the first by one division, the
+// others advanced by whole rows and a remainder (no division per pixel).
+__device__ __forceinline__ void round_positions(uint32_t base, uint32_t w, uint32_t step_y, uint32_t step_x,
+                                                PerPixel<uint32_t>& ly, PerPixel<uint32_t>& lx) {
+  ly[0] = (base + threadIdx.x) / w;
+  lx[0] = (base + threadIdx.x) - ly[0] * w;
+  SPL_UNROLL
+  for (int r = 1; r < kPixelsPerThread; ++r) {
+    ly[r] = ly[r - 1] + step_y, lx[r] = lx[r - 1] + step_x;
+    if (lx[r] >= w) lx[r] -= w, ++ly[r];
+  }
+}
+
+// Which pixels of the round are in the cell (i < n) and inside the mask, then, for kC > 0, every
+// feature load of the round at once, so that the loads are in flight together.
+template <int kC>
+__device__ __forceinline__ void load_round(const Cell& cell, const int32_t* qb, const bool* mb, int64_t pixels,
+                                           uint32_t base, uint32_t step, uint32_t n, const PerPixel<uint32_t>& ly,
+                                           const PerPixel<uint32_t>& lx, PerPixel<bool>& inside,
+                                           RawFeatures<kC>& raw) {
+  SPL_UNROLL
+  for (int r = 0; r < kPixelsPerThread; ++r) {
+    const uint32_t i = base + r * step + threadIdx.x;
+    const int64_t p = cell.pixel(ly[r], lx[r]);
+    inside[r] = i < n && (!mb || mb[p]);
+    if constexpr (kC > 0) {
+      SPL_UNROLL
+      for (int c = 0; c < kC; ++c) raw[r][c] = inside[r] ? qb[c * pixels + p] : 0;
+    }
+  }
+}
+
+// The slot of the candidate nearest to each pixel of the round inside the mask (-1 for the others;
+// ties: the first slot; kOwnSlot if no distance is below infinity), by the expanded distances of
+// slic_common.h. kC > 0: from the features in raw; otherwise loaded from qb. (The loop over the
+// round's pixels is in here: around a per-pixel helper, nvcc unrolls the kC = 0 path less.)
+template <int kC>
+__device__ __forceinline__ void nearest_slots(const Cell& cell, const PerPixel<uint32_t>& ly,
+                                              const PerPixel<uint32_t>& lx, const PerPixel<bool>& inside,
+                                              const RawFeatures<kC>& raw, const int32_t* qb, int64_t pixels,
+                                              const float* inv, const float* reference, const float* cand,
+                                              int64_t C, int64_t E, PerPixel<int>& slot) {
+  SPL_UNROLL
+  for (int r = 0; r < kPixelsPerThread; ++r) {
+    slot[r] = -1;
+    if (!inside[r]) continue;
+    const int64_t p = cell.pixel(ly[r], lx[r]);
+    const float py = static_cast<float>(ly[r]), px = static_cast<float>(lx[r]);
+    float best = INFINITY;
+    slot[r] = kOwnSlot;
+    if constexpr (kC > 0) {
+      float v[kC];
+      SPL_UNROLL
+      for (int c = 0; c < kC; ++c) v[c] = static_cast<float>(raw[r][c]) * inv[c] - reference[c];
+      SPL_UNROLL
+      for (int s = 0; s < kSlots; ++s) {
+        const float d = expanded_distance<kC>(v, py, px, cand + s * E);
+        if (d < best) best = d, slot[r] = s;
+      }
+    } else {
+      for (int s = 0; s < kSlots; ++s) {
+        const float* coeff = cand + s * E;
+        float d = coeff[C + 2];
+        for (int64_t c = 0; c < C; ++c) {
+          d = fused_multiply_add(static_cast<float>(qb[c * pixels + p]) * inv[c] - reference[c], coeff[c], d);
+        }
+        d = fused_multiply_add(px, coeff[C + 1], fused_multiply_add(py, coeff[C], d));
+        if (d < best) best = d, slot[r] = s;
+      }
+    }
+  }
+}
+
+// The last iteration: each pixel of the round in the cell gets its slot's centre (-1: none, or
+// outside the mask). labels: the image's [H * W].
+__device__ __forceinline__ void write_round_labels(const Cell& cell, uint32_t base, uint32_t step, uint32_t n,
+                                                   const PerPixel<uint32_t>& ly, const PerPixel<uint32_t>& lx,
+                                                   const PerPixel<int>& slot, const int32_t* centre_of_slot,
+                                                   int32_t* labels) {
+  SPL_UNROLL
+  for (int r = 0; r < kPixelsPerThread; ++r) {
+    const uint32_t i = base + r * step + threadIdx.x;
+    if (i < n) labels[cell.pixel(ly[r], lx[r])] = slot[r] < 0 ? -1 : centre_of_slot[slot[r]];
+  }
+}
+
+// Slot s's feature sums over the warp's pixels of the round: per channel j, an int32 warp sum
+// (static_assert above), added to out[j] by lane j % 32.
+template <int kC>
+__device__ __forceinline__ void add_feature_sums(int s, const PerPixel<int>& slot, const RawFeatures<kC>& raw,
+                                                 const Cell& cell, const PerPixel<uint32_t>& ly,
+                                                 const PerPixel<uint32_t>& lx, const int32_t* qb, int64_t pixels,
+                                                 int64_t C, int lane, int64_t* out) {
+  if constexpr (kC > 0) {
+    SPL_UNROLL
+    for (int j = 0; j < kC; ++j) {
+      int32_t value = 0;
+      SPL_UNROLL
+      for (int r = 0; r < kPixelsPerThread; ++r) value += slot[r] == s ? raw[r][j] : 0;
+      const int32_t sum = warp_sum(value);
+      if (lane == (j & 31)) out[j] += sum;
+    }
+  } else {
+    for (int64_t j = 0; j < C; ++j) {
+      int32_t value = 0;
+      SPL_UNROLL
+      for (int r = 0; r < kPixelsPerThread; ++r) {
+        if (slot[r] == s) value += qb[j * pixels + cell.pixel(ly[r], lx[r])];
+      }
+      const int32_t sum = warp_sum(value);
+      if (lane == (j & 31)) out[j] += sum;
+    }
+  }
+}
+
+// Slot s's sums of pixel rows and columns (image coordinates) and its pixel count over the warp's
+// pixels of the round, added to out[C], out[C + 1] and out[C + 2] by lane 0.
+__device__ __forceinline__ void add_position_sums(int s, const PerPixel<int>& slot, const Cell& cell,
+                                                  const PerPixel<uint32_t>& ly, const PerPixel<uint32_t>& lx,
+                                                  int64_t C, int lane, int64_t* out) {
+  int64_t sy = 0, sx = 0;
+  int32_t count = 0;
+  SPL_UNROLL
+  for (int r = 0; r < kPixelsPerThread; ++r) {
+    if (slot[r] == s) sy += cell.y0 + ly[r], sx += cell.x0 + lx[r], ++count;
+  }
+  const int64_t total_y = warp_sum_wide(sy), total_x = warp_sum_wide(sx);
+  const int32_t total_count = warp_sum(count);
+  if (lane == 0) out[C] += total_y, out[C + 1] += total_x, out[C + 2] += total_count;
+}
+
+// The round's statistics, added to the warp's row of shared memory [9][S], slot by slot (slots no
+// lane of the warp took are skipped). Warp collectives: every lane of the warp calls it.
+template <int kC>
+__device__ __forceinline__ void add_round_statistics(const PerPixel<int>& slot, const RawFeatures<kC>& raw,
+                                                     const Cell& cell, const PerPixel<uint32_t>& ly,
+                                                     const PerPixel<uint32_t>& lx, const int32_t* qb, int64_t pixels,
+                                                     int64_t C, int64_t S, int lane, int64_t* warp_row) {
+  for (int s = 0; s < kSlots; ++s) {
+    bool mine = false;
+    SPL_UNROLL
+    for (int r = 0; r < kPixelsPerThread; ++r) mine |= slot[r] == s;
+    if (!__any_sync(kFullMask, mine)) continue;
+    int64_t* out = warp_row + s * S;
+    add_feature_sums<kC>(s, slot, raw, cell, ly, lx, qb, pixels, C, lane, out);
+    add_position_sums(s, slot, cell, ly, lx, C, lane, out);
+  }
+}
+
+// The block's statistics [9][S]: the sums of its warps' rows (complete: called after a barrier).
+__device__ __forceinline__ void write_block_statistics(const int64_t* partial, int warps, int64_t S, int64_t* out) {
+  for (int64_t t = threadIdx.x; t < kSlots * S; t += blockDim.x) {
+    int64_t sum = 0;
+    for (int v = 0; v < warps; ++v) sum += partial[v * kSlots * S + t];
+    out[t] = sum;
+  }
+}
+
 template <int kC, bool kLast>
 __global__ void __launch_bounds__(kMaxCellThreads)
     assign_kernel(const int32_t* q, const float* inv_scales, const bool* mask, const float* centres,
                   const uint8_t* alive, GridArgs g, int64_t channels, float weight_y, float weight_x,
                   int64_t* stats, int32_t* labels) {
   constexpr int P = kPixelsPerThread;
-  constexpr int kRaw = kC > 0 ? kC : 1;  // features held in registers (kC > 0 only)
   const int64_t C = kC > 0 ? kC : channels, D = C + 2, S = C + 3, E = C + 3;
   const int64_t K = g.cells_y * g.cells_x, pixels = g.height * g.width;
   const int64_t bk = blockIdx.x, b = bk / K, k = bk % K, cy = k / g.cells_x, cx = k % g.cells_x;
@@ -175,19 +370,11 @@ __global__ void __launch_bounds__(kMaxCellThreads)
 
   const int64_t y0 = cell_begin(cy, g.cells_y, g.height), y1 = cell_begin(cy + 1, g.cells_y, g.height);
   const int64_t x0 = cell_begin(cx, g.cells_x, g.width), x1 = cell_begin(cx + 1, g.cells_x, g.width);
-  // Features are centred on the cell's own centre (when it has none, no pixel of the cell is
-  // inside the mask).
-  const bool own_alive = alive[bk];
-  for (int64_t j = threadIdx.x; j < C; j += blockDim.x) reference[j] = own_alive ? centres[bk * D + j] : 0.0f;
+  const Cell cell{y0, x0, g.width};
+  load_reference(centres, alive, bk, C, D, reference);
   __syncthreads();
-  if (threadIdx.x < kSlots) {
-    const int slot = threadIdx.x;
-    const int64_t ny = cy + slot / 3 - 1, nx = cx + slot % 3 - 1;
-    const bool valid = ny >= 0 && ny < g.cells_y && nx >= 0 && nx < g.cells_x && alive[b * K + ny * g.cells_x + nx];
-    const int64_t nk = valid ? ny * g.cells_x + nx : 0;
-    expand_candidate(centres + (b * K + nk) * D, valid, reference, y0, x0, weight_y, weight_x, C, cand + slot * E);
-    centre_of_slot[slot] = valid ? static_cast<int32_t>(nk) : -1;
-  }
+  expand_candidates(centres, alive, g, b, cy, cx, y0, x0, weight_y, weight_x, C, D, E, reference, cand,
+                    centre_of_slot);
   if (!kLast) {
     for (int64_t t = threadIdx.x; t < warps * kSlots * S; t += blockDim.x) partial[t] = 0;
   }
@@ -200,113 +387,24 @@ __global__ void __launch_bounds__(kMaxCellThreads)
   const int32_t* qb = q + b * C * pixels;
   const bool* mb = mask ? mask + b * pixels : nullptr;
   const float* inv = inv_scales + b * C;
-  int64_t* my_partial = partial + warp * kSlots * S;
-  // All threads run the same number of rounds: the warp sums below need every lane.
+  // All threads run the same number of rounds: the warp sums of add_round_statistics need every lane.
   for (uint32_t base = 0; base < n; base += P * step) {
-    uint32_t ly[P], lx[P];
-    int slot[P];
-    int32_t raw[P][kRaw];
-    bool inside[P];
-    // Positions (advanced by whole rows and a remainder, no division per pixel), then every load.
-    ly[0] = (base + threadIdx.x) / w;
-    lx[0] = (base + threadIdx.x) - ly[0] * w;
-    SPL_UNROLL
-    for (int r = 1; r < P; ++r) {
-      ly[r] = ly[r - 1] + step_y, lx[r] = lx[r - 1] + step_x;
-      if (lx[r] >= w) lx[r] -= w, ++ly[r];
-    }
-    SPL_UNROLL
-    for (int r = 0; r < P; ++r) {
-      const uint32_t i = base + r * step + threadIdx.x;
-      const int64_t p = (y0 + ly[r]) * g.width + x0 + lx[r];
-      inside[r] = i < n && (!mb || mb[p]);
-      if constexpr (kC > 0) {
-        SPL_UNROLL
-        for (int c = 0; c < kC; ++c) raw[r][c] = inside[r] ? qb[c * pixels + p] : 0;
-      }
-    }
-    SPL_UNROLL
-    for (int r = 0; r < P; ++r) {
-      slot[r] = -1;
-      if (!inside[r]) continue;
-      const int64_t p = (y0 + ly[r]) * g.width + x0 + lx[r];
-      const float py = static_cast<float>(ly[r]), px = static_cast<float>(lx[r]);
-      float best = INFINITY;
-      slot[r] = kOwnSlot;
-      if constexpr (kC > 0) {
-        float v[kC];
-        SPL_UNROLL
-        for (int c = 0; c < kC; ++c) v[c] = static_cast<float>(raw[r][c]) * inv[c] - reference[c];
-        SPL_UNROLL
-        for (int s = 0; s < kSlots; ++s) {
-          const float d = expanded_distance<kC>(v, py, px, cand + s * E);
-          if (d < best) best = d, slot[r] = s;
-        }
-      } else {
-        for (int s = 0; s < kSlots; ++s) {
-          const float* coeff = cand + s * E;
-          float d = coeff[C + 2];
-          for (int64_t c = 0; c < C; ++c) {
-            d = fused_multiply_add(static_cast<float>(qb[c * pixels + p]) * inv[c] - reference[c], coeff[c], d);
-          }
-          d = fused_multiply_add(px, coeff[C + 1], fused_multiply_add(py, coeff[C], d));
-          if (d < best) best = d, slot[r] = s;
-        }
-      }
-    }
+    PerPixel<uint32_t> ly, lx;
+    PerPixel<bool> inside;
+    RawFeatures<kC> raw;
+    PerPixel<int> slot;
+    round_positions(base, w, step_y, step_x, ly, lx);
+    load_round<kC>(cell, qb, mb, pixels, base, step, n, ly, lx, inside, raw);
+    nearest_slots<kC>(cell, ly, lx, inside, raw, qb, pixels, inv, reference, cand, C, E, slot);
     if constexpr (kLast) {
-      SPL_UNROLL
-      for (int r = 0; r < P; ++r) {
-        const uint32_t i = base + r * step + threadIdx.x;
-        if (i < n) labels[b * pixels + (y0 + ly[r]) * g.width + x0 + lx[r]] = slot[r] < 0 ? -1 : centre_of_slot[slot[r]];
-      }
+      write_round_labels(cell, base, step, n, ly, lx, slot, centre_of_slot, labels + b * pixels);
     } else {
-      for (int s = 0; s < kSlots; ++s) {
-        bool mine = false;
-        SPL_UNROLL
-        for (int r = 0; r < P; ++r) mine |= slot[r] == s;
-        if (!__any_sync(kFullMask, mine)) continue;
-        int64_t* out = my_partial + s * S;
-        if constexpr (kC > 0) {
-          SPL_UNROLL
-          for (int j = 0; j < kC; ++j) {
-            int32_t value = 0;
-            SPL_UNROLL
-            for (int r = 0; r < P; ++r) value += slot[r] == s ? raw[r][j] : 0;
-            const int32_t sum = warp_sum(value);
-            if (lane == (j & 31)) out[j] += sum;
-          }
-        } else {
-          for (int64_t j = 0; j < C; ++j) {
-            int32_t value = 0;
-            SPL_UNROLL
-            for (int r = 0; r < P; ++r) {
-              if (slot[r] == s) value += qb[j * pixels + (y0 + ly[r]) * g.width + x0 + lx[r]];
-            }
-            const int32_t sum = warp_sum(value);
-            if (lane == (j & 31)) out[j] += sum;
-          }
-        }
-        int64_t sy = 0, sx = 0;
-        int32_t count = 0;
-        SPL_UNROLL
-        for (int r = 0; r < P; ++r) {
-          if (slot[r] == s) sy += y0 + ly[r], sx += x0 + lx[r], ++count;
-        }
-        const int64_t total_y = warp_sum_wide(sy), total_x = warp_sum_wide(sx);
-        const int32_t total_count = warp_sum(count);
-        if (lane == 0) out[C] += total_y, out[C + 1] += total_x, out[C + 2] += total_count;
-      }
+      add_round_statistics<kC>(slot, raw, cell, ly, lx, qb, pixels, C, S, lane, partial + warp * kSlots * S);
     }
   }
   if (!kLast) {
     __syncthreads();
-    int64_t* out = stats + bk * kSlots * S;
-    for (int64_t t = threadIdx.x; t < kSlots * S; t += blockDim.x) {
-      int64_t sum = 0;
-      for (int v = 0; v < warps; ++v) sum += partial[v * kSlots * S + t];
-      out[t] = sum;
-    }
+    write_block_statistics(partial, warps, S, stats + bk * kSlots * S);
   }
 }
 
