@@ -1,6 +1,6 @@
 // Connectivity enforcement on the GPU. Same rule and same result as the CPU kernel, computed
 // pixel-parallel: union-find labelling (each component's root is its first pixel), border lengths
-// by sorting one key per 4-adjacent pixel pair, then the merge rounds of connectivity_common.h on
+// by sorting one key per 4-adjacent pixel pair, then the merge rounds of enforce_connectivity.h on
 // the region graph. All integer work, so the result does not depend on thread order. Region ids
 // are global pixel indices, so the whole batch is one problem.
 #include "ops/check.h"
@@ -170,7 +170,7 @@ __global__ void emit_borders_kernel(int64_t n, const int32_t* region, const int3
   }
 }
 
-// ---- Merge rounds (connectivity_common.h) ----------------------------------------------------
+// ---- Merge rounds (enforce_connectivity.h) ----------------------------------------------------
 
 // Borders between groups, for the small groups: pair keys of the current groups, or kNoPair.
 __global__ void group_pairs_kernel(int64_t n, const uint64_t* pair, const int32_t* border, const int32_t* rep,
@@ -507,7 +507,7 @@ MergeState make_merge_state(const at::Tensor& size_tensor, int64_t n, int64_t nu
   return m;
 }
 
-// One merge round (connectivity_common.h: steps 1 to 3) on the groups of m.rep, then the new
+// One merge round (enforce_connectivity.h: steps 1 to 3) on the groups of m.rep, then the new
 // group sizes. Returns false, having merged nothing, when no small group has a neighbour group.
 // Synchronises.
 bool merge_round(MergeState& m, const Borders& borders, const int32_t* region, const int32_t* size, int64_t n,
@@ -558,7 +558,7 @@ at::Tensor merge_small_regions(const int32_t* region, const at::Tensor& size_ten
   if (num_keys == 0) return at::Tensor();
   const Borders borders = border_lengths(region, size, n, height, width, small, num_keys, total + 1, device, stream);
   MergeState m = make_merge_state(size_tensor, n, borders.num_pairs, device, stream);
-  // Rounds repeat until no small group has a neighbour group (connectivity_common.h).
+  // Rounds repeat until no small group has a neighbour group (enforce_connectivity.h).
   while (merge_round(m, borders, region, size, n, small, total, stream)) {
   }
   return m.rep_t;

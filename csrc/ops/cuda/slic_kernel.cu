@@ -7,7 +7,7 @@
 //      warp in shared memory, then the block's sum: integer addition, so the order of threads does
 //      not matter); one thread per centre then takes the means. The last iteration writes labels
 //      instead;
-//   4. labels: connectivity (or renumbering) on the device, ops/cuda/connectivity_kernel.cu.
+//   4. labels: connectivity (or renumbering) on the device, ops/cuda/enforce_connectivity_kernel.cu.
 // The whole batch runs in each launch; no label map ever goes to the host.
 #include "ops/check.h"
 #include <ATen/Dispatch.h>
@@ -143,9 +143,9 @@ __global__ void init_centres_kernel(const int32_t* q, const float* scales, const
 // spread over threads and warps, and equals the CPU kernel's.
 //
 // Shared memory (dynamic): per-warp statistics [warps][9][S] (int64), expanded candidates [9][E]
-// and the cell's own centre [C] (floats; slic_common.h: expand_candidate).
+// and the cell's own centre [C] (floats; slic.h: expand_candidate).
 constexpr int kPixelsPerThread = 4;
-// |q| <= 2^23 (slic_common.h), so a warp's int32 sum of 32 * kPixelsPerThread of them fits.
+// |q| <= 2^23 (slic.h), so a warp's int32 sum of 32 * kPixelsPerThread of them fits.
 static_assert(32 * kPixelsPerThread * (int64_t{1} << 23) < (int64_t{1} << 31), "warp feature sums overflow int32");
 
 // Exact warp sum of int64 values of magnitude < 2^40 (pixel positions: a thread's sum of
@@ -179,7 +179,7 @@ __device__ __forceinline__ void load_reference(const float* centres, const uint8
 }
 
 // The 9 centres around cell (cy, cx), one slot per thread of threads 0..8, expanded against the
-// reference (slic_common.h: expand_candidate), and each slot's centre index (-1: none).
+// reference (slic.h: expand_candidate), and each slot's centre index (-1: none).
 __device__ __forceinline__ void expand_candidates(const float* centres, const uint8_t* alive, const GridArgs& g,
                                                   int64_t b, int64_t cy, int64_t cx, int64_t y0, int64_t x0,
                                                   float weight_y, float weight_x, int64_t C, int64_t D, int64_t E,
@@ -228,7 +228,7 @@ __device__ __forceinline__ void load_round(const Cell& cell, const int32_t* qb, 
 
 // The slot of the candidate nearest to each pixel of the round inside the mask (-1 for the others;
 // ties: the first slot; kOwnSlot if no distance is below infinity), by the expanded distances of
-// slic_common.h. kC > 0: from the features in raw; otherwise loaded from qb. (The loop over the
+// slic.h. kC > 0: from the features in raw; otherwise loaded from qb. (The loop over the
 // round's pixels is in here: around a per-pixel helper, nvcc unrolls the kC = 0 path less.)
 template <int kC>
 __device__ __forceinline__ void nearest_slots(const Cell& cell, const PerPixel<uint32_t>& ly,
