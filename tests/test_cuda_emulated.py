@@ -80,6 +80,13 @@ def test_translate_rewrites_launches_shared_memory_and_registration():
     assert out.count("\n") == src.count("\n")  # line numbers survive, for compiler messages
     with pytest.raises(ValueError, match="launch"):
         emu_build.translate("k<<<1, 1>>>;")
+    # clang-format breaks a long launch before its configuration: the kernel is the line before.
+    src = "  if (x) {\n    kern<float, true>\n        <<<grid, block, 0, stream>>>(a, b);\n  }\n"
+    out = emu_build.translate(src)
+    assert "    ::spl_emu::launch([&] { kern<float, true>\n        (a, b); }, grid, block, 0, stream);\n" in out
+    assert out.count("\n") == src.count("\n")
+    with pytest.raises(ValueError, match="cannot parse the kernel"):
+        emu_build.translate("  // a comment\n      <<<grid, block>>>(a);\n")
 
 
 def test_barrier_makes_shared_writes_visible():

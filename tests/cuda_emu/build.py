@@ -2,7 +2,8 @@
 
 The kernel sources are copied with three rewrites (``translate``):
   - ``kernel<<<grid, block, shared, stream>>>(args);`` becomes
-    ``::spl_emu::launch([&] { kernel(args); }, grid, block, shared, stream);``,
+    ``::spl_emu::launch([&] { kernel(args); }, grid, block, shared, stream);`` (the kernel may also
+    stand alone on the line before ``<<<``, as clang-format breaks a long launch),
   - ``extern __shared__ T name[];`` becomes a pointer to the launch's dynamic shared memory,
   - ``TORCH_LIBRARY_IMPL(spl, CUDA, m)`` becomes ``TORCH_LIBRARY_IMPL(spl_emu, CPU, m)``,
 and are compiled as C++ with runtime.h included first; the schemas (csrc/spl.cpp and every op's
@@ -56,9 +57,13 @@ def translate(text: str, name: str = "<source>") -> str:
             out.append(text[pos:])
             break
         line_start = text.rfind("\n", 0, m.start()) + 1
+        if not text[line_start:m.start()].strip() and line_start > 0:
+            # clang-format may break a long launch before the configuration, ``kernel<T>`` on one line
+            # and ``<<<grid, ...>>>(args);`` on the next: the kernel is then the previous line.
+            line_start = text.rfind("\n", 0, line_start - 1) + 1
         indent = len(text[line_start:m.start()]) - len(text[line_start:m.start()].lstrip())
-        kernel = text[line_start + indent:m.start()].strip()
-        if not kernel or not re.fullmatch(r"[\w:<>, ]+", kernel):
+        kernel = text[line_start + indent:m.start()]  # kept as it is, line break included: line numbers
+        if not kernel.strip() or not re.fullmatch(r"[\w:<>, \t]+(\n[ \t]*)?", kernel):
             raise ValueError(f"{name}: cannot parse the kernel of the launch at offset {m.start()}: {kernel!r}")
         config_end = text.index(">>>", m.end())
         config = text[m.end():config_end]
