@@ -86,7 +86,6 @@ class Cache:
 
 def run_method(key, fn_scores, fn_labels, items_for, names, thresholds, cache):
     """Fills the cache for every name; returns (sweep, seconds per image)."""
-    n_t = len(DEFAULT_THRESHOLDS)
     todo = [n for n in names if n not in cache.rows or sorted(cache.rows[n]["t"]) != sorted(thresholds)]
     for k, item in enumerate(items_for(todo)):
         classes = item.keys + 1

@@ -7,8 +7,9 @@ The kernel sources are copied with three rewrites (``translate``):
   - ``extern __shared__ T name[];`` becomes a pointer to the launch's dynamic shared memory,
   - ``TORCH_LIBRARY_IMPL(spl, CUDA, m)`` becomes ``TORCH_LIBRARY_IMPL(spl_emu, CPU, m)``,
 and are compiled as C++ with runtime.h included first; the schemas (csrc/spl.cpp and every op's
-TORCH_LIBRARY_FRAGMENT in csrc/ops/<op>.cpp) are registered again under ``spl_emu``. So ``torch.ops.spl_emu.<op>(cpu tensors)`` runs the CUDA kernel of ``<op>`` on the
-CPU, next to ``torch.ops.spl.<op>``, the CPU kernel.
+TORCH_LIBRARY_FRAGMENT in csrc/ops/<op>.cpp) are registered again under ``spl_emu``. So
+``torch.ops.spl_emu.<op>(cpu tensors)`` runs the CUDA kernel of ``<op>`` on the CPU, next to
+``torch.ops.spl.<op>``, the CPU kernel.
 
 Usage: ``python -m tests.cuda_emu.build`` (or ``load()`` from a test). The build is cached under
 build/cuda_emu, keyed by the sources, and takes a few minutes the first time on two cores.
