@@ -8,6 +8,7 @@ NVCC_FLAGS (extra nvcc flags), TORCH_CUDA_ARCH_LIST (GPU architectures, torch's 
 Build with ``pip install --no-build-isolation .`` so the torch already installed is the one the
 extension is compiled against.
 """
+
 import glob
 import os
 import sys
@@ -82,8 +83,14 @@ def extensions():
     print("spl build configuration:")
     print(f"  torch          {torch.__version__} ({os.path.dirname(torch.__file__)})")
     print(f"  CPU kernels    {len(sources)} C++ files")
-    print(f"  CUDA kernels   {'yes' if with_cuda else 'no'} ({reason})"
-          + (f", {len(cuda_sources)} .cu files, arch list {os.environ.get('TORCH_CUDA_ARCH_LIST', 'torch default')}" if with_cuda else ""))
+    print(
+        f"  CUDA kernels   {'yes' if with_cuda else 'no'} ({reason})"
+        + (
+            f", {len(cuda_sources)} .cu files, arch list {os.environ.get('TORCH_CUDA_ARCH_LIST', 'torch default')}"
+            if with_cuda
+            else ""
+        )
+    )
     print(f"  debug          {debug}")
 
     ext_cls = CUDAExtension if with_cuda else CppExtension

@@ -4,6 +4,7 @@
 
 Every option of ``spl bench`` works here; the figures of benchmarks/RESULTS.md come from ``spl bench``.
 """
+
 import sys
 
 from spl.cli import main

@@ -9,6 +9,7 @@ is missing), each copied --copies times under new names, with CAMs simulated by
 writing; the time of a second run over the same outputs (everything already done) is printed as
 well. ``spl bench --workload refine`` measures the same at batch 8 and 2 workers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,24 @@ def main(argv=None):
         described, items = bench.cam_set(args.voc, args.synth if os.path.isfile(args.synth) else None, 11, tmp)
         root = bench.write_refine_dataset(items, tmp, args.copies)
         n = len(items) * args.copies
-        cmd = ["--images", os.path.join(root, "images"), "--cams", os.path.join(root, "cams"), "--out",
-               os.path.join(tmp, "out"), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-               "--quiet"] + (["--device", args.device] if args.device else [])
+        cmd = [
+            "--images",
+            os.path.join(root, "images"),
+            "--cams",
+            os.path.join(root, "cams"),
+            "--out",
+            os.path.join(tmp, "out"),
+            "--batch-size",
+            str(args.batch_size),
+            "--workers",
+            str(args.workers),
+            "--quiet",
+        ] + (["--device", args.device] if args.device else [])
         first, again = bench.run_refine_job(cmd, tmp), bench.run_refine_job(cmd, tmp)
-        print(f"spl refine, {n} images ({described}), batch {args.batch_size}, {args.workers} workers: "
-              f"{first:.1f} s end to end = {n / first:.1f} images/s; rerun with everything done: {again:.1f} s")
+        print(
+            f"spl refine, {n} images ({described}), batch {args.batch_size}, {args.workers} workers: "
+            f"{first:.1f} s end to end = {n / first:.1f} images/s; rerun with everything done: {again:.1f} s"
+        )
 
 
 if __name__ == "__main__":

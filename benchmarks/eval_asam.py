@@ -20,6 +20,7 @@ image and method), so an interrupted run resumes where it stopped and a re-run o
 the sources of an earlier eval.json in ``--out`` (same split, same defaults) that a run does not redo
 are kept in its report.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,13 @@ from spl.apps import cam_eval, peers  # noqa: E402
 from spl.metrics import DEFAULT_THRESHOLDS, ThresholdSweep  # noqa: E402
 
 METHODS = ("raw", "asam", "asam-diffusion", "par", "densecrf")
-TITLES = {"raw": "raw CAM", "asam": "ASAM (spl, defaults)", "asam-diffusion": "ASAM diffusion (SPL paper's T s)",
-          "par": "PAR (AFA/ToCo)", "densecrf": "DenseCRF"}
+TITLES = {
+    "raw": "raw CAM",
+    "asam": "ASAM (spl, defaults)",
+    "asam-diffusion": "ASAM diffusion (SPL paper's T s)",
+    "par": "PAR (AFA/ToCo)",
+    "densecrf": "DenseCRF",
+}
 BEST_DENSECRF = "bilateral sxy 50 srgb 5"  # the better of the two on the tuning half (RESULTS.md)
 
 
@@ -51,15 +57,26 @@ def method_table(densecrf_settings):
     table = {
         "raw": (TITLES["raw"], lambda it: it.cam, None),
         "asam": (TITLES["asam"], lambda it: spl.asam_refine(it.rgb, it.cam), None),
-        "asam-diffusion": (TITLES["asam-diffusion"],
-                           lambda it: spl.asam_refine(it.rgb, it.cam, mode="diffusion", iters=40, alpha=1.0), None),
-        "par": (TITLES["par"], lambda it: peers.par_refine(torch.from_numpy(it.rgb).permute(2, 0, 1)[None],
-                                                           torch.from_numpy(it.cam)[None])[0].numpy(), None),
+        "asam-diffusion": (
+            TITLES["asam-diffusion"],
+            lambda it: spl.asam_refine(it.rgb, it.cam, mode="diffusion", iters=40, alpha=1.0),
+            None,
+        ),
+        "par": (
+            TITLES["par"],
+            lambda it: peers.par_refine(
+                torch.from_numpy(it.rgb).permute(2, 0, 1)[None], torch.from_numpy(it.cam)[None]
+            )[0].numpy(),
+            None,
+        ),
     }
     for setting in densecrf_settings:
         sxy_srgb = peers.DENSECRF_SETTINGS[setting]
-        table[f"densecrf:{setting}"] = (f"DenseCRF ({setting})", None,
-                                        lambda it, t, b=sxy_srgb: peers.densecrf_labels(it.rgb, it.cam, t, b))
+        table[f"densecrf:{setting}"] = (
+            f"DenseCRF ({setting})",
+            None,
+            lambda it, t, b=sxy_srgb: peers.densecrf_labels(it.rgb, it.cam, t, b),
+        )
     return table
 
 
@@ -109,8 +126,15 @@ def run_method(key, fn_scores, fn_labels, items_for, names, thresholds, cache):
             seconds /= len(thresholds)
         flat = sweep.matrix.reshape(-1)
         nz = np.nonzero(flat)[0]
-        cache.add({"name": item.name, "t": list(thresholds), "seconds": seconds, "nz": nz.tolist(),
-                   "counts": flat[nz].tolist()})
+        cache.add(
+            {
+                "name": item.name,
+                "t": list(thresholds),
+                "seconds": seconds,
+                "nz": nz.tolist(),
+                "counts": flat[nz].tolist(),
+            }
+        )
         print(f"\r  {key}: {k + 1}/{len(todo)}", end="", flush=True)
     if todo:
         print()
@@ -131,29 +155,42 @@ def summarise(title, sweep, seconds, evaluated, raw_t):
     i = int(np.nanargmax(curve))
     iou = sweep.iou()
     at_raw = DEFAULT_THRESHOLDS.index(raw_t)
-    return {"method": title, "best_t": DEFAULT_THRESHOLDS[i], "miou": 100 * float(curve[i]),
-            "miou_at_raw_t": None if not evaluated[at_raw] else 100 * float(curve[at_raw]),
-            "curve": [None if np.isnan(v) else round(100 * float(v), 3) for v in curve],
-            "iou": [None if np.isnan(v) else round(100 * float(v), 2) for v in iou[i]],
-            "iou_at_raw_t": [None if np.isnan(v) else round(100 * float(v), 2) for v in iou[at_raw]],
-            "ms_per_image": 1e3 * float(np.median(seconds)), "images": len(seconds)}
+    return {
+        "method": title,
+        "best_t": DEFAULT_THRESHOLDS[i],
+        "miou": 100 * float(curve[i]),
+        "miou_at_raw_t": None if not evaluated[at_raw] else 100 * float(curve[at_raw]),
+        "curve": [None if np.isnan(v) else round(100 * float(v), 3) for v in curve],
+        "iou": [None if np.isnan(v) else round(100 * float(v), 2) for v in iou[i]],
+        "iou_at_raw_t": [None if np.isnan(v) else round(100 * float(v), 2) for v in iou[at_raw]],
+        "ms_per_image": 1e3 * float(np.median(seconds)),
+        "images": len(seconds),
+    }
 
 
 def markdown(report):
-    lines = [f"# ASAM quality: {report['split']} half of voc-val-dev, {report['date']}",
-             f"\n{report['machine']}; torch {report['torch']}; one CPU thread per method; thresholds "
-             f"{DEFAULT_THRESHOLDS[0]}..{DEFAULT_THRESHOLDS[-1]}.\n"]
+    lines = [
+        f"# ASAM quality: {report['split']} half of voc-val-dev, {report['date']}",
+        f"\n{report['machine']}; torch {report['torch']}; one CPU thread per method; thresholds "
+        f"{DEFAULT_THRESHOLDS[0]}..{DEFAULT_THRESHOLDS[-1]}.\n",
+    ]
     for source, rows in report["sources"].items():
         raw = rows[0]
         lines.append(f"\n## {source}: {raw['images']} images (raw CAM best t {raw['best_t']:.2f})\n")
         lines.append("| method | mIoU (best t) | gain | best t | mIoU at raw's t | worst class vs raw | ms / image |")
         lines.append("|---|---|---|---|---|---|---|")
         for r in rows:
-            drops = [(a - b, c) for a, b, c in zip(r["iou"], raw["iou"], cam_eval.VOC_CLASSES) if a is not None and b is not None]
+            drops = [
+                (a - b, c)
+                for a, b, c in zip(r["iou"], raw["iou"], cam_eval.VOC_CLASSES)
+                if a is not None and b is not None
+            ]
             worst = min(drops)
             at = "–" if r["miou_at_raw_t"] is None else f"{r['miou_at_raw_t']:.2f}"
-            lines.append(f"| {r['method']} | {r['miou']:.2f} | {r['miou'] - raw['miou']:+.2f} | {r['best_t']:.2f} | {at} | "
-                         f"{worst[0]:+.1f} ({worst[1]}) | {r['ms_per_image']:.1f} |")
+            lines.append(
+                f"| {r['method']} | {r['miou']:.2f} | {r['miou'] - raw['miou']:+.2f} | {r['best_t']:.2f} | {at} | "
+                f"{worst[0]:+.1f} ({worst[1]}) | {r['ms_per_image']:.1f} |"
+            )
         lines.append("\nCurves (mIoU at t = " + ", ".join(f"{t:.2f}" for t in DEFAULT_THRESHOLDS) + "):\n")
         for r in rows:
             lines.append(f"- {r['method']}: " + " ".join("–" if v is None else f"{v:.1f}" for v in r["curve"]))
@@ -161,7 +198,9 @@ def markdown(report):
         lines.append("| class | " + " | ".join(r["method"] for r in rows) + " |")
         lines.append("|---" * (len(rows) + 1) + "|")
         for c, name in enumerate(cam_eval.VOC_CLASSES):
-            lines.append(f"| {name} | " + " | ".join("–" if r["iou"][c] is None else f"{r['iou'][c]:.1f}" for r in rows) + " |")
+            lines.append(
+                f"| {name} | " + " | ".join("–" if r["iou"][c] is None else f"{r['iou'][c]:.1f}" for r in rows) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -212,9 +251,15 @@ def montage(voc, folder, names, best_t, settings, path):
         lut = np.concatenate([[0], it.keys + 1])
         maps = {"raw CAM": spl.cam_to_mask(it.cam, best_t["raw"]) if len(it.keys) else np.zeros_like(it.truth)}
         if settings:
-            maps["DenseCRF"] = peers.densecrf_labels(it.rgb, it.cam, best_t["densecrf"], peers.DENSECRF_SETTINGS[settings[0]])
-        maps["PAR"] = spl.cam_to_mask(peers.par_refine(torch.from_numpy(it.rgb).permute(2, 0, 1)[None],
-                                                       torch.from_numpy(it.cam)[None])[0].numpy(), best_t["par"])
+            maps["DenseCRF"] = peers.densecrf_labels(
+                it.rgb, it.cam, best_t["densecrf"], peers.DENSECRF_SETTINGS[settings[0]]
+            )
+        maps["PAR"] = spl.cam_to_mask(
+            peers.par_refine(torch.from_numpy(it.rgb).permute(2, 0, 1)[None], torch.from_numpy(it.cam)[None])[
+                0
+            ].numpy(),
+            best_t["par"],
+        )
         maps["ASAM"] = spl.cam_to_mask(spl.asam_refine(it.rgb, it.cam), best_t["asam"])
         tiles = [it.rgb] + [pal[lut[m] if k != "DenseCRF" else lut[m]] for k, m in maps.items()] + [pal[it.truth]]
         h = int(it.rgb.shape[0] * width / it.rgb.shape[1])
@@ -248,7 +293,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     split = os.path.join(HERE, "splits", f"voc-val-dev-{a.split}.txt") if a.split in ("report", "tune") else a.split
-    ids = cam_eval.read_ids(split)[:a.limit]
+    ids = cam_eval.read_ids(split)[: a.limit]
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -256,15 +301,23 @@ def main(argv=None):
     if "densecrf" in methods and not peers.has_densecrf():
         print("eval_asam: pydensecrf2 is not installed: DenseCRF skipped")
         methods.remove("densecrf")
-    settings = ([BEST_DENSECRF] if a.densecrf_settings == "best" else list(peers.DENSECRF_SETTINGS)) \
-        if "densecrf" in methods else []
+    settings = (
+        ([BEST_DENSECRF] if a.densecrf_settings == "best" else list(peers.DENSECRF_SETTINGS))
+        if "densecrf" in methods
+        else []
+    )
     table = method_table(settings)
     keys = [m for m in methods if m != "densecrf"] + [f"densecrf:{s}" for s in settings]
     if "raw" not in keys:
         keys.insert(0, "raw")
-    report = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "split": a.split,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "defaults": spl.asam.ASAM_DEFAULTS,
-              "sources": {}}
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "split": a.split,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "defaults": spl.asam.ASAM_DEFAULTS,
+        "sources": {},
+    }
     os.makedirs(a.out, exist_ok=True)
     earlier = os.path.join(a.out, "eval.json")
     if os.path.exists(earlier):
@@ -279,7 +332,9 @@ def main(argv=None):
         name, folder = source.split("=", 1)
         names = [i for i in ids if os.path.exists(os.path.join(folder, i + ".npy"))]
         if len(names) < len(ids):
-            print(f"{name}: {len(ids) - len(names)} of {len(ids)} CAM files missing in {folder}; evaluating {len(names)}")
+            print(
+                f"{name}: {len(ids) - len(names)} of {len(ids)} CAM files missing in {folder}; evaluating {len(names)}"
+            )
         cache_dir = os.path.join(a.cache, name)
         os.makedirs(cache_dir, exist_ok=True)
 
@@ -293,8 +348,15 @@ def main(argv=None):
                 ts = list(DEFAULT_THRESHOLDS)
             else:
                 ts = [t for t in DEFAULT_THRESHOLDS if abs(t - raw_t) <= a.densecrf_window + 1e-9]
-            sweep, seconds, evaluated = run_method(key, fs, fl, items_for, names,
-                                                   ts, Cache(os.path.join(cache_dir, key.replace(":", "_").replace(" ", "_") + ".jsonl")))
+            sweep, seconds, evaluated = run_method(
+                key,
+                fs,
+                fl,
+                items_for,
+                names,
+                ts,
+                Cache(os.path.join(cache_dir, key.replace(":", "_").replace(" ", "_") + ".jsonl")),
+            )
             row = summarise(title, sweep, seconds, evaluated, raw_t if raw_t is not None else 0.05)
             if key == "raw":
                 raw_t = row["best_t"]

@@ -8,6 +8,7 @@ the background threshold (``spl.apps.cam_eval``). Prints, per CAM source, mIoU a
 the raw CAM's best t, and the worst per-class drop against the raw CAM. The split lists are in
 benchmarks/splits/ (voc-val-dev-tune.txt, voc-val-dev-report.txt).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,6 @@ import json
 import os
 import sys
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,7 +50,7 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     axes = [(k, [parse_value(v) for v in vs.split(",")]) for k, vs in (s.split("=", 1) for s in a.set)]
     combos = [dict(zip([k for k, _ in axes], vals)) for vals in itertools.product(*[v for _, v in axes])]
-    ids = cam_eval.read_ids(a.ids)[:a.limit]
+    ids = cam_eval.read_ids(a.ids)[: a.limit]
     report = {}
     for source in a.cams:
         name, folder = source.split("=", 1)
@@ -68,10 +68,15 @@ def main(argv=None):
         raw_iou = results["raw CAM"].summary(raw_t)["iou"]
         for label, r in results.items():
             s = r.summary(raw_t)
-            drops = [(s["iou"][c] - raw_iou[c], c) for c in raw_iou if s["iou"][c] is not None and raw_iou[c] is not None]
+            drops = [
+                (s["iou"][c] - raw_iou[c], c) for c in raw_iou if s["iou"][c] is not None and raw_iou[c] is not None
+            ]
             worst = min(drops)
-            print(f"| {label} | {s['miou']:.2f} | {s['best_t']:.2f} | {s['miou_at_raw_t']:.2f} | "
-                  f"{worst[0]:+.1f} ({worst[1]}) | {s['ms_per_image']:.1f} |", flush=True)
+            print(
+                f"| {label} | {s['miou']:.2f} | {s['best_t']:.2f} | {s['miou_at_raw_t']:.2f} | "
+                f"{worst[0]:+.1f} ({worst[1]}) | {s['ms_per_image']:.1f} |",
+                flush=True,
+            )
             rows.append(s)
         report[name] = rows
     if a.json:

@@ -7,21 +7,25 @@ adjacent superpixels (``spl.asam_refine``, ``spl.superpixel_adjacency``, ``spl.s
 superpixel and segmentation metrics (``spl.metrics``). Every op is a
 real ``torch.ops.spl.*`` custom op with a pure-PyTorch reference in ``spl.reference``.
 """
+
 import torch  # noqa: F401  (the extension links against torch's libraries)
 
-from . import _C  # noqa: F401  (loads the library that registers torch.ops.spl.*)
-from . import metrics, reference
+from . import (
+    _C,  # noqa: F401  (loads the library that registers torch.ops.spl.*)
+    metrics,
+    reference,
+)
 from .asam import asam_refine, cam_to_mask
 from .losses import SuperpixelConsistencyLoss
 from .ops import (
     Graph,
     consistency_weights,
     edge_aware_unpool,
-    sparse_propagate,
-    superpixel_adjacency,
     enforce_connectivity,
     has_cuda_kernels,
     slic,
+    sparse_propagate,
+    superpixel_adjacency,
     superpixel_histogram,
     superpixel_pool,
     superpixel_unpool,

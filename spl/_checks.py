@@ -9,6 +9,7 @@ ValueError, whoever calls it); the Python wrappers only convert them, keeping Py
 int64 (which the op's schema cannot take beyond). Arguments that no op sees (ASAM's options, the loss's
 eps) are checked here.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def integer(fn: str, name: str, value, low: Optional[int] = None, high: Optional[int] = None) -> int:
@@ -38,15 +39,26 @@ def integer(fn: str, name: str, value, low: Optional[int] = None, high: Optional
     return value
 
 
-def number(fn: str, name: str, value, low: Optional[float] = None, high: Optional[float] = None, *,
-           low_open: bool = False, finite: bool = True) -> float:
+def number(
+    fn: str,
+    name: str,
+    value,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+    *,
+    low_open: bool = False,
+    finite: bool = True,
+) -> float:
     """``value`` as a float; with ``finite`` (default), finite and in [low, high] (``(low, high]`` with
     ``low_open``). ``finite=False`` only converts (the op checks the value)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
     v = float(value)
-    if finite and (not math.isfinite(v) or (low is not None and (v < low or (low_open and v == low)))
-                   or (high is not None and v > high)):
+    if finite and (
+        not math.isfinite(v)
+        or (low is not None and (v < low or (low_open and v == low)))
+        or (high is not None and v > high)
+    ):
         bound = "" if low is None else (f" > {low}" if low_open else f" >= {low}")
         bound += "" if high is None else (" and" if low is not None else "") + f" <= {high}"
         raise ValueError(f"{fn}: {name} must be a finite number{bound}, got {value}")

@@ -24,6 +24,7 @@ are in [0, 1] on the CAM's scale (CAMs normalised to a maximum of 1, the IRN con
 superpixel scores go back to the pixels by ``superpixel_unpool``, or with ``edge_sigma`` by
 ``edge_aware_unpool`` (soft boundaries decided by each pixel's colour).
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,9 +47,23 @@ ArrayLike = Union[torch.Tensor, np.ndarray]
 
 #: The defaults of ``asam_refine`` (chosen on PASCAL VOC images with simulated CAMs, see
 #: benchmarks/eval_asam.py and benchmarks/RESULTS.md).
-ASAM_DEFAULTS = dict(mode="meanfield", n_segments=500, compactness=10.0, sigma_c=5.0, beta=1.0, hops=1,
-                     diffuse_iters=10, diffuse_mix=0.0, iters=20, steps=5, alpha=1.0, weight=10.0, core=0.9,
-                     edge_sigma=None, sigma_f=1.0)
+ASAM_DEFAULTS = dict(
+    mode="meanfield",
+    n_segments=500,
+    compactness=10.0,
+    sigma_c=5.0,
+    beta=1.0,
+    hops=1,
+    diffuse_iters=10,
+    diffuse_mix=0.0,
+    iters=20,
+    steps=5,
+    alpha=1.0,
+    weight=10.0,
+    core=0.9,
+    edge_sigma=None,
+    sigma_f=1.0,
+)
 
 #: The background thresholds at which the mean field runs (mode "meanfield"): every 0.05 from 0.05 to
 #: 0.95, and 0.02 and 0.98 at the ends.
@@ -70,8 +85,9 @@ def _from_numpy(a: np.ndarray, dtype=None) -> torch.Tensor:
 
 
 def _number(fn: str, name: str, value, low: float, high: float = math.inf, low_open: bool = False) -> float:
-    return _checks.number(fn, name, value, None if low == -math.inf else low, None if high == math.inf else high,
-                          low_open=low_open)
+    return _checks.number(
+        fn, name, value, None if low == -math.inf else low, None if high == math.inf else high, low_open=low_open
+    )
 
 
 # Rounds beyond this are a mistake, not a request (the defaults are 5..20; each round costs ~1 ms
@@ -113,7 +129,9 @@ def _class_mask(fn: str, class_mask, batch: int, channels: int, device) -> Optio
     if class_mask.dim() == 1:
         class_mask = class_mask.unsqueeze(0).expand(batch, -1)
     if tuple(class_mask.shape) != (batch, channels):
-        raise ValueError(f"{fn}: class_mask must have shape [B, C] = [{batch}, {channels}], got {list(class_mask.shape)}")
+        raise ValueError(
+            f"{fn}: class_mask must have shape [B, C] = [{batch}, {channels}], got {list(class_mask.shape)}"
+        )
     return class_mask.to(device)
 
 
@@ -122,8 +140,10 @@ def _upsample(x: torch.Tensor, height: int, width: int, fn: str, name: str) -> t
     if (h, w) == (height, width):
         return x
     if h > height or w > width or h < 1 or w < 1:
-        raise ValueError(f"{fn}: {name} is {h}x{w} but the image is {height}x{width}; {name} must have the "
-                         "image's size or a smaller one (it is then upsampled)")
+        raise ValueError(
+            f"{fn}: {name} is {h}x{w} but the image is {height}x{width}; {name} must have the "
+            "image's size or a smaller one (it is then upsampled)"
+        )
     return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
 
 
@@ -189,27 +209,32 @@ def _small_calls_on_calling_thread(refine):
 
 
 @_small_calls_on_calling_thread
-def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = None, *,
-                class_mask: Optional[ArrayLike] = None,
-                mode: str = ASAM_DEFAULTS["mode"],
-                n_segments: int = ASAM_DEFAULTS["n_segments"],
-                compactness: float = ASAM_DEFAULTS["compactness"],
-                sigma_c: float = ASAM_DEFAULTS["sigma_c"],
-                beta: float = ASAM_DEFAULTS["beta"],
-                hops: int = ASAM_DEFAULTS["hops"],
-                diffuse_iters: int = ASAM_DEFAULTS["diffuse_iters"],
-                diffuse_mix: float = ASAM_DEFAULTS["diffuse_mix"],
-                iters: int = ASAM_DEFAULTS["iters"],
-                steps: int = ASAM_DEFAULTS["steps"],
-                alpha: float = ASAM_DEFAULTS["alpha"],
-                weight: float = ASAM_DEFAULTS["weight"],
-                thresholds: Optional[Sequence[float]] = None,
-                bg_threshold: Optional[float] = None,
-                core: float = ASAM_DEFAULTS["core"],
-                edge_sigma: Optional[float] = ASAM_DEFAULTS["edge_sigma"],
-                features: Optional[ArrayLike] = None,
-                sigma_f: float = ASAM_DEFAULTS["sigma_f"],
-                return_labels: bool = False):
+def asam_refine(
+    image: ArrayLike,
+    cam: ArrayLike,
+    labels: Optional[ArrayLike] = None,
+    *,
+    class_mask: Optional[ArrayLike] = None,
+    mode: str = ASAM_DEFAULTS["mode"],
+    n_segments: int = ASAM_DEFAULTS["n_segments"],
+    compactness: float = ASAM_DEFAULTS["compactness"],
+    sigma_c: float = ASAM_DEFAULTS["sigma_c"],
+    beta: float = ASAM_DEFAULTS["beta"],
+    hops: int = ASAM_DEFAULTS["hops"],
+    diffuse_iters: int = ASAM_DEFAULTS["diffuse_iters"],
+    diffuse_mix: float = ASAM_DEFAULTS["diffuse_mix"],
+    iters: int = ASAM_DEFAULTS["iters"],
+    steps: int = ASAM_DEFAULTS["steps"],
+    alpha: float = ASAM_DEFAULTS["alpha"],
+    weight: float = ASAM_DEFAULTS["weight"],
+    thresholds: Optional[Sequence[float]] = None,
+    bg_threshold: Optional[float] = None,
+    core: float = ASAM_DEFAULTS["core"],
+    edge_sigma: Optional[float] = ASAM_DEFAULTS["edge_sigma"],
+    features: Optional[ArrayLike] = None,
+    sigma_f: float = ASAM_DEFAULTS["sigma_f"],
+    return_labels: bool = False,
+):
     """Refines class activation maps over the graph of adjacent superpixels (ASAM).
 
     Args:
@@ -277,10 +302,28 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
     if numpy_in:
         image, cam, labels, class_mask, features = _numpy_inputs(fn, image, cam, labels, class_mask, features)
     image, cam, class_mask, features = _checked_inputs(fn, image, cam, class_mask, features)
-    opts = _checked_options(fn, cam, features, mode=mode, n_segments=n_segments, compactness=compactness,
-                            sigma_c=sigma_c, beta=beta, hops=hops, diffuse_iters=diffuse_iters, diffuse_mix=diffuse_mix,
-                            iters=iters, steps=steps, alpha=alpha, weight=weight, thresholds=thresholds,
-                            bg_threshold=bg_threshold, core=core, edge_sigma=edge_sigma, sigma_f=sigma_f)
+    opts = _checked_options(
+        fn,
+        cam,
+        features,
+        mode=mode,
+        n_segments=n_segments,
+        compactness=compactness,
+        sigma_c=sigma_c,
+        beta=beta,
+        hops=hops,
+        diffuse_iters=diffuse_iters,
+        diffuse_mix=diffuse_mix,
+        iters=iters,
+        steps=steps,
+        alpha=alpha,
+        weight=weight,
+        thresholds=thresholds,
+        bg_threshold=bg_threshold,
+        core=core,
+        edge_sigma=edge_sigma,
+        sigma_f=sigma_f,
+    )
     batch = _Batch.of(fn, image, cam, labels, class_mask, opts)
     if batch.empty:  # no image, or no class present anywhere: all background
         out = torch.zeros(*batch.out_shape, dtype=torch.float32, device=image.device)
@@ -298,6 +341,7 @@ def asam_refine(image: ArrayLike, cam: ArrayLike, labels: Optional[ArrayLike] = 
 # ---------------------------------------------------------------------------------------------
 # asam_refine's steps
 
+
 def _checked_inputs(fn, image, cam, class_mask, features):
     """The tensors' types, shapes and devices (values come with the batch's facts)."""
     if not isinstance(image, torch.Tensor):
@@ -314,8 +358,10 @@ def _checked_inputs(fn, image, cam, class_mask, features):
         raise ValueError(f"{fn}: cam must have at least one class channel (C >= 1), got shape {list(cam.shape)}")
     h, w = cam.shape[-2:]
     if h > H or w > W or h < 1 or w < 1:
-        raise ValueError(f"{fn}: cam is {h}x{w} but the image is {H}x{W}; cam must have the image's size or a "
-                         "smaller one (it is then upsampled)")
+        raise ValueError(
+            f"{fn}: cam is {h}x{w} but the image is {H}x{W}; cam must have the image's size or a "
+            "smaller one (it is then upsampled)"
+        )
     class_mask = _class_mask(fn, class_mask, B, cam.shape[1], image.device)
     if features is not None:
         features = _upsample(_float_maps(fn, "features", features, B, image.device), H, W, fn, "features")
@@ -342,9 +388,29 @@ class _Options:
     sigma_f: float
 
 
-def _checked_options(fn, cam, features, *, mode, n_segments, compactness, sigma_c, beta, hops, diffuse_iters,
-                     diffuse_mix, iters, steps, alpha, weight, thresholds, bg_threshold, core, edge_sigma,
-                     sigma_f) -> _Options:
+def _checked_options(
+    fn,
+    cam,
+    features,
+    *,
+    mode,
+    n_segments,
+    compactness,
+    sigma_c,
+    beta,
+    hops,
+    diffuse_iters,
+    diffuse_mix,
+    iters,
+    steps,
+    alpha,
+    weight,
+    thresholds,
+    bg_threshold,
+    core,
+    edge_sigma,
+    sigma_f,
+) -> _Options:
     """asam_refine's parameters, each checked against its range (a TypeError or ValueError naming it)."""
     if mode not in ("meanfield", "diffusion"):
         raise ValueError(f"{fn}: mode must be 'meanfield' or 'diffusion', got {mode!r}")
@@ -363,21 +429,40 @@ def _checked_options(fn, cam, features, *, mode, n_segments, compactness, sigma_
     if edge_sigma is not None:
         edge_sigma = _number(fn, "edge_sigma", edge_sigma, 0.0, low_open=True)
         if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in (cam, features)):
-            raise ValueError(f"{fn}: edge_sigma: the edge-aware step is not differentiable; use edge_sigma=None "
-                             "(plain unpooling) for gradients, or torch.no_grad()")
+            raise ValueError(
+                f"{fn}: edge_sigma: the edge-aware step is not differentiable; use edge_sigma=None "
+                "(plain unpooling) for gradients, or torch.no_grad()"
+            )
     _number(fn, "compactness", compactness, 0.0, low_open=True)
     if bg_threshold is not None:
         if thresholds is not None:
             raise ValueError(f"{fn}: give thresholds or bg_threshold, not both")
         thresholds = (_number(fn, "bg_threshold", bg_threshold, 0.0, low_open=True),)
     thresholds = _threshold_grid(fn, THRESHOLDS if thresholds is None else thresholds)
-    return _Options(mode, n_segments, compactness, sigma_c, beta, hops, diffuse_iters, diffuse_mix, iters, steps, alpha,
-                    weight, thresholds, core, edge_sigma, sigma_f)
+    return _Options(
+        mode,
+        n_segments,
+        compactness,
+        sigma_c,
+        beta,
+        hops,
+        diffuse_iters,
+        diffuse_mix,
+        iters,
+        steps,
+        alpha,
+        weight,
+        thresholds,
+        core,
+        edge_sigma,
+        sigma_f,
+    )
 
 
 @dataclass
 class _Batch:
     """A batch's superpixels and what the host knows of it after the one device synchronisation."""
+
     labels: torch.Tensor  # [B, H, W]
     counts: torch.Tensor  # [B] superpixels per image
     class_mask: torch.Tensor  # [B, C] on the device
@@ -418,15 +503,18 @@ class _Batch:
             facts += [counts.max(), counts.sum(), present.max()]
         # The class mask comes along: the host then knows which planes of the output to write.
         host = torch.cat([torch.stack([f.long() for f in facts]), class_mask.flatten().long()]).tolist()
-        finite, negative, lowest, *sizes = host[:len(facts)]
-        present_classes = np.asarray(host[len(facts):], dtype=bool).reshape(B, C)
+        finite, negative, lowest, *sizes = host[: len(facts)]
+        present_classes = np.asarray(host[len(facts) :], dtype=bool).reshape(B, C)
         if not finite:
-            raise ValueError(f"{fn}: cam holds NaN or infinite values" +
-                             (" (or values beyond float32's range, where it is computed)"
-                              if cam.dtype == torch.float64 else ""))
-        if lowest == -(2 ** 62):
-            raise ValueError(f"{fn}: labels hold an id not below the number of pixels of an image ({H * W}); "
-                             "superpixel labels must be 0..K-1 (renumber them with spl.enforce_connectivity)")
+            raise ValueError(
+                f"{fn}: cam holds NaN or infinite values"
+                + (" (or values beyond float32's range, where it is computed)" if cam.dtype == torch.float64 else "")
+            )
+        if lowest == -(2**62):
+            raise ValueError(
+                f"{fn}: labels hold an id not below the number of pixels of an image ({H * W}); "
+                "superpixel labels must be 0..K-1 (renumber them with spl.enforce_connectivity)"
+            )
         if lowest < -1:
             raise ValueError(f"{fn}: labels must be >= -1 (-1: pixel left out)")
         batch = _Batch(labels, counts, class_mask, present, present_classes, (B, C, H, W), bool(negative))
@@ -482,20 +570,21 @@ def _superpixel_means(batch: _Batch, image: torch.Tensor, cam_slots: torch.Tenso
     return nodes, rgb_means, lab, pooled, valid
 
 
-def _affinity_graph(batch: _Batch, nodes: "_Nodes", lab: torch.Tensor, features: Optional[torch.Tensor],
-                    opts: _Options):
+def _affinity_graph(
+    batch: _Batch, nodes: "_Nodes", lab: torch.Tensor, features: Optional[torch.Tensor], opts: _Options
+):
     """The graph of adjacent superpixels (``hops`` steps apart) and its edge affinities
     ``exp(-|Lab_i - Lab_j|^2 / (2 sigma_c^2)) [* exp(-|f_i - f_j|^2 / (2 sigma_f^2))]) ^ beta``."""
     graph = ops.superpixel_adjacency(batch.labels, batch.counts)
     if opts.hops > 1:
         graph = expand_hops(graph, opts.hops)
     rows, cols = graph.rows(), graph.indices
-    affinity = torch.exp(-((lab[rows] - lab[cols]) ** 2).sum(1) / (2 * opts.sigma_c ** 2))
+    affinity = torch.exp(-((lab[rows] - lab[cols]) ** 2).sum(1) / (2 * opts.sigma_c**2))
     if features is not None:
         f = nodes.gather(ops.superpixel_pool(features.float(), batch.labels, batch.k_max, "mean"))
-        affinity = affinity * torch.exp(-((f[rows] - f[cols]) ** 2).sum(1) / (2 * opts.sigma_f ** 2))
+        affinity = affinity * torch.exp(-((f[rows] - f[cols]) ** 2).sum(1) / (2 * opts.sigma_f**2))
     if opts.beta != 1.0:
-        affinity = affinity ** opts.beta
+        affinity = affinity**opts.beta
     return graph, affinity
 
 
@@ -508,17 +597,20 @@ def _refined_scores(graph, affinity, pooled, valid, nodes: "_Nodes", cam_slots, 
     else:
         scores = pooled
         if opts.diffuse_mix > 0:
-            scores = (1 - opts.diffuse_mix) * pooled + opts.diffuse_mix * _diffuse(graph, affinity, pooled, nodes,
-                                                                                    opts.diffuse_iters, 1.0)
-        score = threshold_mean_field(graph, affinity, scores, valid, opts.thresholds, opts.iters, opts.steps,
-                                     opts.weight, opts.alpha)
+            scores = (1 - opts.diffuse_mix) * pooled + opts.diffuse_mix * _diffuse(
+                graph, affinity, pooled, nodes, opts.diffuse_iters, 1.0
+            )
+        score = threshold_mean_field(
+            graph, affinity, scores, valid, opts.thresholds, opts.iters, opts.steps, opts.weight, opts.alpha
+        )
     if opts.core <= 1.0:
         score = _keep_core(score, pooled, valid, nodes, opts.core)
     return score
 
 
-def _to_pixels(batch: _Batch, nodes: "_Nodes", score: torch.Tensor, image: torch.Tensor, rgb_means: torch.Tensor,
-               opts: _Options) -> torch.Tensor:
+def _to_pixels(
+    batch: _Batch, nodes: "_Nodes", score: torch.Tensor, image: torch.Tensor, rgb_means: torch.Tensor, opts: _Options
+) -> torch.Tensor:
     """[N, S] -> [B, S, K] -> the slots' pixels [B, S, H, W] -> their planes of the output [B, C, H, W]
     (the other planes are 0: absent classes are not unpooled)."""
     B, C, H, W = batch.out_shape
@@ -530,8 +622,9 @@ def _to_pixels(batch: _Batch, nodes: "_Nodes", score: torch.Tensor, image: torch
         slot_pixels = ops.superpixel_unpool(per_slot, batch.labels)
     else:
         guide = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-        slot_pixels = torch.ops.spl.edge_aware_unpool(per_slot, batch.labels, guide, rgb_means.float().contiguous(),
-                                                      opts.edge_sigma, 1)
+        slot_pixels = torch.ops.spl.edge_aware_unpool(
+            per_slot, batch.labels, guide, rgb_means.float().contiguous(), opts.edge_sigma, 1
+        )
     if batch.present_classes.all():  # slots = planes (IRN-format CAMs: only the image's classes)
         return slot_pixels
     out = torch.zeros(B, C, H, W, dtype=torch.float32, device=device)
@@ -563,8 +656,9 @@ class _Nodes:
         return out.scatter_reduce(0, self.image[:, None].expand_as(x), x, "amax", include_self=False)
 
 
-def _diffuse(graph, affinity, scores, nodes: _Nodes, iters: int, alpha: float,
-             peak: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _diffuse(
+    graph, affinity, scores, nodes: _Nodes, iters: int, alpha: float, peak: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """``iters`` rounds of ``s <- alpha T s + (1 - alpha) s0``, each class of each image rescaled to
     ``peak`` ([N, S], default: the maximum of its input; the walk averages, which lowers peaks)."""
     s = propagate(graph, transition(graph, affinity.float(), 1.0), scores.float(), iters, alpha)
@@ -573,9 +667,17 @@ def _diffuse(graph, affinity, scores, nodes: _Nodes, iters: int, alpha: float,
     return s * (peak / nodes.image_max(s)[nodes.image].clamp_min(1e-30))
 
 
-def threshold_mean_field(graph: "ops.Graph", affinity: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor,
-                         thresholds: Sequence[float], iters: int, steps: int, weight: float,
-                         alpha: float = 1.0) -> torch.Tensor:
+def threshold_mean_field(
+    graph: "ops.Graph",
+    affinity: torch.Tensor,
+    scores: torch.Tensor,
+    valid: torch.Tensor,
+    thresholds: Sequence[float],
+    iters: int,
+    steps: int,
+    weight: float,
+    alpha: float = 1.0,
+) -> torch.Tensor:
     """The mean field with the background competing at every threshold of ``thresholds``, summarised
     as each node's threshold of turning to background.
 
@@ -625,7 +727,7 @@ def threshold_mean_field(graph: "ops.Graph", affinity: torch.Tensor, scores: tor
 def _sum_slots(x: torch.Tensor) -> torch.Tensor:  # [N, R, M] -> [N, 1, M]
     total = x[:, :1]
     for r in range(1, x.shape[1]):
-        total = total + x[:, r:r + 1]
+        total = total + x[:, r : r + 1]
     return total
 
 
@@ -655,8 +757,9 @@ def _turning_threshold(log_odds: torch.Tensor, t: torch.Tensor, valid: torch.Ten
     return turn[:, None] * ratio
 
 
-def _keep_core(score: torch.Tensor, pooled: torch.Tensor, valid: torch.Tensor, nodes: _Nodes,
-               core: float) -> torch.Tensor:
+def _keep_core(
+    score: torch.Tensor, pooled: torch.Tensor, valid: torch.Tensor, nodes: _Nodes, core: float
+) -> torch.Tensor:
     """Where a class leads the CAM with at least ``core`` times its highest mean score in the image,
     its refined score is at least the CAM's and the other classes' at most theirs (so it wins)."""
     pooled = pooled.float().masked_fill(~valid, -1.0)
@@ -687,8 +790,11 @@ def _superpixels(fn, image, labels, n_segments, compactness):
     device = image.device
     if labels is None:
         if not B:
-            return (torch.zeros(0, H, W, dtype=torch.int64, device=device), torch.zeros(0, dtype=torch.int64, device=device),
-                    torch.zeros((), dtype=torch.int64, device=device))
+            return (
+                torch.zeros(0, H, W, dtype=torch.int64, device=device),
+                torch.zeros(0, dtype=torch.int64, device=device),
+                torch.zeros((), dtype=torch.int64, device=device),
+            )
         labels, counts = ops.slic(image, min(n_segments, H * W), compactness, return_counts=True)
         return labels, counts, counts.new_zeros(())
     if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
@@ -701,8 +807,11 @@ def _superpixels(fn, image, labels, n_segments, compactness):
     counts = labels.flatten(1).amax(1).clamp_min(-1) + 1 if B else labels.new_zeros(0)
     # A label beyond the pixel count (a stray id, not a superpixel) would size every per-superpixel
     # buffer by it: checked with the other facts, in the caller's one synchronisation.
-    lowest = torch.where((counts > H * W).any() if B else torch.zeros((), dtype=torch.bool, device=device),
-                         torch.full_like(lowest, -(2 ** 62)), lowest)
+    lowest = torch.where(
+        (counts > H * W).any() if B else torch.zeros((), dtype=torch.bool, device=device),
+        torch.full_like(lowest, -(2**62)),
+        lowest,
+    )
     return labels, counts, lowest
 
 
@@ -733,10 +842,12 @@ def expand_hops(graph: "ops.Graph", hops: int) -> "ops.Graph":
     N = graph.num_nodes
     device = graph.indptr.device
     rows = graph.rows()
-    base = torch.sparse_coo_tensor(torch.stack([rows, graph.indices]), torch.ones(graph.num_edges, device=device),
-                                   (N, N), check_invariants=False).coalesce()
-    eye = torch.sparse_coo_tensor(torch.arange(N, device=device).expand(2, N), torch.ones(N, device=device), (N, N),
-                                  check_invariants=False)
+    base = torch.sparse_coo_tensor(
+        torch.stack([rows, graph.indices]), torch.ones(graph.num_edges, device=device), (N, N), check_invariants=False
+    ).coalesce()
+    eye = torch.sparse_coo_tensor(
+        torch.arange(N, device=device).expand(2, N), torch.ones(N, device=device), (N, N), check_invariants=False
+    )
     step = (base + eye).coalesce()
     reach = step
     with warnings.catch_warnings():

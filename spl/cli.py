@@ -1,4 +1,5 @@
 """The ``spl`` command line: ``spl <subcommand> ...`` (also ``python -m spl``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"spl {spl.__version__}")
     print(f"torch {torch.__version__}")
     cuda = spl.cuda_version()
-    print(f"CUDA kernels: {'built with CUDA ' + str(cuda // 1000) + '.' + str(cuda % 1000 // 10) if cuda else 'not built'}")
-    print(f"GPU available: {torch.cuda.is_available()}"
-          + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
+    print(
+        f"CUDA kernels: {'built with CUDA ' + str(cuda // 1000) + '.' + str(cuda % 1000 // 10) if cuda else 'not built'}"
+    )
+    print(
+        f"GPU available: {torch.cuda.is_available()}"
+        + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "")
+    )
     return 0
 
 
@@ -77,30 +82,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .apps.refine import add_arguments
 
-    p = sub.add_parser("refine", help="refine a data set's CAMs with ASAM; writes VOC-palette masks",
-                       description="Refines CAMs with ASAM (spl.asam_refine) in batches, one GPU or many "
-                                   "(torchrun); resumable, never loses work. See spl/apps/refine.py.")
+    p = sub.add_parser(
+        "refine",
+        help="refine a data set's CAMs with ASAM; writes VOC-palette masks",
+        description="Refines CAMs with ASAM (spl.asam_refine) in batches, one GPU or many "
+        "(torchrun); resumable, never loses work. See spl/apps/refine.py.",
+    )
     add_arguments(p)
     p.set_defaults(func=_cmd_refine)
 
     from .apps import evaluate
 
-    p = sub.add_parser("eval", help="score CAMs (any format) or label PNGs against ground truth; --curve sweeps t",
-                       description=evaluate.__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "eval",
+        help="score CAMs (any format) or label PNGs against ground truth; --curve sweeps t",
+        description=evaluate.__doc__.split("\n\n")[0],
+    )
     evaluate.add_arguments(p)
     p.set_defaults(func=_cmd_eval)
 
     from .apps import train
 
-    p = sub.add_parser("train", help="train DeepLab-v2 on pseudo-labels with the superpixel-consistency loss",
-                       description=train.__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "train",
+        help="train DeepLab-v2 on pseudo-labels with the superpixel-consistency loss",
+        description=train.__doc__.split("\n\n")[0],
+    )
     train.add_arguments(p)
     p.set_defaults(func=_cmd_train)
 
     from .apps import bench
 
-    p = sub.add_parser("bench", help="time every workload against the reference and the peers; JSON and plots",
-                       description=bench.__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "bench",
+        help="time every workload against the reference and the peers; JSON and plots",
+        description=bench.__doc__.split("\n\n")[0],
+    )
     bench.add_arguments(p)
     p.set_defaults(func=_cmd_bench)
     return parser

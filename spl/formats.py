@@ -21,6 +21,7 @@ writes it with ``np.save``):
 Data sets: ``voc`` (PASCAL VOC 2012: 20 classes + background) and ``coco`` (MS-COCO 2014 as WSSS uses
 it: 80 classes + background, label PNGs 0..80, 255 ignored).
 """
+
 from __future__ import annotations
 
 import os
@@ -32,19 +33,113 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+VOC_CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 # The 80 COCO categories in the order of their ids (WSSS numbers them 1..80 in this order).
-COCO_CLASSES = ("background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-                "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse",
-                "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie",
-                "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
-                "skateboard", "surfboard", "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon",
-                "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
-                "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
-                "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
-                "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush")
+COCO_CLASSES = (
+    "background",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
+)
 DATASETS = {"voc": VOC_CLASSES, "coco": COCO_CLASSES}
 FORMATS = ("auto", "irn", "amn", "clipes", "eps", "array", "png")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
@@ -78,6 +173,7 @@ def voc_palette() -> List[int]:
 
 # ---------------------------------------------------------------------------------------------
 # Files
+
 
 def find_file(folder: str, name: str, extensions) -> Optional[str]:
     for ext in extensions:
@@ -126,8 +222,10 @@ def _load_npy(path: str):
     return data
 
 
-_EXPECTED = ("one of: IRN/ReCAM {'keys', 'high_res' or 'cam'}; AMN (the same, background map first); CLIP-ES "
-             "{'keys', 'attn_highres'}; EPS {class index: map}; an array [C, H, W]; a label PNG")
+_EXPECTED = (
+    "one of: IRN/ReCAM {'keys', 'high_res' or 'cam'}; AMN (the same, background map first); CLIP-ES "
+    "{'keys', 'attn_highres'}; EPS {class index: map}; an array [C, H, W]; a label PNG"
+)
 
 
 def _dict_format(path: str, data: dict) -> str:
@@ -139,12 +237,14 @@ def _dict_format(path: str, data: dict) -> str:
             n_keys = int(np.asarray(_numpy(data["keys"])).reshape(-1).shape[0])
             n_maps = int(np.shape(_numpy(maps))[0]) if np.ndim(_numpy(maps)) == 3 else -1
             return "amn" if n_maps == n_keys + 1 else "irn"
-        raise ValueError(f"{path}: a dict with 'keys' but no maps (its keys: {sorted(map(str, data))}); expected "
-                         f"{_EXPECTED}")
+        raise ValueError(
+            f"{path}: a dict with 'keys' but no maps (its keys: {sorted(map(str, data))}); expected {_EXPECTED}"
+        )
     if all(isinstance(k, (int, np.integer)) for k in data):  # {} too: an image without classes
         return "eps"
-    raise ValueError(f"{path}: a dict that matches no CAM format (its keys: {sorted(map(str, data))[:8]}); "
-                     f"expected {_EXPECTED}")
+    raise ValueError(
+        f"{path}: a dict that matches no CAM format (its keys: {sorted(map(str, data))[:8]}); expected {_EXPECTED}"
+    )
 
 
 def detect_format(path: str) -> str:
@@ -174,6 +274,7 @@ class Cam:
     """A CAM as read from its file: ``scores`` float32 [num_classes, h, w] (zeros for absent classes),
     ``present`` bool [num_classes], and ``stride`` (4 for IRN / AMN ``cam`` maps, whose grid is the
     image's at output stride 4; 0 for maps on the image's grid or smaller and upsampled)."""
+
     scores: np.ndarray
     present: np.ndarray
     stride: int = 0
@@ -246,14 +347,17 @@ def read_cam(path: str, fmt: str, num_classes: int) -> Cam:
             raise ValueError(f"{path}: the maps of an EPS CAM must be 2-D and of one size")
     elif fmt == "array":
         if not isinstance(data, np.ndarray) or data.ndim != 3:
-            raise ValueError(f"{path}: an array CAM must have shape [C, H, W]" +
-                             ("" if isinstance(data, np.ndarray) else f"; expected {_EXPECTED}"))
+            raise ValueError(
+                f"{path}: an array CAM must have shape [C, H, W]"
+                + ("" if isinstance(data, np.ndarray) else f"; expected {_EXPECTED}")
+            )
         maps = _finite(path, data)
         if maps.shape[0] == num_classes + 1:
             maps = maps[1:]  # background first
         if maps.shape[0] != num_classes:
-            raise ValueError(f"{path}: an array CAM must have {num_classes} (or {num_classes + 1}) channels, "
-                             f"got {maps.shape[0]}")
+            raise ValueError(
+                f"{path}: an array CAM must have {num_classes} (or {num_classes + 1}) channels, got {maps.shape[0]}"
+            )
         return Cam(maps, maps.reshape(num_classes, -1).max(1) > 0, 0, fmt)
     else:
         raise ValueError(f"unknown CAM format {fmt!r} (one of {FORMATS})")
@@ -263,8 +367,9 @@ def read_cam(path: str, fmt: str, num_classes: int) -> Cam:
     scores = np.zeros((num_classes,) + shape, np.float32)
     for k, m in items:
         if not 0 <= k < num_classes:
-            raise ValueError(f"{path}: class index {k} outside [0, {num_classes}) (is --dataset / --num-classes "
-                             "right?)")
+            raise ValueError(
+                f"{path}: class index {k} outside [0, {num_classes}) (is --dataset / --num-classes right?)"
+            )
         scores[k] = m
         present[k] = True
     return Cam(scores, present, stride, fmt)
@@ -278,15 +383,20 @@ def to_image_grid(path: str, maps: torch.Tensor, stride: int, height: int, width
     if stride:
         want = (-(-height // stride), -(-width // stride))
         if (h, w) != want:
-            raise ValueError(f"{path}: maps of {h}x{w} at output stride {stride} for an image of {height}x{width} "
-                             f"(expected {want[0]}x{want[1]})")
+            raise ValueError(
+                f"{path}: maps of {h}x{w} at output stride {stride} for an image of {height}x{width} "
+                f"(expected {want[0]}x{want[1]})"
+            )
         if maps.shape[0]:
-            maps = F.interpolate(maps[None], size=(h * stride, w * stride), mode="bilinear",
-                                 align_corners=False)[0, :, :height, :width].contiguous()
+            maps = F.interpolate(maps[None], size=(h * stride, w * stride), mode="bilinear", align_corners=False)[
+                0, :, :height, :width
+            ].contiguous()
         return maps
     if maps.shape[0] and (h > height or w > width or h < 1 or w < 1):
-        raise ValueError(f"{path}: CAM of {h}x{w} for an image of {height}x{width}; a CAM must have the image's "
-                         "size or a smaller one, at least 1x1")
+        raise ValueError(
+            f"{path}: CAM of {h}x{w} for an image of {height}x{width}; a CAM must have the image's "
+            "size or a smaller one, at least 1x1"
+        )
     return maps
 
 

@@ -1,6 +1,6 @@
 """The superpixel local-consistency weighted cross-entropy (the rule: spl.ops.consistency_weights)."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 from typing import Optional
 
@@ -41,8 +41,9 @@ class SuperpixelConsistencyLoss(nn.Module):
     Returns: a float32 scalar, differentiable with respect to the logits.
     """
 
-    def __init__(self, num_classes: int, tau: float = 0.7, gamma: float = 1.0, ignore_index: int = 255,
-                 eps: float = 1e-8):
+    def __init__(
+        self, num_classes: int, tau: float = 0.7, gamma: float = 1.0, ignore_index: int = 255, eps: float = 1e-8
+    ):
         super().__init__()
         fn = "SuperpixelConsistencyLoss"
         num_classes = _checks.integer(fn, "num_classes", num_classes, 1)
@@ -62,16 +63,25 @@ class SuperpixelConsistencyLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, tau={self.tau}, gamma={self.gamma}, ignore_index={self.ignore_index}"
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, superpixels: torch.Tensor,
-                num_superpixels: Optional[int] = None) -> torch.Tensor:
+    def forward(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        superpixels: torch.Tensor,
+        num_superpixels: Optional[int] = None,
+    ) -> torch.Tensor:
         if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
             raise TypeError("SuperpixelConsistencyLoss: logits must be a floating point tensor")
         if logits.dim() != 4 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"SuperpixelConsistencyLoss: logits must have shape [B, {self.num_classes}, h, w], "
-                             f"got {list(logits.shape)}")
+            raise ValueError(
+                f"SuperpixelConsistencyLoss: logits must have shape [B, {self.num_classes}, h, w], "
+                f"got {list(logits.shape)}"
+            )
         if not isinstance(target, torch.Tensor) or target.dim() != 3 or target.shape[0] != logits.shape[0]:
-            raise ValueError(f"SuperpixelConsistencyLoss: target must have shape [B, H, W] with B = "
-                             f"{logits.shape[0]}, got {list(getattr(target, 'shape', []))}")
+            raise ValueError(
+                f"SuperpixelConsistencyLoss: target must have shape [B, H, W] with B = "
+                f"{logits.shape[0]}, got {list(getattr(target, 'shape', []))}"
+            )
         if target.device != logits.device:
             raise ValueError(f"SuperpixelConsistencyLoss: target is on {target.device} but logits on {logits.device}")
         if num_superpixels is None:
@@ -80,13 +90,16 @@ class SuperpixelConsistencyLoss(nn.Module):
             num_superpixels = int(superpixels.max()) + 1 if superpixels.numel() else 0
             pixels = superpixels[0].numel()
             if num_superpixels > pixels:  # a stray label would make K (and the histograms) huge
-                raise ValueError(f"SuperpixelConsistencyLoss: superpixels hold a label ({num_superpixels - 1}) that "
-                                 f"is not below the pixels of an image ({pixels}); renumber them "
-                                 "(spl.enforce_connectivity) or pass num_superpixels")
+                raise ValueError(
+                    f"SuperpixelConsistencyLoss: superpixels hold a label ({num_superpixels - 1}) that "
+                    f"is not below the pixels of an image ({pixels}); renumber them "
+                    "(spl.enforce_connectivity) or pass num_superpixels"
+                )
         if tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):
             logits = F.interpolate(logits, size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)
         with torch.no_grad():
-            weights, transformed = ops.consistency_weights(target, superpixels, num_superpixels, self.num_classes,
-                                                           self.tau, self.gamma, self.ignore_index)
+            weights, transformed = ops.consistency_weights(
+                target, superpixels, num_superpixels, self.num_classes, self.tau, self.gamma, self.ignore_index
+            )
         ce = F.cross_entropy(logits.float(), transformed, ignore_index=self.ignore_index, reduction="none")
         return (weights * ce).sum() / weights.sum().clamp_min(self.eps)

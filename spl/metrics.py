@@ -15,6 +15,7 @@ integers; pixels whose ground truth equals ``ignore_index`` (if given) are left 
 References: P. Neubert and P. Protzel, "Superpixel Benchmark and Comparison", Forum Bildverarbeitung
 2012; D. Stutz et al., "Superpixels: An Evaluation of the State-of-the-Art", CVIU 2018.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Union
@@ -77,8 +78,7 @@ def boundary_map(labels: Labels) -> torch.Tensor:
     return edge
 
 
-def boundary_recall(superpixels: Labels, ground_truth: Labels, tolerance: int = 2,
-                    ignore_index: Optional[int] = None):
+def boundary_recall(superpixels: Labels, ground_truth: Labels, tolerance: int = 2, ignore_index: Optional[int] = None):
     """Fraction of ground-truth boundary pixels within ``tolerance`` px of a superpixel boundary.
 
     An image without ground-truth boundaries has recall 1."""
@@ -121,14 +121,14 @@ def undersegmentation_error(superpixels: Labels, ground_truth: Labels, ignore_in
     return _result(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]), single)
 
 
-def achievable_segmentation_accuracy(superpixels: Labels, ground_truth: Labels,
-                                     ignore_index: Optional[int] = None):
+def achievable_segmentation_accuracy(superpixels: Labels, ground_truth: Labels, ignore_index: Optional[int] = None):
     """Achievable segmentation accuracy (higher is better)."""
     sp, gt, single = _pair(superpixels, ground_truth)
     values = []
     for s_of_pair, count, n in _overlaps(sp, gt, ignore_index):
         best = torch.zeros(int(s_of_pair.max()) + 1 if n else 1, dtype=torch.long).scatter_reduce(
-            0, s_of_pair, count, "amax")
+            0, s_of_pair, count, "amax"
+        )
         values.append(best.sum() / max(n, 1))
     return _result(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]), single)
 
@@ -141,9 +141,11 @@ def number_of_segments(superpixels: Labels):
     return int(counts[0]) if single else counts
 
 
-def superpixel_scores(superpixels: Labels, ground_truth: Labels, tolerance: int = 2,
-                      ignore_index: Optional[int] = None) -> Dict[str, float]:
+def superpixel_scores(
+    superpixels: Labels, ground_truth: Labels, tolerance: int = 2, ignore_index: Optional[int] = None
+) -> Dict[str, float]:
     """BR, UE, ASA and the number of segments, averaged over the images of the batch."""
+
     def mean(v):
         return float(v) if isinstance(v, (float, int)) else float(v.double().mean())
 
@@ -151,7 +153,8 @@ def superpixel_scores(superpixels: Labels, ground_truth: Labels, tolerance: int 
         "boundary_recall": mean(boundary_recall(superpixels, ground_truth, tolerance, ignore_index)),
         "undersegmentation_error": mean(undersegmentation_error(superpixels, ground_truth, ignore_index)),
         "achievable_segmentation_accuracy": mean(
-            achievable_segmentation_accuracy(superpixels, ground_truth, ignore_index)),
+            achievable_segmentation_accuracy(superpixels, ground_truth, ignore_index)
+        ),
         "segments": mean(number_of_segments(superpixels)),
     }
 
@@ -159,18 +162,21 @@ def superpixel_scores(superpixels: Labels, ground_truth: Labels, tolerance: int 
 # ---------------------------------------------------------------------------------------------
 # Semantic segmentation
 
-def confusion_matrix(prediction: Labels, ground_truth: Labels, num_classes: int, ignore_index: int = 255
-                     ) -> torch.Tensor:
+
+def confusion_matrix(
+    prediction: Labels, ground_truth: Labels, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """int64 [num_classes, num_classes] counts, rows = ground truth, columns = prediction. Pixels whose
     ground truth is ``ignore_index`` are left out; any other value outside [0, num_classes), in either
     map, raises ValueError."""
-    pred, gt = (torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x
-                for x in (prediction, ground_truth))
+    pred, gt = (torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x for x in (prediction, ground_truth))
     if not isinstance(pred, torch.Tensor) or not isinstance(gt, torch.Tensor):
         raise TypeError("confusion_matrix: prediction and ground_truth must be tensors or NumPy arrays")
     if pred.shape != gt.shape:
-        raise ValueError(f"confusion_matrix: prediction {list(pred.shape)} and ground_truth {list(gt.shape)} "
-                         "must have the same shape")
+        raise ValueError(
+            f"confusion_matrix: prediction {list(pred.shape)} and ground_truth {list(gt.shape)} "
+            "must have the same shape"
+        )
     if pred.is_floating_point() or gt.is_floating_point():
         raise TypeError("confusion_matrix: label maps must hold integers")
     pred, gt = pred.long().flatten().cpu(), gt.long().flatten().cpu()
@@ -178,9 +184,11 @@ def confusion_matrix(prediction: Labels, ground_truth: Labels, num_classes: int,
     pred, gt = pred[keep], gt[keep]
     for name, x in (("ground_truth", gt), ("prediction", pred)):
         if x.numel() and (int(x.min()) < 0 or int(x.max()) >= num_classes):
-            raise ValueError(f"confusion_matrix: {name} holds a class outside [0, {num_classes}) "
-                             f"(other than ignore_index {ignore_index})")
-    return torch.bincount(gt * num_classes + pred, minlength=num_classes ** 2).view(num_classes, num_classes)
+            raise ValueError(
+                f"confusion_matrix: {name} holds a class outside [0, {num_classes}) "
+                f"(other than ignore_index {ignore_index})"
+            )
+    return torch.bincount(gt * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
 
 
 class ConfusionMatrix:
@@ -258,11 +266,14 @@ class ThresholdSweep:
         s = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
         gt = ground_truth.cpu().numpy() if isinstance(ground_truth, torch.Tensor) else np.asarray(ground_truth)
         if s.ndim != 3 or gt.ndim != 2 or s.shape[1:] != gt.shape:
-            raise ValueError(f"{fn}: scores must be [C, H, W] and ground_truth [H, W] of the same size, got "
-                             f"{list(s.shape)} and {list(gt.shape)}")
+            raise ValueError(
+                f"{fn}: scores must be [C, H, W] and ground_truth [H, W] of the same size, got "
+                f"{list(s.shape)} and {list(gt.shape)}"
+            )
         if not np.issubdtype(s.dtype, np.floating) or not np.issubdtype(gt.dtype, np.integer):
-            raise TypeError(f"{fn}: scores must be floating point and ground_truth integer, got {s.dtype} and "
-                            f"{gt.dtype}")
+            raise TypeError(
+                f"{fn}: scores must be floating point and ground_truth integer, got {s.dtype} and {gt.dtype}"
+            )
         if not np.isfinite(s).all():
             raise ValueError(f"{fn}: scores hold NaN or infinite values")
         classes = np.arange(1, s.shape[0] + 1) if classes is None else np.asarray(classes, np.int64).reshape(-1)
@@ -274,8 +285,9 @@ class ThresholdSweep:
         valid = gt != self.ignore_index
         g = gt[valid].astype(np.int64)
         if g.size and (g.min() < 0 or g.max() >= n):
-            raise ValueError(f"{fn}: ground_truth holds a class outside [0, {n}) (other than ignore_index "
-                             f"{self.ignore_index})")
+            raise ValueError(
+                f"{fn}: ground_truth holds a class outside [0, {n}) (other than ignore_index {self.ignore_index})"
+            )
         if s.shape[0]:
             top, arg = s.max(0)[valid], classes[s.argmax(0)][valid]
         else:

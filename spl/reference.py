@@ -5,6 +5,7 @@ side. Each is the plain formula stated in its docstring, vectorised over whole t
 speed beyond that. Where the kernels use tricks (fixed-point sums, cell-major layouts, run-length connectivity),
 these functions use the plain formula, in float64 by default.
 """
+
 from __future__ import annotations
 
 import math
@@ -296,7 +297,9 @@ def superpixel_pool(x: torch.Tensor, labels: torch.Tensor, num_superpixels: int,
     src = x.flatten(2).double()
     counts = torch.zeros(B, K + 1, dtype=torch.float64, device=x.device).index_put_(
         (torch.arange(B, device=x.device)[:, None].expand_as(index[:, 0]), index[:, 0]),
-        torch.ones_like(index[:, 0], dtype=torch.float64), accumulate=True)[:, :K]
+        torch.ones_like(index[:, 0], dtype=torch.float64),
+        accumulate=True,
+    )[:, :K]
     if reduce == "max":
         out = torch.full((B, C, K + 1), -math.inf, dtype=torch.float64, device=x.device)
         out = out.scatter_reduce(2, index, src, "amax")[..., :K]
@@ -318,8 +321,14 @@ def superpixel_unpool(features: torch.Tensor, labels: torch.Tensor):
     return torch.where((labels >= 0)[:, None], out, torch.zeros_like(out))
 
 
-def edge_aware_unpool(features: torch.Tensor, labels: torch.Tensor, guide: torch.Tensor, guide_means: torch.Tensor,
-                      sigma: float, radius: int = 1) -> torch.Tensor:
+def edge_aware_unpool(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    guide: torch.Tensor,
+    guide_means: torch.Tensor,
+    sigma: float,
+    radius: int = 1,
+) -> torch.Tensor:
     """``spl.edge_aware_unpool`` over whole tensors (float64): the distinct labels of each pixel's
     window, their guide distances and weights, the weighted mean."""
     B, C, K = features.shape
@@ -330,18 +339,18 @@ def edge_aware_unpool(features: torch.Tensor, labels: torch.Tensor, guide: torch
     size = 2 * r + 1
     padded = torch.nn.functional.pad(labels, [r, r, r, r], value=-1)
     # window[b, i, y, x] = label at (y + dy, x + dx) for the i-th offset in raster order.
-    window = torch.stack([padded[:, dy:dy + H, dx:dx + W] for dy in range(size) for dx in range(size)], 1)
+    window = torch.stack([padded[:, dy : dy + H, dx : dx + W] for dy in range(size) for dx in range(size)], 1)
     window = torch.cat([labels[:, None], window], 1)  # the pixel's own label first
     first = window >= 0
     for i in range(1, window.shape[1]):
-        first[:, i] &= (window[:, i:i + 1] != window[:, :i]).all(1)
+        first[:, i] &= (window[:, i : i + 1] != window[:, :i]).all(1)
     safe = window.clamp_min(0)
     g = guide.double()
     m = guide_means.double()
     means = torch.stack([m[b][:, safe[b]] for b in range(B)])  # [B, D, n, H, W]
     d = ((means - g[:, :, None]) ** 2).sum(1)  # [B, n, H, W]
     d = d.masked_fill(~first, float("inf"))
-    w = torch.exp(-(d - d.amin(1, keepdim=True)) / (2 * sigma ** 2)) * first
+    w = torch.exp(-(d - d.amin(1, keepdim=True)) / (2 * sigma**2)) * first
     f = features.double()
     vals = torch.stack([f[b][:, safe[b]] for b in range(B)])  # [B, C, n, H, W]
     out = (vals * w[:, None]).sum(2) / w.sum(1)[:, None]
@@ -359,12 +368,21 @@ def superpixel_histogram(target, labels, num_superpixels: int, num_classes: int,
     return torch.bincount(flat[keep], minlength=B * K * num_classes).view(B, K, num_classes)
 
 
-def consistency_weights(target, labels, num_superpixels: int, num_classes: int, tau: float = 0.7,
-                        gamma: float = 1.0, ignore_index: int = 255):
+def consistency_weights(
+    target,
+    labels,
+    num_superpixels: int,
+    num_classes: int,
+    tau: float = 0.7,
+    gamma: float = 1.0,
+    ignore_index: int = 255,
+):
     """Reference of ``spl.consistency_weights``: the transformation, then weights computed on the
     transformed labels with a second histogram."""
     if num_superpixels == 0:  # every label is -1: every pixel ignored
-        return torch.zeros(target.shape, dtype=torch.float32, device=target.device), torch.full_like(target, ignore_index)
+        return torch.zeros(target.shape, dtype=torch.float32, device=target.device), torch.full_like(
+            target, ignore_index
+        )
     hist = superpixel_histogram(target, labels, num_superpixels, num_classes, ignore_index)
     n = hist.sum(-1)
     best, majority = hist.max(-1)  # max returns the first (smallest) class among ties
@@ -377,12 +395,21 @@ def consistency_weights(target, labels, num_superpixels: int, num_classes: int, 
     hist2 = superpixel_histogram(transformed, labels, num_superpixels, num_classes, ignore_index)
     y = transformed.clamp(0, num_classes - 1)
     w = hist2[b, k, y].double() / hist2.sum(-1)[b, k].clamp_min(1).double()
-    w = torch.where(keep, w ** gamma, torch.zeros_like(w))
+    w = torch.where(keep, w**gamma, torch.zeros_like(w))
     return w.float(), transformed
 
 
-def superpixel_consistency_loss(logits, target, superpixels, num_superpixels: int, num_classes: int,
-                                tau: float = 0.7, gamma: float = 1.0, ignore_index: int = 255, eps: float = 1e-8):
+def superpixel_consistency_loss(
+    logits,
+    target,
+    superpixels,
+    num_superpixels: int,
+    num_classes: int,
+    tau: float = 0.7,
+    gamma: float = 1.0,
+    ignore_index: int = 255,
+    eps: float = 1e-8,
+):
     """Reference of ``spl.SuperpixelConsistencyLoss`` (per-pixel loop-free, float64)."""
     import torch.nn.functional as F
 
@@ -398,6 +425,7 @@ def superpixel_consistency_loss(logits, target, superpixels, num_superpixels: in
 
 # ---------------------------------------------------------------------------------------------
 # ASAM: the adjacency graph, propagation and refinement
+
 
 def superpixel_adjacency(labels: torch.Tensor, counts: torch.Tensor):
     """(indptr, indices, border, node_offset) of the batch graph, from a dense [K, K] matrix of
@@ -419,8 +447,12 @@ def superpixel_adjacency(labels: torch.Tensor, counts: torch.Tensor):
     N = int(node_offset[-1])
     rows = torch.cat(rows) if rows else labels.new_zeros(0)
     indptr = torch.cat([labels.new_zeros(1), torch.bincount(rows, minlength=N).cumsum(0)])
-    return (indptr, torch.cat(cols) if cols else labels.new_zeros(0),
-            torch.cat(border) if border else labels.new_zeros(0), node_offset)
+    return (
+        indptr,
+        torch.cat(cols) if cols else labels.new_zeros(0),
+        torch.cat(border) if border else labels.new_zeros(0),
+        node_offset,
+    )
 
 
 def sparse_propagate(indptr, indices, weight, x, iters: int, alpha: float, self_weight: float = 1.0):
@@ -445,8 +477,14 @@ def cam_to_mask(cam: torch.Tensor, bg_threshold: float, class_mask: Optional[tor
     return torch.where(top >= bg_threshold, arg + 1, torch.zeros_like(arg))
 
 
-def cam_unary(cam: torch.Tensor, labels: torch.Tensor, class_mask: torch.Tensor, num_superpixels: int,
-              bg_threshold: float, floor: float = 1e-6) -> torch.Tensor:
+def cam_unary(
+    cam: torch.Tensor,
+    labels: torch.Tensor,
+    class_mask: torch.Tensor,
+    num_superpixels: int,
+    bg_threshold: float,
+    floor: float = 1e-6,
+) -> torch.Tensor:
     """ASAM's unary [B, 1 + C, K] (spl.ops._cam_unary): per superpixel, the mean log-probability of
     [background, classes] with p = [t, cam_c for present c] / sum, floored at ``floor``; 0 for absent
     classes and empty superpixels. ``cam`` non-negative."""
@@ -469,8 +507,9 @@ def _transition_matrix(indptr, indices, a, N, device):
     order = torch.argsort(r * N + c)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        return torch.sparse_coo_tensor(torch.stack([r[order], c[order]]), v[order], (N, N),
-                                       check_invariants=False).to_sparse_csr()
+        return torch.sparse_coo_tensor(
+            torch.stack([r[order], c[order]]), v[order], (N, N), check_invariants=False
+        ).to_sparse_csr()
 
 
 def _walk(T, x, iters: int, alpha: float):
@@ -480,10 +519,25 @@ def _walk(T, x, iters: int, alpha: float):
     return s
 
 
-def asam_refine(image: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor, class_mask: torch.Tensor, *,
-                mode: str = "meanfield", thresholds: Sequence[float] = None, diffuse_iters: int = 10,
-                diffuse_mix: float = 0.0, iters: int = 20, steps: int = 5, alpha: float = 1.0, weight: float = 10.0,
-                sigma_c: float = 5.0, beta: float = 1.0, core: float = 0.9, floor: float = 1e-6):
+def asam_refine(
+    image: torch.Tensor,
+    cam: torch.Tensor,
+    labels: torch.Tensor,
+    class_mask: torch.Tensor,
+    *,
+    mode: str = "meanfield",
+    thresholds: Sequence[float] = None,
+    diffuse_iters: int = 10,
+    diffuse_mix: float = 0.0,
+    iters: int = 20,
+    steps: int = 5,
+    alpha: float = 1.0,
+    weight: float = 10.0,
+    sigma_c: float = 5.0,
+    beta: float = 1.0,
+    core: float = 0.9,
+    floor: float = 1e-6,
+):
     """The ASAM pipeline of ``spl.asam_refine`` in plain PyTorch, with every class as a channel (no
     slots) and each background threshold's mean field run on its own: reference pooling and adjacency,
     ``torch.sparse`` CSR products for the walks, then each node's threshold of turning to background.
@@ -505,12 +559,13 @@ def asam_refine(image: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor, cl
     indptr, indices, _, _ = superpixel_adjacency(labels, counts)
     N = pooled.shape[0]
     rows = torch.repeat_interleave(torch.arange(N, device=device), indptr.diff())
-    a = torch.exp(-((lab[rows] - lab[indices]) ** 2).sum(1) / (2 * sigma_c ** 2)) ** beta
+    a = torch.exp(-((lab[rows] - lab[indices]) ** 2).sum(1) / (2 * sigma_c**2)) ** beta
     T = _transition_matrix(indptr, indices, a, N, device)
 
     def image_max(x):  # [N, C] -> [N, C], the maximum over the node's image
-        out = torch.stack([x[image_of_node == b].amax(0) if bool((image_of_node == b).any()) else x.new_zeros(C)
-                           for b in range(B)])
+        out = torch.stack(
+            [x[image_of_node == b].amax(0) if bool((image_of_node == b).any()) else x.new_zeros(C) for b in range(B)]
+        )
         return out[image_of_node]
 
     def diffuse(x, rounds, restart, peak=None):
@@ -521,7 +576,11 @@ def asam_refine(image: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor, cl
         peak = cam.flatten(2).amax(2)[image_of_node] if cam.numel() else pooled.new_zeros(N, C)
         score = diffuse(pooled, iters, alpha, peak)
     else:
-        s = pooled if diffuse_mix == 0 else (1 - diffuse_mix) * pooled + diffuse_mix * diffuse(pooled, diffuse_iters, 1.0)
+        s = (
+            pooled
+            if diffuse_mix == 0
+            else (1 - diffuse_mix) * pooled + diffuse_mix * diffuse(pooled, diffuse_iters, 1.0)
+        )
         if thresholds is None:
             from .asam import THRESHOLDS as thresholds  # spl.asam_refine's grid
         ts = list(thresholds)
@@ -546,8 +605,11 @@ def asam_refine(image: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor, cl
         nxt = (m + 1).clamp_max(M - 1)
         b0, b1 = best[torch.arange(N), m], best[torch.arange(N), nxt]
         crossing = t[m] + b0 / (b0 - b1) * (t[nxt] - t[m])
-        turn = torch.where(none, t[0] * torch.exp(best[:, 0].clamp_max(0)),
-                           torch.where(top, t[m] + (1 - t[m]) * (1 - torch.exp(-b0)), crossing))
+        turn = torch.where(
+            none,
+            t[0] * torch.exp(best[:, 0].clamp_max(0)),
+            torch.where(top, t[m] + (1 - t[m]) * (1 - torch.exp(-b0)), crossing),
+        )
         at = odds[torch.arange(N), m]  # the classes at that threshold, relative to the leader
         lead = at.masked_fill(~allowed, float("-inf")).amax(1, keepdim=True)
         score = torch.where(allowed, turn[:, None] * torch.exp(at - lead), torch.zeros_like(at))

@@ -1,4 +1,5 @@
 """Shared test helpers: devices (CUDA cases skip without a GPU), seeds, synthetic images."""
+
 import os
 
 import numpy as np
@@ -40,6 +41,8 @@ def pytest_terminal_summary(terminalreporter):
         from cuda_emu import launches
 
         terminalreporter.write_line(f"spl CUDA emulator: {launches()} kernel launches in this run")
+
+
 needs_cuda = pytest.mark.skipif(not cuda_ok, reason="needs a CUDA GPU and spl's CUDA kernels")
 
 
@@ -53,15 +56,21 @@ def collage(seed: int, size: int = 192, regions: int = 7):
     from skimage import data, filters
 
     rng = np.random.default_rng(seed)
-    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(),
-               data.immunohistochemistry(), data.retina()]
+    sources = [
+        data.astronaut(),
+        data.coffee(),
+        data.chelsea(),
+        data.rocket(),
+        data.immunohistochemistry(),
+        data.retina(),
+    ]
     fields = np.stack([filters.gaussian(rng.standard_normal((size, size)), sigma=size / 10) for _ in range(regions)])
     truth = fields.argmax(0)
     image = np.zeros((size, size, 3), np.uint8)
     for r in range(regions):
         src = sources[rng.integers(len(sources))]
         y, x = rng.integers(0, src.shape[0] - size), rng.integers(0, src.shape[1] - size)
-        image[truth == r] = src[y:y + size, x:x + size, :3][truth == r]
+        image[truth == r] = src[y : y + size, x : x + size, :3][truth == r]
     return image, truth.astype(np.int64)
 
 
@@ -77,11 +86,13 @@ def natural_images():
 def label_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     """Fraction of pixels on which two label maps ([H, W] or [B, H, W]) agree, up to renaming: each label of a is mapped
     to the label of b it overlaps most, and vice versa; the smaller of the two fractions."""
+
     def one_way(x, y):
         x, y = x.flatten().long(), y.flatten().long()
         nx, ny = int(x.max()) + 2, int(y.max()) + 2
         joint = torch.bincount((x + 1) * ny + (y + 1), minlength=nx * ny).view(nx, ny)
         return joint.max(dim=1).values.sum().item() / x.numel()
+
     if a.dim() == 3:  # labels restart in every image: compare image by image
         return sum(label_agreement(x, y) for x, y in zip(a, b)) / a.shape[0]
     return min(one_way(a, b), one_way(b, a))

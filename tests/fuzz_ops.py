@@ -15,12 +15,12 @@ Anything else is a violation: another exception, a message naming nothing, a wro
 (tests/test_fuzz.py) reports it with the case number printed last ("case N ..." lines go to stderr,
 flushed, before each call).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
 import sys
 import time
 import traceback
@@ -78,8 +78,9 @@ class Draw:
 
     def junk(self):
         """A value of the wrong kind for any argument."""
-        return [None, "ab", [1, 2, 3], (1,), float("nan"), float("inf"), -1, 10**30, True, np.zeros(3),
-                torch.zeros(2)][int(self.rng.integers(11))]
+        return [None, "ab", [1, 2, 3], (1,), float("nan"), float("inf"), -1, 10**30, True, np.zeros(3), torch.zeros(2)][
+            int(self.rng.integers(11))
+        ]
 
     def labels(self, B, H, W, K, bad=0.03):
         lab = torch.randint(-1, max(K, 1), (B, H, W), generator=self.g) if K > 0 else torch.full((B, H, W), -1)
@@ -94,12 +95,18 @@ class Draw:
 def case_slic(d: Draw):
     B, H, W = d.size(1, 3), d.size(1, 24), d.size(1, 24)
     C = int(d.rng.choice([1, 3, 3, 5]))
-    image = (torch.randint(0, 256, (B, C, H, W), generator=d.g, dtype=torch.uint8) if d.chance(0.5)
-             else d.floats((B, C, H, W), d.dtype(), poison=0.03))
+    image = (
+        torch.randint(0, 256, (B, C, H, W), generator=d.g, dtype=torch.uint8)
+        if d.chance(0.5)
+        else d.floats((B, C, H, W), d.dtype(), poison=0.03)
+    )
     n = int(d.rng.integers(1, H * W + 1)) if not d.chance(0.03) else int(d.rng.choice([0, H * W + 1]))
-    kw = dict(compactness=float(d.rng.choice([0.1, 1, 10, 100, 1e7])) if d.chance(0.3) else 10.0,
-              max_num_iter=int(d.rng.choice([1, 2, 10])), enforce_connectivity=d.chance(0.8),
-              min_size_factor=float(d.rng.choice([0.0, 0.25, 1.0, 1e40])))
+    kw = dict(
+        compactness=float(d.rng.choice([0.1, 1, 10, 100, 1e7])) if d.chance(0.3) else 10.0,
+        max_num_iter=int(d.rng.choice([1, 2, 10])),
+        enforce_connectivity=d.chance(0.8),
+        min_size_factor=float(d.rng.choice([0.0, 0.25, 1.0, 1e40])),
+    )
     if d.chance(0.2):
         kw["spacing"] = (float(d.rng.choice([0.5, 1, 2])), float(d.rng.choice([0.5, 1, 2])))
     mask = None
@@ -113,8 +120,10 @@ def case_slic(d: Draw):
         arr = arr.astype(">f4") if d.chance(0.5) else arr
         out = spl.slic(arr, n, **kw)
         check(isinstance(out, np.ndarray) and out.shape == (H, W), "slic: NumPy in, NumPy [H, W] out")
-        check(np.array_equal(out, spl.slic(torch.from_numpy(arr.astype("=f4")).permute(2, 0, 1), n, **kw).numpy()),
-              "slic: NumPy and tensor inputs agree")
+        check(
+            np.array_equal(out, spl.slic(torch.from_numpy(arr.astype("=f4")).permute(2, 0, 1), n, **kw).numpy()),
+            "slic: NumPy and tensor inputs agree",
+        )
         return
     labels, counts = spl.slic(image, n, return_counts=True, **kw)
     check(labels.shape == (B, H, W) and labels.dtype == torch.int64, "slic: labels shape / dtype")
@@ -123,11 +132,15 @@ def case_slic(d: Draw):
         inside = lb >= 0 if mask is None else mask[b]
         check(bool((lb[~inside] == -1).all()) and bool((lb[inside] >= 0).all()), "slic: -1 exactly outside the mask")
         present = torch.unique(lb[inside])
-        check(present.numel() == k and (k == 0 or (int(present[0]) == 0 and int(present[-1]) == k - 1)),
-              "slic: labels 0..n-1 contiguous")
+        check(
+            present.numel() == k and (k == 0 or (int(present[0]) == 0 and int(present[-1]) == k - 1)),
+            "slic: labels 0..n-1 contiguous",
+        )
         if kw["enforce_connectivity"] and k:
-            check(int(reference.enforce_connectivity(lb[None], 0, return_counts=True)[1][0]) == k,
-                  "slic: every label one 4-connected region")
+            check(
+                int(reference.enforce_connectivity(lb[None], 0, return_counts=True)[1][0]) == k,
+                "slic: every label one 4-connected region",
+            )
     again = spl.slic(image, n, **kw)
     check(torch.equal(again, labels), "slic: deterministic")
 
@@ -143,10 +156,13 @@ def case_enforce_connectivity(d: Draw):
     if d.chance(0.2) and not lab.is_floating_point():  # NumPy in (batched or not), NumPy out
         arr = lab.numpy() if d.chance(0.5) else lab[0].numpy()
         out, counts = spl.enforce_connectivity(arr, min_size, return_counts=True)
-        ref = reference.enforce_connectivity(torch.from_numpy(arr).reshape(lab.shape if arr.ndim == 3 else (1, H, W)),
-                                             min_size)
-        check(isinstance(out, np.ndarray) and np.array_equal(out.reshape(ref.shape), ref.numpy()),
-              "enforce_connectivity: NumPy result equals the reference")
+        ref = reference.enforce_connectivity(
+            torch.from_numpy(arr).reshape(lab.shape if arr.ndim == 3 else (1, H, W)), min_size
+        )
+        check(
+            isinstance(out, np.ndarray) and np.array_equal(out.reshape(ref.shape), ref.numpy()),
+            "enforce_connectivity: NumPy result equals the reference",
+        )
         return
     out = spl.enforce_connectivity(lab, min_size)
     ref = reference.enforce_connectivity(lab, min_size)
@@ -184,8 +200,10 @@ def case_histogram_weights(d: Draw):
 
 def case_loss(d: Draw):
     B, H, W, K, n = d.size(1, 2), d.size(1, 8), d.size(1, 8), d.size(1, 6), d.size(1, 4)
-    kw = dict(tau=float(d.rng.choice([0.5, 0.7, math.inf if d.chance(0.05) else 1.0])),
-              gamma=float(d.rng.choice([0.0, 1.0, 2.0])))
+    kw = dict(
+        tau=float(d.rng.choice([0.5, 0.7, math.inf if d.chance(0.05) else 1.0])),
+        gamma=float(d.rng.choice([0.0, 1.0, 2.0])),
+    )
     loss_fn = spl.SuperpixelConsistencyLoss(n, **kw)
     logits = d.floats((B, n, H, W), torch.float32, -3, 3, poison=0.0)
     target = torch.randint(0, n, (B, H, W), generator=d.g)
@@ -205,8 +223,10 @@ def case_adjacency_propagate(d: Draw):
     g = spl.superpixel_adjacency(labels, K)
     counts = torch.full((B,), K)
     ip, ix, border, off = reference.superpixel_adjacency(labels, counts)
-    check(torch.equal(g.indptr, ip) and torch.equal(g.indices, ix) and torch.equal(g.border, border),
-          "superpixel_adjacency: equals the reference")
+    check(
+        torch.equal(g.indptr, ip) and torch.equal(g.indices, ix) and torch.equal(g.border, border),
+        "superpixel_adjacency: equals the reference",
+    )
     C = d.size(1, 4)
     dtype = torch.float64 if d.chance(0.3) else torch.float32
     x = d.floats((g.num_nodes, C), dtype, -1, 1, poison=0.0)
@@ -219,7 +239,7 @@ def case_adjacency_propagate(d: Draw):
         fields = [t.clone() for t in g]
         k = int(d.rng.integers(4))
         if fields[k].numel():
-            fields[k].view(-1)[int(d.rng.integers(fields[k].numel()))] = int(d.rng.integers(-10**6, 10**6))
+            fields[k].view(-1)[int(d.rng.integers(fields[k].numel()))] = int(d.rng.integers(-(10**6), 10**6))
         graph = spl.Graph(*fields)
     out = spl.sparse_propagate(graph, weight, x, iters, alpha)
     ref = reference.sparse_propagate(graph.indptr, graph.indices, weight.double(), x.double(), iters, alpha)
@@ -229,8 +249,11 @@ def case_adjacency_propagate(d: Draw):
 def case_asam(d: Draw):
     B, H, W = d.size(1, 2), d.size(1, 20), d.size(1, 20)
     C = d.size(1, 4)
-    image = (torch.randint(0, 256, (B, 3, H, W), generator=d.g, dtype=torch.uint8) if d.chance(0.6)
-             else d.floats((B, 3, H, W), torch.float32, poison=0.02))
+    image = (
+        torch.randint(0, 256, (B, 3, H, W), generator=d.g, dtype=torch.uint8)
+        if d.chance(0.6)
+        else d.floats((B, 3, H, W), torch.float32, poison=0.02)
+    )
     h, w = (H, W) if d.chance(0.6) else (max(1, H // 2), max(1, W // 2))
     cam = d.floats((B, C, h, w), d.dtype() if d.chance(0.2) else torch.float32, -0.1, 1, poison=0.03)
     mask = torch.rand(B, C, generator=d.g) < 0.6 if d.chance(0.5) else None
@@ -248,11 +271,17 @@ def case_asam(d: Draw):
     if d.chance(0.05):
         kw[str(d.rng.choice(["iters", "steps", "weight", "sigma_c", "core", "thresholds", "n_segments"]))] = d.junk()
     if d.chance(0.1) and B == 1 and image.dtype == torch.uint8 and cam.dtype in (torch.float32, torch.float64):
-        out = spl.asam_refine(image[0].permute(1, 2, 0).numpy(), cam[0].numpy(),
-                              class_mask=None if mask is None else mask[0].numpy(), **kw)
+        out = spl.asam_refine(
+            image[0].permute(1, 2, 0).numpy(),
+            cam[0].numpy(),
+            class_mask=None if mask is None else mask[0].numpy(),
+            **kw,
+        )
         check(isinstance(out, np.ndarray) and out.shape == (C, H, W), "asam_refine: NumPy in, NumPy [C, H, W] out")
-        check(np.array_equal(out, spl.asam_refine(image, cam, class_mask=mask, **kw)[0].numpy()),
-              "asam_refine: NumPy and tensor inputs agree")
+        check(
+            np.array_equal(out, spl.asam_refine(image, cam, class_mask=mask, **kw)[0].numpy()),
+            "asam_refine: NumPy and tensor inputs agree",
+        )
         return
     out = spl.asam_refine(image, cam, class_mask=mask, **kw)
     check(out.shape == (B, C, H, W) and out.dtype == torch.float32, "asam_refine: shape / dtype")
@@ -278,8 +307,12 @@ def case_edge_unpool(d: Draw):
     out = spl.edge_aware_unpool(f, labels, guide, sigma, radius)
     means = spl.superpixel_pool(guide, labels, K, "mean")
     # The weights are float32 (expf) whatever the dtype of the values.
-    close(out, reference.edge_aware_unpool(f.double(), labels, guide, means, sigma, radius),
-          torch.float32 if dtype == torch.float64 else dtype, "edge_aware_unpool")
+    close(
+        out,
+        reference.edge_aware_unpool(f.double(), labels, guide, means, sigma, radius),
+        torch.float32 if dtype == torch.float64 else dtype,
+        "edge_aware_unpool",
+    )
 
 
 def case_metrics(d: Draw):
@@ -296,27 +329,40 @@ def case_metrics(d: Draw):
 
 
 CASES = {
-    "slic": case_slic, "enforce_connectivity": case_enforce_connectivity, "superpixel_pool": case_pool,
-    "superpixel_histogram": case_histogram_weights, "SuperpixelConsistencyLoss": case_loss,
-    "sparse_propagate": case_adjacency_propagate, "asam_refine": case_asam, "edge_aware_unpool": case_edge_unpool,
+    "slic": case_slic,
+    "enforce_connectivity": case_enforce_connectivity,
+    "superpixel_pool": case_pool,
+    "superpixel_histogram": case_histogram_weights,
+    "SuperpixelConsistencyLoss": case_loss,
+    "sparse_propagate": case_adjacency_propagate,
+    "asam_refine": case_asam,
+    "edge_aware_unpool": case_edge_unpool,
     "metrics": case_metrics,
 }
 # The names a rejection may carry: the public function, or the op it calls for the user.
 NAMES = {
-    "slic": ("slic",), "enforce_connectivity": ("enforce_connectivity",),
+    "slic": ("slic",),
+    "enforce_connectivity": ("enforce_connectivity",),
     "superpixel_pool": ("superpixel_pool", "superpixel_unpool"),
     "superpixel_histogram": ("superpixel_histogram", "consistency_weights"),
     "SuperpixelConsistencyLoss": ("SuperpixelConsistencyLoss", "consistency_weights"),
-    "sparse_propagate": ("superpixel_adjacency", "sparse_propagate"), "asam_refine": ("asam_refine", "cam_to_mask", "slic"),
-    "edge_aware_unpool": ("edge_aware_unpool", "superpixel_pool"), "metrics": ("ThresholdSweep", "boundary_recall",
-                                                                           "undersegmentation_error", "achievable"),
+    "sparse_propagate": ("superpixel_adjacency", "sparse_propagate"),
+    "asam_refine": ("asam_refine", "cam_to_mask", "slic"),
+    "edge_aware_unpool": ("edge_aware_unpool", "superpixel_pool"),
+    "metrics": ("ThresholdSweep", "boundary_recall", "undersegmentation_error", "achievable"),
 }
 
 
 def run(cases: int, seed: int, start: int = 0) -> dict:
     names = list(CASES)
-    summary = {"cases": 0, "calls_ok": 0, "rejected": 0, "violations": [], "seconds": 0.0,
-               "by_entry_point": {n: 0 for n in names}}
+    summary = {
+        "cases": 0,
+        "calls_ok": 0,
+        "rejected": 0,
+        "violations": [],
+        "seconds": 0.0,
+        "by_entry_point": {n: 0 for n in names},
+    }
     t0 = time.perf_counter()
     for i in range(start, start + cases):
         d = Draw(seed * 1_000_003 + i)
@@ -334,11 +380,18 @@ def run(cases: int, seed: int, start: int = 0) -> dict:
             if any(n in message for n in NAMES[name]):
                 summary["rejected"] += 1
             else:
-                summary["violations"].append({"case": i, "entry_point": name, "error": f"{type(e).__name__} naming "
-                                              f"no function: {message[:300]}"})
+                summary["violations"].append(
+                    {"case": i, "entry_point": name, "error": f"{type(e).__name__} naming no function: {message[:300]}"}
+                )
         except Exception as e:  # noqa: BLE001
-            summary["violations"].append({"case": i, "entry_point": name, "error": f"{type(e).__name__}: {e}"[:300],
-                                          "traceback": traceback.format_exc()[-1500:]})
+            summary["violations"].append(
+                {
+                    "case": i,
+                    "entry_point": name,
+                    "error": f"{type(e).__name__}: {e}"[:300],
+                    "traceback": traceback.format_exc()[-1500:],
+                }
+            )
     summary["seconds"] = time.perf_counter() - t0
     return summary
 

@@ -1,5 +1,6 @@
 """ASAM: superpixel_adjacency and sparse_propagate against their references, gradients, CPU vs CUDA,
 asam_refine and cam_to_mask behaviour and bad inputs."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 import spl
 from spl import reference
 from spl.ops.cam_unary import cam_unary
+
 from conftest import collage, cpu_and_cuda, cuda_ok, needs_cuda
 
 
@@ -34,6 +36,7 @@ def random_labels(seed, B=3, H=23, W=31, ignore=True, device="cpu"):
 # ---------------------------------------------------------------------------------------------
 # superpixel_adjacency
 
+
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_adjacency_matches_reference(device, seed):
@@ -56,9 +59,7 @@ def test_adjacency_matches_reference(device, seed):
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 def test_adjacency_by_hand(device):
-    labels = torch.tensor([[[0, 0, 1],
-                            [2, 2, 1],
-                            [2, 3, 3]]], device=device)
+    labels = torch.tensor([[[0, 0, 1], [2, 2, 1], [2, 3, 3]]], device=device)
     g = spl.superpixel_adjacency(labels, 4)
     assert g.indptr.tolist() == [0, 2, 5, 8, 10]
     assert g.indices.tolist() == [1, 2, 0, 2, 3, 0, 1, 3, 1, 2]
@@ -116,6 +117,7 @@ def test_adjacency_bad_inputs(device):
 # ---------------------------------------------------------------------------------------------
 # sparse_propagate
 
+
 def random_graph(seed, device, dtype=torch.float64, C=4):
     labels, counts = random_labels(seed, device=device)
     g = spl.superpixel_adjacency(labels, counts)
@@ -153,7 +155,7 @@ def test_propagate_channel_counts(device, dtype, C):
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(out.double(), ref, **tol, msg=f"seed {seed}")
     for c in {0, C // 2, C - 1}:
-        alone = spl.sparse_propagate(g, w, x[:, c:c + 1].contiguous(), 6, 0.8)
+        alone = spl.sparse_propagate(g, w, x[:, c : c + 1].contiguous(), 6, 0.8)
         assert torch.equal(alone[:, 0], out[:, c]), f"channel {c} of {C}, seed {seed}"
 
 
@@ -185,8 +187,11 @@ def test_propagate_opcheck(device):
     torch.library.opcheck(torch.ops.spl.sparse_propagate, (g.indptr, g.indices, g.node_offset, ev, sv, x, 5, 0.9))
     labels, counts = random_labels(3, device=device)
     offset = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    torch.library.opcheck(torch.ops.spl.superpixel_adjacency, (labels, offset),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.spl.superpixel_adjacency,
+        (labels, offset),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )
 
 
 @needs_cuda
@@ -203,8 +208,12 @@ def test_propagate_cpu_and_cuda_agree():
     out_gpu = torch.ops.spl.sparse_propagate(*(t.cuda() for t in args), 40, 0.95)
     assert torch.equal(out_cpu, out_gpu.cpu())
     # The row sums of the transition come from torch's segment_reduce, whose order differs by device.
-    torch.testing.assert_close(spl.sparse_propagate(gc, w.cuda(), x.cuda(), 40, 0.95).cpu(),
-                               spl.sparse_propagate(g, w, x, 40, 0.95), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        spl.sparse_propagate(gc, w.cuda(), x.cuda(), 40, 0.95).cpu(),
+        spl.sparse_propagate(g, w, x, 40, 0.95),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     w.requires_grad_(True)
     x.requires_grad_(True)
     grads_cpu = torch.autograd.grad(spl.sparse_propagate(g, w, x, 9, 0.9).square().sum(), (w, x))
@@ -254,8 +263,12 @@ def test_propagate_bad_inputs(device):
         with pytest.raises(ValueError, match="valid batch CSR"):
             spl.sparse_propagate(bad, w, x, 2)
     del first
-    one_way = spl.Graph(torch.tensor([0, 1, 1], device=device), torch.tensor([1], device=device),
-                        torch.tensor([1], device=device), torch.tensor([0, 2], device=device))
+    one_way = spl.Graph(
+        torch.tensor([0, 1, 1], device=device),
+        torch.tensor([1], device=device),
+        torch.tensor([1], device=device),
+        torch.tensor([0, 2], device=device),
+    )
     wx = torch.ones(1, device=device, requires_grad=True)
     out = spl.sparse_propagate(one_way, wx, torch.ones(2, 1, device=device), 2)
     with pytest.raises(ValueError, match="symmetric"):
@@ -264,6 +277,7 @@ def test_propagate_bad_inputs(device):
 
 # ---------------------------------------------------------------------------------------------
 # _cam_unary (ASAM's unary, pooled in one pass over the CAM)
+
 
 def random_cam_case(seed, device, dtype=torch.float32, B=3, C=5, H=23, W=31):
     labels, counts = random_labels(seed, B, H, W, device=device)
@@ -305,8 +319,9 @@ def test_cam_unary_is_deterministic_and_independent_of_threads(device):
     assert torch.equal(first, single)
     # Each image on its own gives the same bits as in the batch.
     for b in range(cam.shape[0]):
-        assert torch.equal(cam_unary(cam[b:b + 1], labels[b:b + 1], present[b:b + 1], K, 0.15, 1e-6),
-                           first[b:b + 1])
+        assert torch.equal(
+            cam_unary(cam[b : b + 1], labels[b : b + 1], present[b : b + 1], K, 0.15, 1e-6), first[b : b + 1]
+        )
 
 
 @needs_cuda
@@ -326,8 +341,14 @@ def test_cam_unary_edge_cases(device):
     assert bool((ignored == 0).all())
     # One pixel, one present class: exact values.
     one = torch.tensor([[[[0.45]]]], device=device)
-    out = cam_unary(one, torch.zeros(1, 1, 1, dtype=torch.int64, device=device),
-                             torch.ones(1, 1, dtype=torch.bool, device=device), 1, 0.15, 1e-6)
+    out = cam_unary(
+        one,
+        torch.zeros(1, 1, 1, dtype=torch.int64, device=device),
+        torch.ones(1, 1, dtype=torch.bool, device=device),
+        1,
+        0.15,
+        1e-6,
+    )
     torch.testing.assert_close(out.flatten().cpu(), torch.tensor([np.log(0.25), np.log(0.75)], dtype=torch.float32))
 
 
@@ -339,8 +360,9 @@ def test_cam_unary_gradient(device):
     cam = (0.2 + torch.rand(2, 3, 5, 6, generator=g, dtype=torch.float64)).to(device).requires_grad_()
     labels = torch.randint(-1, 4, (2, 5, 6), generator=g).to(device)
     present = torch.tensor([[True, False, True], [True, True, True]], device=device)
-    assert torch.autograd.gradcheck(lambda c: cam_unary(c, labels, present, 5, 0.15, 1e-6).double(),
-                                    (cam,), eps=1e-3, atol=2e-3, rtol=1e-2)
+    assert torch.autograd.gradcheck(
+        lambda c: cam_unary(c, labels, present, 5, 0.15, 1e-6).double(), (cam,), eps=1e-3, atol=2e-3, rtol=1e-2
+    )
     img, cam2, _ = two_region_case(device, size=32)
     cam2.requires_grad_()
     spl.asam_refine(img, cam2, n_segments=20)[:, 1].sum().backward()
@@ -383,6 +405,7 @@ def test_cam_unary_bad_inputs(device):
 # ---------------------------------------------------------------------------------------------
 # asam_refine and cam_to_mask
 
+
 def two_region_case(device="cpu", size=64):
     """An image of two flat colours split by a vertical edge at x = 28 (plus noise), and a CAM for
     class 1 that is a blurry blob centred in the left region: it spills across the edge and misses the
@@ -393,7 +416,7 @@ def two_region_case(device="cpu", size=64):
     img[:, :, :, 28:] = torch.tensor([0.2, 0.3, 0.8])[:, None, None]
     img = (img + 0.03 * torch.randn(img.shape, generator=g)).clamp(0, 1)
     yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
-    blob = torch.exp(-((xx - 14) ** 2 + (yy - 32) ** 2) / (2 * 14.0 ** 2))
+    blob = torch.exp(-((xx - 14) ** 2 + (yy - 32) ** 2) / (2 * 14.0**2))
     cam = torch.zeros(1, 3, size, size)
     cam[0, 1] = blob
     truth = torch.zeros(size, size, dtype=torch.int64)
@@ -422,9 +445,20 @@ def test_refine_options_and_determinism(device):
     small = torch.nn.functional.interpolate(cam, size=(16, 16), mode="bilinear", align_corners=False)
     assert spl.asam_refine(img, small, n_segments=64).shape == cam.shape
     feats = torch.randn(1, 8, 16, 16, device=device)
-    for kw in (dict(hops=2), dict(features=feats, sigma_f=2.0), dict(beta=2.0, alpha=0.9), dict(steps=0),
-               dict(iters=0), dict(mode="diffusion"), dict(diffuse_mix=0.5, diffuse_iters=3), dict(edge_sigma=0.1),
-               dict(thresholds=(0.1, 0.5)), dict(bg_threshold=0.2), dict(core=0.5), dict(core=2.0)):
+    for kw in (
+        dict(hops=2),
+        dict(features=feats, sigma_f=2.0),
+        dict(beta=2.0, alpha=0.9),
+        dict(steps=0),
+        dict(iters=0),
+        dict(mode="diffusion"),
+        dict(diffuse_mix=0.5, diffuse_iters=3),
+        dict(edge_sigma=0.1),
+        dict(thresholds=(0.1, 0.5)),
+        dict(bg_threshold=0.2),
+        dict(core=0.5),
+        dict(core=2.0),
+    ):
         out = spl.asam_refine(img, cam, n_segments=64, **kw)
         assert out.shape == cam.shape and bool(torch.isfinite(out).all()), kw
         assert float(out.min()) >= 0 and float(out.max()) <= 1, kw
@@ -464,6 +498,7 @@ def test_refine_numpy_read_only_and_big_endian():
     cam_be = cam[0].numpy().astype(">f4")
     cam_be.flags.writeable = False
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         got = spl.asam_refine(img_np, cam_be, n_segments=64)
@@ -496,8 +531,8 @@ def test_refine_batch_equals_single_images(mode):
         cam[1, 2] = 0  # class absent from the second image only
         batch = spl.asam_refine(img, cam, n_segments=100, mode=mode)
         for b in range(2):
-            single = spl.asam_refine(img[b:b + 1], cam[b:b + 1], n_segments=100, mode=mode)
-            assert torch.equal(batch[b:b + 1], single), (seed, b)
+            single = spl.asam_refine(img[b : b + 1], cam[b : b + 1], n_segments=100, mode=mode)
+            assert torch.equal(batch[b : b + 1], single), (seed, b)
         assert torch.equal(batch[1, 2], torch.zeros_like(batch[1, 2]))
 
 
@@ -616,18 +651,23 @@ def test_refine_matches_reference_pipeline(device):
     pairs = [collage(seed, size=80) for seed in range(2)]
     img = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).contiguous().to(device)
     truth = torch.from_numpy(np.stack([p[1] for p in pairs]))
-    cam = torch.nn.functional.avg_pool2d(torch.nn.functional.one_hot(truth, 7).permute(0, 3, 1, 2).float()[:, 1:],
-                                         9, 1, 4).to(device)
+    cam = torch.nn.functional.avg_pool2d(
+        torch.nn.functional.one_hot(truth, 7).permute(0, 3, 1, 2).float()[:, 1:], 9, 1, 4
+    ).to(device)
     mask = cam.flatten(2).amax(2) > 0
     labels = spl.slic(img, 150)
     names = ("mode", "diffuse_iters", "diffuse_mix", "iters", "steps", "alpha", "weight", "sigma_c", "beta", "core")
-    for kw in (dict(), dict(diffuse_mix=0.5, diffuse_iters=5),
-               dict(iters=7, steps=2, alpha=0.9, weight=4.0, sigma_c=9.0, beta=2.0, core=0.5),
-               dict(mode="diffusion", iters=12, alpha=0.8)):
+    for kw in (
+        dict(),
+        dict(diffuse_mix=0.5, diffuse_iters=5),
+        dict(iters=7, steps=2, alpha=0.9, weight=4.0, sigma_c=9.0, beta=2.0, core=0.5),
+        dict(mode="diffusion", iters=12, alpha=0.8),
+    ):
         out = spl.asam_refine(img, cam, labels, class_mask=mask, **kw)
         settings = {**spl.asam.ASAM_DEFAULTS, **kw}
-        ref = reference.asam_refine(img, cam, labels, mask, thresholds=spl.asam.THRESHOLDS,
-                                    **{k: settings[k] for k in names})
+        ref = reference.asam_refine(
+            img, cam, labels, mask, thresholds=spl.asam.THRESHOLDS, **{k: settings[k] for k in names}
+        )
         torch.testing.assert_close(out, ref, rtol=2e-4, atol=1e-5)
 
 
@@ -645,8 +685,12 @@ def test_refined_scores_are_the_mean_field_at_every_threshold():
     pairs = [collage(seed, size=72) for seed in range(2)]
     img = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).contiguous()
     truth = torch.from_numpy(np.stack([p[1] for p in pairs]))
-    cam = torch.nn.functional.avg_pool2d(torch.nn.functional.one_hot(truth, 7).permute(0, 3, 1, 2).float()[:, 1:],
-                                         15, 1, 7) * torch.linspace(0.3, 1.0, 6)[None, :, None, None]
+    cam = (
+        torch.nn.functional.avg_pool2d(
+            torch.nn.functional.one_hot(truth, 7).permute(0, 3, 1, 2).float()[:, 1:], 15, 1, 7
+        )
+        * torch.linspace(0.3, 1.0, 6)[None, :, None, None]
+    )
     mask = cam.flatten(2).amax(2) > 0
     labels = spl.slic(img, 120)
     out = spl.asam_refine(img, cam, labels, class_mask=mask)

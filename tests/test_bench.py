@@ -1,4 +1,5 @@
 """spl bench: the quick benchmark end to end (tables, JSON, plots), timing rules, peers, bad arguments."""
+
 import json
 import os
 import sys
@@ -62,13 +63,27 @@ def test_quick_bench_writes_every_figure(quick_report):
 
 def test_quality_at_equal_boundary_recall_interpolates_along_spl_curve():
     def row(method, c, br, ue, asa):
-        return {"workload": "W1 quality", "case": "x", "method": method, "compactness": c, "boundary_recall": br,
-                "undersegmentation_error": ue, "achievable_segmentation_accuracy": asa, "segments": 100}
+        return {
+            "workload": "W1 quality",
+            "case": "x",
+            "method": method,
+            "compactness": c,
+            "boundary_recall": br,
+            "undersegmentation_error": ue,
+            "achievable_segmentation_accuracy": asa,
+            "segments": 100,
+        }
 
     # spl's points out of BR order on purpose (BR falls as compactness grows).
-    rows = [row("spl", 20, 0.70, 0.010, 0.990), row("spl", 5, 0.90, 0.030, 0.970), row("spl", 10, 0.80, 0.020, 0.980),
-            row("peer", 1, 0.85, 0.020, 0.990), row("peer", 2, 0.80, 0.010, 0.975), row("peer", 3, 0.95, 0.0, 1.0),
-            row("peer", 4, 0.65, 0.0, 1.0)]
+    rows = [
+        row("spl", 20, 0.70, 0.010, 0.990),
+        row("spl", 5, 0.90, 0.030, 0.970),
+        row("spl", 10, 0.80, 0.020, 0.980),
+        row("peer", 1, 0.85, 0.020, 0.990),
+        row("peer", 2, 0.80, 0.010, 0.975),
+        row("peer", 3, 0.95, 0.0, 1.0),
+        row("peer", 4, 0.65, 0.0, 1.0),
+    ]
     bench.compare_at_equal_recall(rows)
     p1, p2, p3, p4 = rows[3:]
     assert p1["spl_ue_at_br"] == pytest.approx(0.025) and p1["spl_asa_at_br"] == pytest.approx(0.975)
@@ -88,6 +103,7 @@ def test_measure_warms_up_rotates_and_counts():
     assert 0 <= t.low <= t.median <= t.high
     # Calls slower than the budget: one timed call after the warm-up, not seven.
     import time
+
     calls.clear()
     t = bench.measure(lambda r: (calls.append(r), time.sleep(0.02)), "cpu", repeats=7, budget_s=0.01)
     assert t.runs == 1 and len(calls) == 2 and t.median >= 0.02
@@ -119,14 +135,18 @@ def test_quality_without_voc_uses_scenes_of_known_shapes(tmp_path):
     assert gains["ASAM (defaults)"] > 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--workload", "W9"], "--workload"),
-    (["--workload", ""], "--workload"),
-    (["--voc", "/nonexistent/voc"], "--voc"),
-    (["--synth", "/nonexistent/synth.py"], "--synth"),
-    (["--scaling-only", "--no-scaling"], "--scaling-only"),
-    (["--scaling-only", "--workload", "W2"], "--scaling-only"),
-] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "--device cuda")]))
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--workload", "W9"], "--workload"),
+        (["--workload", ""], "--workload"),
+        (["--voc", "/nonexistent/voc"], "--voc"),
+        (["--synth", "/nonexistent/synth.py"], "--synth"),
+        (["--scaling-only", "--no-scaling"], "--scaling-only"),
+        (["--scaling-only", "--workload", "W2"], "--scaling-only"),
+    ]
+    + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "--device cuda")]),
+)
 def test_bad_arguments_are_clear_errors(argv, message, tmp_path, capsys):
     assert main(["bench", "--quick", "--out", str(tmp_path / "o"), *argv]) == 2
     assert message in capsys.readouterr().err
@@ -163,11 +183,28 @@ def test_profile_tool_runs_on_the_cpu():
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, os.path.join(root, "tools", "profile_kernels.py"), "--device", "cpu",
-                             "--quick", "--rows", "3"], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(root, "tools", "profile_kernels.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--rows",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    for workload in ("W1 slic", "W2 pool(mean)+unpool fwd+bwd", "W2 consistency_weights",
-                     "W3 asam_refine, SLIC included", "W3 asam_refine, superpixels given"):
+    for workload in (
+        "W1 slic",
+        "W2 pool(mean)+unpool fwd+bwd",
+        "W2 consistency_weights",
+        "W3 asam_refine, SLIC included",
+        "W3 asam_refine, superpixels given",
+    ):
         assert f"## {workload}: " in result.stdout
     assert "spl::sparse_propagate" in result.stdout and "spl::slic" in result.stdout
 
@@ -185,8 +222,17 @@ def test_contention_workloads_and_report(monkeypatch, tmp_path):
     finally:
         torch.set_num_threads(threads)
     fake = {None: 10.0, 1: 8.0}
-    monkeypatch.setattr(bc, "_child", lambda name, batch, threads, voc, budget: {
-        "ms": fake[threads] * batch, "min_ms": 1.0, "max_ms": 99.0, "calls": 5, "threads": threads or 2})
+    monkeypatch.setattr(
+        bc,
+        "_child",
+        lambda name, batch, threads, voc, budget: {
+            "ms": fake[threads] * batch,
+            "min_ms": 1.0,
+            "max_ms": 99.0,
+            "calls": 5,
+            "threads": threads or 2,
+        },
+    )
     monkeypatch.setattr(bc.time, "sleep", lambda s: None)
     section = bc.run_contention(None, quick=True, log=lambda line: None)
     assert [(r["workload"], r["batch"]) for r in section["rows"]] == [("slic", 1), ("sparse_propagate", 1)]

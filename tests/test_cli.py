@@ -1,8 +1,5 @@
-import os
 import subprocess
 import sys
-
-import torch
 
 import spl
 

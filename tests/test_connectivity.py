@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 import torch
-from conftest import cpu_and_cuda
 
 import spl
 from spl import reference
+
+from conftest import cpu_and_cuda
 
 
 def grid(rows):
@@ -84,10 +85,12 @@ def test_random_maps_match_reference(device, seed):
 def test_large_label_values_and_dtypes():
     labels = grid(["1122", "1122"]) * 10**12
     assert torch.equal(spl.enforce_connectivity(labels, 0), grid(["0011", "0011"]))
-    assert np.array_equal(spl.enforce_connectivity((labels[0] // 10**6).numpy().astype(np.int32), 0),
-                          grid(["0011", "0011"])[0].numpy())
-    assert torch.equal(spl.enforce_connectivity(labels.int() * 0 + grid(["1122", "1122"]).int(), 0),
-                       grid(["0011", "0011"]))
+    assert np.array_equal(
+        spl.enforce_connectivity((labels[0] // 10**6).numpy().astype(np.int32), 0), grid(["0011", "0011"])[0].numpy()
+    )
+    assert torch.equal(
+        spl.enforce_connectivity(labels.int() * 0 + grid(["1122", "1122"]).int(), 0), grid(["0011", "0011"])
+    )
 
 
 def test_empty_and_bad_inputs():

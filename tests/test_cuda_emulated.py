@@ -6,6 +6,7 @@ cases, under several thread schedules (forward, reverse, shuffled with a switch 
 results promised deterministic must be bit-identical under all of them, whatever order the
 threads run in. ``SPL_EMULATE_CUDA=1 python -m pytest`` runs the whole suite on the emulated kernels.
 """
+
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import torch
 
 import spl
 from spl.ops.sparse_propagate import transition
+
 import cuda_emu  # tests/cuda_emu, next to this file
 from conftest import collage, emulating_cuda, natural_images
 from cuda_emu import build as emu_build
@@ -58,8 +60,10 @@ def _assert_identical(a, b, what):
             _assert_identical(x, y, f"{what}, output {i}")
         return
     assert a.dtype == b.dtype and a.shape == b.shape, what
-    assert torch.equal(a.view(torch.uint8) if a.is_floating_point() and a.numel() else a,
-                       b.view(torch.uint8) if b.is_floating_point() and b.numel() else b), f"{what}: not bit-identical"
+    assert torch.equal(
+        a.view(torch.uint8) if a.is_floating_point() and a.numel() else a,
+        b.view(torch.uint8) if b.is_floating_point() and b.numel() else b,
+    ), f"{what}: not bit-identical"
 
 
 def cpu(name, *args):
@@ -69,10 +73,13 @@ def cpu(name, *args):
 # ---------------------------------------------------------------------------------------------
 # The emulator itself
 
+
 def test_translate_rewrites_launches_shared_memory_and_registration():
-    src = ("  kern<float, 4><<<grid, dim3(32, 2), bytes, stream>>>(a,\n      b);\n"
-           "  extern __shared__ int64_t shared[];\n"
-           "TORCH_LIBRARY_IMPL(spl, CUDA, m) { m.impl(\"x\", &x); }\n")
+    src = (
+        "  kern<float, 4><<<grid, dim3(32, 2), bytes, stream>>>(a,\n      b);\n"
+        "  extern __shared__ int64_t shared[];\n"
+        'TORCH_LIBRARY_IMPL(spl, CUDA, m) { m.impl("x", &x); }\n'
+    )
     out = emu_build.translate(src)
     assert "::spl_emu::launch([&] { kern<float, 4>(a,\n      b); }, grid, dim3(32, 2), bytes, stream);" in out
     assert "int64_t* shared = reinterpret_cast<int64_t*>(::spl_emu::dynamic_shared_memory());" in out
@@ -107,8 +114,15 @@ def test_warp_collectives_match_cuda_semantics():
             lane, base = t % 32, t - t % 32
             v = lambda lane_: 100 + base + lane_  # noqa: E731
             odd = 0xAAAAAAAA - (1 << 32)  # the ballot of odd lanes, as a signed int
-            want = [v(3), v(lane - 1) if lane >= 1 else v(lane), v(lane + 2) if lane + 2 < 32 else v(lane),
-                    v(lane ^ 5), odd, 1, v((lane & ~7) + 1)]
+            want = [
+                v(3),
+                v(lane - 1) if lane >= 1 else v(lane),
+                v(lane + 2) if lane + 2 < 32 else v(lane),
+                v(lane ^ 5),
+                odd,
+                1,
+                v((lane & ~7) + 1),
+            ]
             assert out[t].tolist() == want, (order, t)
     cuda_emu.set_schedule("forward")
 
@@ -140,19 +154,29 @@ def test_address_sanitizer_reports_an_out_of_bounds_write():
     """Under tools/cuda_emu_asan.sh the kernels are built with AddressSanitizer; a write past the end
     of a tensor (an illegal address on a GPU) must stop the process with ASan's report."""
     cxx = os.environ.get("CXX", "g++")
-    preload = " ".join(subprocess.run([cxx, f"-print-file-name={lib}"], capture_output=True, text=True,
-                                      check=True).stdout.strip() for lib in ("libasan.so", "libstdc++.so"))
-    code = ("import sys; sys.path.insert(0, 'tests'); from cuda_emu import build; build.load(); import torch; "
-            "torch.ops.spl_emu._emu_selftest('out_of_bounds')")
+    preload = " ".join(
+        subprocess.run([cxx, f"-print-file-name={lib}"], capture_output=True, text=True, check=True).stdout.strip()
+        for lib in ("libasan.so", "libstdc++.so")
+    )
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); from cuda_emu import build; build.load(); import torch; "
+        "torch.ops.spl_emu._emu_selftest('out_of_bounds')"
+    )
     env = dict(os.environ, LD_PRELOAD=preload, ASAN_OPTIONS="detect_leaks=0")
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert run.returncode != 0
     assert "heap-buffer-overflow" in run.stderr and "out_of_bounds_kernel" in run.stderr, run.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------
 # SLIC and connectivity
+
 
 def slic_args(image, n_segments=60, compactness=10.0, iters=10, lab=True, connect=True, mask=None):
     return (image, n_segments, compactness, iters, lab, connect, 0.25, [1.0, 1.0], mask)
@@ -193,7 +217,9 @@ def test_slic_odd_shapes_and_settings(seed):
     H, W = [(1, 1), (1, 17), (17, 1), (5, 7), (31, 9), (40, 52)][seed]
     B = 1 + seed % 3
     C = [1, 3, 3, 2, 3, 4][seed]
-    image = (torch.rand(B, C, H, W, generator=g) * 255).to(torch.uint8) if seed % 2 else torch.rand(B, C, H, W, generator=g)
+    image = (
+        (torch.rand(B, C, H, W, generator=g) * 255).to(torch.uint8) if seed % 2 else torch.rand(B, C, H, W, generator=g)
+    )
     n_segments = [1, H * W, 3, H * W, 7, 30][seed]
     compactness = [10.0, 0.01, 1000.0, 1.0, 25.0, 0.2][seed]
     iters = [1, 1, 10, 3, 2, 10][seed]
@@ -226,6 +252,7 @@ def test_enforce_connectivity():
 # ---------------------------------------------------------------------------------------------
 # Pooling, histogram, consistency weights
 
+
 def pool_inputs(seed, B=2, C=3, H=17, W=23, K=12, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(B, C, H, W, generator=g) * 3).to(dtype)
@@ -243,8 +270,9 @@ def test_pool_forward_and_backward(dtype, reduce):
     assert torch.equal(aux, want_aux)
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
     got = emulated("_superpixel_pool_backward", grad, labels, aux, x.shape[2], x.shape[3], reduce)
-    torch.testing.assert_close(got, cpu("_superpixel_pool_backward", grad, labels, aux, x.shape[2], x.shape[3],
-                                        reduce), rtol=0, atol=0)
+    torch.testing.assert_close(
+        got, cpu("_superpixel_pool_backward", grad, labels, aux, x.shape[2], x.shape[3], reduce), rtol=0, atol=0
+    )
 
 
 def test_pool_edge_cases():
@@ -252,8 +280,14 @@ def test_pool_edge_cases():
     x[0, 0, 0, 0] = float("nan")
     x[1, 1, 2, 3] = float("inf")
     for reduce in ("sum", "mean", "max"):
-        cases = ((x, labels, K), (x, labels, K + 5), (x[:0], labels[:0], K), (x[:, :0], labels, K),
-                 (x, torch.full_like(labels, -1), K), (x[:1, :1, :1, :1], labels[:1, :1, :1].clamp_min(0) * 0, 1))
+        cases = (
+            (x, labels, K),
+            (x, labels, K + 5),
+            (x[:0], labels[:0], K),
+            (x[:, :0], labels, K),
+            (x, torch.full_like(labels, -1), K),
+            (x[:1, :1, :1, :1], labels[:1, :1, :1].clamp_min(0) * 0, 1),
+        )
         for args in cases:
             out, aux = emulated("superpixel_pool", *args, reduce)
             want, want_aux = cpu("superpixel_pool", *args, reduce)
@@ -311,7 +345,9 @@ def test_edge_aware_unpool(dtype, radius):
     means = torch.ops.spl.superpixel_pool(guide, labels, 9, "mean")[0]
     out = emulated("edge_aware_unpool", f, labels, guide, means, 0.25, radius)
     # expf on the device and the host may differ in the last bit: close, not identical.
-    torch.testing.assert_close(out, cpu("edge_aware_unpool", f, labels, guide, means, 0.25, radius), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out, cpu("edge_aware_unpool", f, labels, guide, means, 0.25, radius), rtol=1e-5, atol=1e-6
+    )
     bad = labels.clone()
     bad[1, 5, 5] = 9
     with pytest.raises(ValueError, match="labels must be in"):
@@ -339,6 +375,7 @@ def test_histogram_and_consistency_weights():
 
 # ---------------------------------------------------------------------------------------------
 # ASAM: adjacency, unary, propagation, and the whole refinement
+
 
 def blob_labels(seed, B=3, H=23, W=31):
     g = torch.Generator().manual_seed(seed)

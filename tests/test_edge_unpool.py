@@ -1,10 +1,12 @@
 """spl.edge_aware_unpool: against its reference, edge cases, bad inputs, CPU = CUDA."""
+
 import pytest
 import torch
-from conftest import cpu_and_cuda, needs_cuda
 
 import spl
 from spl import reference
+
+from conftest import cpu_and_cuda, needs_cuda
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 TOL = {torch.float32: 1e-5, torch.float64: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -108,13 +110,17 @@ def test_bad_inputs(device):
 def test_opcheck():
     f, labels, guide = random_case(6)
     means = spl.superpixel_pool(guide, labels, 7, "mean")
-    torch.library.opcheck(torch.ops.spl.edge_aware_unpool, (f, labels, guide, means, 0.3, 1),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.spl.edge_aware_unpool,
+        (f, labels, guide, means, 0.3, 1),
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 @needs_cuda
 def test_cpu_and_cuda_agree():
     f, labels, guide = random_case(7, B=3, H=64, W=80, K=40)
     out = spl.edge_aware_unpool(f, labels, guide, 0.2, 2)
-    torch.testing.assert_close(spl.edge_aware_unpool(f.cuda(), labels.cuda(), guide.cuda(), 0.2, 2).cpu(), out,
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        spl.edge_aware_unpool(f.cuda(), labels.cuda(), guide.cuda(), 0.2, 2).cpu(), out, rtol=1e-5, atol=1e-6
+    )

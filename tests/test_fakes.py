@@ -1,6 +1,7 @@
 """The fake kernels (spl/ops/*.py), which torch.compile traces instead of the ops: for every op, the
 same output shapes and dtypes as the real CPU kernel, and for an input of a wrong dtype or shape the
 same exception type as the real op, naming the op."""
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -25,8 +26,14 @@ def _inputs():
         "slic": ((x * 255).to(torch.uint8), 10, 10.0, 10, True, True, 0.25, [1.0, 1.0], None),
         "enforce_connectivity": (labels, 3),
         "superpixel_pool": (x, labels, K, "mean"),
-        "_superpixel_pool_backward": (torch.rand(B, C, K, generator=g), labels,
-                                      torch.ops.spl.superpixel_pool(x, labels, K, "mean")[1], H, W, "mean"),
+        "_superpixel_pool_backward": (
+            torch.rand(B, C, K, generator=g),
+            labels,
+            torch.ops.spl.superpixel_pool(x, labels, K, "mean")[1],
+            H,
+            W,
+            "mean",
+        ),
         "superpixel_unpool": (torch.rand(B, C, K, generator=g), labels),
         "edge_aware_unpool": (torch.rand(B, C, K, generator=g), labels, x, torch.rand(B, C, K, generator=g), 0.2, 1),
         "superpixel_histogram": (target, labels, K, CLASSES, 255),
@@ -34,8 +41,17 @@ def _inputs():
         "superpixel_adjacency": (labels, graph.node_offset),
         "_cam_unary": (x, labels, torch.tensor([[True, False, True], [False, True, True]]), K, 0.15, 1e-6),
         "sparse_propagate": (graph.indptr, graph.indices, graph.node_offset, edge_value, self_value, nodes, 3, 0.9),
-        "_sparse_propagate_backward": (torch.rand(N, 5, generator=g), graph.indptr, graph.indices, graph.node_offset,
-                                       edge_value, self_value, nodes, 3, 0.9),
+        "_sparse_propagate_backward": (
+            torch.rand(N, 5, generator=g),
+            graph.indptr,
+            graph.indices,
+            graph.node_offset,
+            edge_value,
+            self_value,
+            nodes,
+            3,
+            0.9,
+        ),
     }
 
 
@@ -59,7 +75,7 @@ def _flat(out):
 
 
 def test_every_op_has_a_case():
-    ops = {name[len("spl::"):] for name in torch._C._dispatch_get_all_op_names() if name.startswith("spl::")}
+    ops = {name[len("spl::") :] for name in torch._C._dispatch_get_all_op_names() if name.startswith("spl::")}
     assert ops - {"_cuda_version"} == set(_inputs())
 
 

@@ -1,5 +1,6 @@
 """The WSSS ecosystem's files (issue 17): IRN / ReCAM, AMN and CLIP-ES CAMs written exactly as those code
 bases write them, MS-COCO's 81 classes, ignore bands, and spl eval."""
+
 import json
 import os
 
@@ -9,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import collage
 from spl import cli
 from spl.formats import COCO_CLASSES, detect_format, read_cam, voc_palette
+
+from conftest import collage
 
 SIZE = (72, 88)  # H, W: not multiples of 4, so stride-4 maps have ceil sizes
 N = 4
@@ -21,7 +23,7 @@ def _scene(seed, num_classes, classes):
     """An image of 4 regions; region r > 0 is class classes[r - 1] (1-based); ground truth and blurred
     per-class scores [num_classes, H, W] normalised to a maximum of 1 per present class."""
     img, truth = collage(seed, size=96, regions=4)
-    img, truth = img[:SIZE[0], :SIZE[1]], truth[:SIZE[0], :SIZE[1]]
+    img, truth = img[: SIZE[0], : SIZE[1]], truth[: SIZE[0], : SIZE[1]]
     lut = np.array([0] + list(classes), np.int64)
     gt = lut[truth]
     onehot = F.one_hot(torch.from_numpy(gt), num_classes + 1).permute(2, 0, 1).float()[None, 1:]
@@ -53,14 +55,17 @@ def voc(tmp_path_factory):
         im.save(root / "gt" / f"{name}.png")
         valid_cat = torch.from_numpy(keys)  # IRN: torch.nonzero(label)[:, 0]
         # IRN / ReCAM make_cam.py: keys and "cam" are torch tensors, "high_res" a NumPy array.
-        np.save(root / "irn" / f"{name}.npy", {"keys": valid_cat, "cam": _strided(scores[keys]),
-                                               "high_res": scores[keys]})
+        np.save(
+            root / "irn" / f"{name}.npy", {"keys": valid_cat, "cam": _strided(scores[keys]), "high_res": scores[keys]}
+        )
         np.save(root / "irn_strided" / f"{name}.npy", {"keys": valid_cat, "cam": _strided(scores[keys])})
         # AMN make_amn_cam.py: the background map first (softmax, then min-max per map).
         bg = 1 - scores[keys].max(0, keepdims=True)
         with_bg = np.concatenate([bg, scores[keys]])
-        np.save(root / "amn" / f"{name}.npy", {"keys": valid_cat, "cam": torch.tensor(_strided(with_bg).numpy()),
-                                               "high_res": with_bg})
+        np.save(
+            root / "amn" / f"{name}.npy",
+            {"keys": valid_cat, "cam": torch.tensor(_strided(with_bg).numpy()), "high_res": with_bg},
+        )
         # CLIP-ES: keys as NumPy, attn_highres float16.
         np.save(root / "clipes" / f"{name}.npy", {"keys": keys, "attn_highres": scores[keys].astype(np.float16)})
         np.save(root / "eps" / f"{name}.npy", {int(k): scores[k] for k in keys})  # EPS / L2G / PSA
@@ -72,9 +77,15 @@ def voc(tmp_path_factory):
     np.save(root / "clipes" / "empty.npy", {"keys": np.array([-1]), "attn_highres": np.zeros((3,) + SIZE, np.float16)})
     # The others write no keys (IRN: an empty torch.nonzero; AMN: the background map alone).
     none = torch.zeros(0, dtype=torch.int64)
-    np.save(root / "irn" / "empty.npy", {"keys": none, "cam": torch.zeros(0, 18, 22), "high_res": np.zeros((0,) + SIZE, np.float32)})
+    np.save(
+        root / "irn" / "empty.npy",
+        {"keys": none, "cam": torch.zeros(0, 18, 22), "high_res": np.zeros((0,) + SIZE, np.float32)},
+    )
     np.save(root / "irn_strided" / "empty.npy", {"keys": none, "cam": torch.zeros(0, 18, 22)})
-    np.save(root / "amn" / "empty.npy", {"keys": none, "cam": torch.ones(1, 18, 22), "high_res": np.ones((1,) + SIZE, np.float32)})
+    np.save(
+        root / "amn" / "empty.npy",
+        {"keys": none, "cam": torch.ones(1, 18, 22), "high_res": np.ones((1,) + SIZE, np.float32)},
+    )
     np.save(root / "array" / "empty.npy", np.zeros((20,) + SIZE, np.float32))
     np.save(root / "eps" / "empty.npy", {})
     return root
@@ -85,12 +96,29 @@ def run(*argv):
 
 
 def refine(root, cams, out, *extra):
-    return run("refine", "--images", root / "images", "--cams", cams, "--out", out, "--device", "cpu", "--quiet",
-               "--workers", "0", "--n-segments", "60", *extra)
+    return run(
+        "refine",
+        "--images",
+        root / "images",
+        "--cams",
+        cams,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--quiet",
+        "--workers",
+        "0",
+        "--n-segments",
+        "60",
+        *extra,
+    )
 
 
 def masks(folder):
-    return {f: np.asarray(Image.open(os.path.join(folder, f))) for f in sorted(os.listdir(folder)) if f.endswith(".png")}
+    return {
+        f: np.asarray(Image.open(os.path.join(folder, f))) for f in sorted(os.listdir(folder)) if f.endswith(".png")
+    }
 
 
 def test_detection_and_reading(voc):
@@ -138,13 +166,43 @@ def test_every_format_refines_and_evaluates(voc, tmp_path):
         assert ev["curve"]["CAM"]["miou"] == pytest.approx(before["curve"]["raw"], abs=1e-9 if fmt != "clipes" else 1.0)
         assert (out / "curve.png").stat().st_size > 1000
     # ... and the refined masks (label PNGs) and the saved refined scores.
-    assert run("eval", "--pred", tmp_path / "irn", "--gt", voc / "gt", "--out", tmp_path / "ev-png", "--format", "png",
-               "--workers", "0") == 0
+    assert (
+        run(
+            "eval",
+            "--pred",
+            tmp_path / "irn",
+            "--gt",
+            voc / "gt",
+            "--out",
+            tmp_path / "ev-png",
+            "--format",
+            "png",
+            "--workers",
+            "0",
+        )
+        == 0
+    )
     ev = json.loads((tmp_path / "ev-png" / "eval.json").read_text())
-    assert ev["label_maps"] == N + 1 and ev["miou"] == pytest.approx(json.loads((tmp_path / "irn" / "eval.json").read_text())
-                                                                 ["miou_after"])
-    assert run("eval", "--pred", tmp_path / "irn", "--gt", voc / "gt", "--out", tmp_path / "ev-npy", "--format",
-               "array", "--curve", "--workers", "0") == 0
+    assert ev["label_maps"] == N + 1 and ev["miou"] == pytest.approx(
+        json.loads((tmp_path / "irn" / "eval.json").read_text())["miou_after"]
+    )
+    assert (
+        run(
+            "eval",
+            "--pred",
+            tmp_path / "irn",
+            "--gt",
+            voc / "gt",
+            "--out",
+            tmp_path / "ev-npy",
+            "--format",
+            "array",
+            "--curve",
+            "--workers",
+            "0",
+        )
+        == 0
+    )
     ev = json.loads((tmp_path / "ev-npy" / "eval.json").read_text())
     refined = json.loads((tmp_path / "irn" / "eval.json").read_text())
     assert ev["curve"]["CAM"]["miou"] == pytest.approx(refined["curve"]["asam"])
@@ -188,12 +246,14 @@ def test_ignore_band(voc, tmp_path):
     assert 0 < report["ignore_band"]["ignored_share"] < 0.5 and report["ignore_band"]["miou_confident"] > 50
     # A rerun skips the finished images and still reports (their masks hold 255).
     assert refine(voc, voc / "irn", band, "--ignore-band", "0.2", "0.5", "--gt", voc / "gt") == 0
-    assert json.loads((band / "eval.json").read_text())["ignore_band"]["ignored_share"] == \
-        pytest.approx(report["ignore_band"]["ignored_share"])
+    assert json.loads((band / "eval.json").read_text())["ignore_band"]["ignored_share"] == pytest.approx(
+        report["ignore_band"]["ignored_share"]
+    )
 
 
-@pytest.mark.parametrize("band,message", [(("0.5", "0.2"), "LOW < HIGH"), (("-1", "0.2"), "0 <= LOW"),
-                                          (("nan", "0.3"), "finite")])
+@pytest.mark.parametrize(
+    "band,message", [(("0.5", "0.2"), "LOW < HIGH"), (("-1", "0.2"), "0 <= LOW"), (("nan", "0.3"), "finite")]
+)
 def test_bad_ignore_band_is_a_usage_error(voc, tmp_path, capsys, band, message):
     assert refine(voc, voc / "irn", tmp_path, "--ignore-band", *band) == 2
     assert "--ignore-band" in capsys.readouterr().err and not masks(tmp_path)
@@ -226,25 +286,71 @@ def test_coco_refines_evaluates_and_trains(coco, tmp_path, capsys):
     assert report["dataset"] == "coco" and set(report["iou_after"]) == set(COCO_CLASSES)
     assert report["miou_after"] > 50
     im = Image.open(out / "COCO_train2014_000000000000.png")
-    assert im.mode == "P" and len(set(map(tuple, np.array(im.getpalette()[:81 * 3]).reshape(81, 3)))) == 81
+    assert im.mode == "P" and len(set(map(tuple, np.array(im.getpalette()[: 81 * 3]).reshape(81, 3)))) == 81
     assert np.asarray(im).max() > 20  # class ids beyond VOC's
     # VOC's class count rejects these CAMs, naming the option.
     assert refine(coco, coco / "cams", tmp_path / "voc") == 1
     err = json.loads((tmp_path / "voc" / "errors.jsonl").read_text().splitlines()[0])["error"]
     assert "outside [0, 20)" in err and "--dataset" in err
     # spl eval over 81 classes: the raw CAMs' curve is refine's "before".
-    assert run("eval", "--pred", coco / "cams", "--gt", coco / "gt", "--dataset", "coco", "--curve", "--out",
-               tmp_path / "ev", "--workers", "0") == 0
+    assert (
+        run(
+            "eval",
+            "--pred",
+            coco / "cams",
+            "--gt",
+            coco / "gt",
+            "--dataset",
+            "coco",
+            "--curve",
+            "--out",
+            tmp_path / "ev",
+            "--workers",
+            "0",
+        )
+        == 0
+    )
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert ev["num_classes"] == 81 and ev["curve"]["CAM"]["miou"] == pytest.approx(report["curve"]["raw"])
     # spl train on the pseudo-labels (with an ignore band: 255 is ignored), 81 classes.
     labels = tmp_path / "band"
     assert refine(coco, coco / "cams", labels, "--dataset", "coco", "--ignore-band", "0.2", "0.5") == 0
     assert any((m == 255).any() for m in masks(labels).values())
-    assert run("train", "--images", coco / "images", "--pseudo-labels", labels, "--list", coco / "train.txt",
-               "--out", tmp_path / "train", "--dataset", "coco", "--model", "deeplabv2-tiny", "--crop-size", "48",
-               "--batch-size", "2", "--max-iters", "3", "--device", "cpu", "--workers", "0", "--n-segments", "30",
-               "--quiet", "--val-list", coco / "train.txt", "--gt", coco / "gt") == 0
+    assert (
+        run(
+            "train",
+            "--images",
+            coco / "images",
+            "--pseudo-labels",
+            labels,
+            "--list",
+            coco / "train.txt",
+            "--out",
+            tmp_path / "train",
+            "--dataset",
+            "coco",
+            "--model",
+            "deeplabv2-tiny",
+            "--crop-size",
+            "48",
+            "--batch-size",
+            "2",
+            "--max-iters",
+            "3",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--n-segments",
+            "30",
+            "--quiet",
+            "--val-list",
+            coco / "train.txt",
+            "--gt",
+            coco / "gt",
+        )
+        == 0
+    )
     ev = json.loads((tmp_path / "train" / "eval.json").read_text())
     assert ev["classes"] == list(COCO_CLASSES) and len(ev["iou"]) == 81
 

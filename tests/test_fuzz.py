@@ -1,5 +1,6 @@
 """The fuzz suite (tests/fuzz_ops.py) in a child process: a crash or a hang is caught and reported
 with the case it happened in. ``--fuzz-cases N`` (default 5000, about 10 s) and ``--fuzz-seed S`` choose the run."""
+
 import json
 import os
 import subprocess
@@ -13,9 +14,21 @@ def test_fuzz_public_api(request, tmp_path):
     seed = request.config.getoption("--fuzz-seed")
     out = tmp_path / "fuzz.json"
     try:
-        result = subprocess.run([sys.executable, os.path.join(HERE, "fuzz_ops.py"), "--cases", str(cases), "--seed",
-                                 str(seed), "--json", str(out)], capture_output=True, text=True,
-                                timeout=60 + 0.5 * cases)
+        result = subprocess.run(
+            [
+                sys.executable,
+                os.path.join(HERE, "fuzz_ops.py"),
+                "--cases",
+                str(cases),
+                "--seed",
+                str(seed),
+                "--json",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60 + 0.5 * cases,
+        )
     except subprocess.TimeoutExpired as e:
         last = (e.stderr or b"").decode(errors="replace").strip().splitlines()[-1:]
         raise AssertionError(f"the fuzzer hung (last: {last})") from None

@@ -5,6 +5,7 @@ Ten kills per driver (20 in all): one during start-up, then each once the resume
 step of progress (2 masks written, 4 iterations logged), so the kills walk through reading,
 refining or training, writing and checkpointing; after each the job is resumed (refine: rerun,
 train: ``--resume``), and a last run completes."""
+
 import json
 import os
 import signal
@@ -17,8 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import alive, collage, descendants
 from spl.formats import voc_palette
+
+from conftest import alive, collage, descendants
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
 
@@ -62,8 +64,9 @@ def kill_and_resume(command, progress, step, startup, resume_extra=()):
         while time.time() < end and any(alive(c) for c in children):
             time.sleep(0.05)
         assert not [c for c in children if alive(c)], f"kill {k}: orphaned processes"
-    assert subprocess.run(command + list(resume_extra), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE).returncode == 0
+    assert (
+        subprocess.run(command + list(resume_extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode == 0
+    )
     return landed
 
 
@@ -85,8 +88,9 @@ def voc(tmp_path_factory):
         gt.putpalette(voc_palette())
         gt.save(root / "gt" / f"im{i:02d}.png")
         onehot = torch.nn.functional.one_hot(torch.from_numpy(truth), 21).permute(2, 0, 1).float()[None]
-        coarse = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(onehot, 8), size=(72, 72),
-                                                 mode="bilinear", align_corners=False)[0, 1:].numpy()
+        coarse = torch.nn.functional.interpolate(
+            torch.nn.functional.avg_pool2d(onehot, 8), size=(72, 72), mode="bilinear", align_corners=False
+        )[0, 1:].numpy()
         keys = np.nonzero(coarse.reshape(20, -1).max(1) > 0)[0]
         np.save(root / "cams" / f"im{i:02d}.npy", {"keys": keys, "high_res": coarse[keys].astype(np.float32)})
     return root
@@ -94,9 +98,32 @@ def voc(tmp_path_factory):
 
 def test_refine_killed_ten_times_resumes_to_the_same_outputs(voc, tmp_path):
     def command(out):
-        return [sys.executable, "-m", "spl", "refine", "--images", str(voc / "images"), "--cams", str(voc / "cams"),
-                "--gt", str(voc / "gt"), "--out", str(out), "--device", "cpu", "--n-segments", "60", "--iters", "600",
-                "--batch-size", "2", "--workers", "2", "--save-scores", "--quiet"]
+        return [
+            sys.executable,
+            "-m",
+            "spl",
+            "refine",
+            "--images",
+            str(voc / "images"),
+            "--cams",
+            str(voc / "cams"),
+            "--gt",
+            str(voc / "gt"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--n-segments",
+            "60",
+            "--iters",
+            "600",
+            "--batch-size",
+            "2",
+            "--workers",
+            "2",
+            "--save-scores",
+            "--quiet",
+        ]
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     timed_run(command(whole))
@@ -130,10 +157,39 @@ def test_train_killed_ten_times_resumes_to_the_same_weights(tmp_path):
     (data / "train.txt").write_text("".join(f"im{i}\n" for i in range(8)))
 
     def command(out):
-        return [sys.executable, "-m", "spl", "train", "--images", str(data / "images"), "--pseudo-labels",
-                str(data / "labels"), "--list", str(data / "train.txt"), "--out", str(out), "--model", "deeplabv2-tiny",
-                "--crop-size", "48", "--batch-size", "2", "--lr", "0.02", "--device", "cpu", "--workers", "2",
-                "--n-segments", "40", "--max-iters", "80", "--checkpoint-every", "3", "--quiet"]
+        return [
+            sys.executable,
+            "-m",
+            "spl",
+            "train",
+            "--images",
+            str(data / "images"),
+            "--pseudo-labels",
+            str(data / "labels"),
+            "--list",
+            str(data / "train.txt"),
+            "--out",
+            str(out),
+            "--model",
+            "deeplabv2-tiny",
+            "--crop-size",
+            "48",
+            "--batch-size",
+            "2",
+            "--lr",
+            "0.02",
+            "--device",
+            "cpu",
+            "--workers",
+            "2",
+            "--n-segments",
+            "40",
+            "--max-iters",
+            "80",
+            "--checkpoint-every",
+            "3",
+            "--quiet",
+        ]
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     timed_run(command(whole))
@@ -148,5 +204,7 @@ def test_train_killed_ten_times_resumes_to_the_same_weights(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (killed / "train.log").read_text().splitlines()]
     assert [r["iteration"] for r in log] == list(range(1, 81))
-    assert [r["loss"] for r in log] == [json.loads(line)["loss"] for line in (whole / "train.log").read_text().splitlines()]
+    assert [r["loss"] for r in log] == [
+        json.loads(line)["loss"] for line in (whole / "train.log").read_text().splitlines()
+    ]
     assert no_temporaries(killed)

@@ -1,10 +1,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cpu_and_cuda, needs_cuda
 
 import spl
 from spl import reference
+
+from conftest import cpu_and_cuda, needs_cuda
 
 
 def case(seed, B=2, H=12, W=10, K=7, classes=4, device="cpu"):
@@ -153,7 +154,7 @@ def test_weighted_loss_resists_noisy_labels():
     g = torch.Generator().manual_seed(1)
     for _ in range(12):  # patches of a wrong class
         y, x = (int(v) for v in torch.randint(0, H - 6, (2,), generator=g))
-        noisy[y:y + 6, x:x + 6] = (clean[y + 3, x + 3] + 1) % 3
+        noisy[y : y + 6, x : x + 6] = (clean[y + 3, x + 3] + 1) % 3
     grown = F.max_pool2d((clean == 1).float()[None, None], 5, 1, 2)[0, 0] > 0  # class 1 leaks outwards
     noisy[grown & (clean == 0)] = 1
     superpixels, n = spl.slic(image, n_segments=60, compactness=20, return_counts=True)

@@ -1,9 +1,10 @@
 import pytest
 import torch
-from conftest import cpu_and_cuda, needs_cuda
 
 import spl
 from spl import reference
+
+from conftest import cpu_and_cuda, needs_cuda
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -50,8 +51,11 @@ def test_unpool_matches_reference(device, dtype):
 def test_edge_shapes(device, shape):
     B, C, H, W, K = shape
     x = torch.randn(B, C, H, W, device=device)
-    labels = torch.zeros(B, H, W, dtype=torch.long, device=device) if K > 0 else \
-        torch.full((B, H, W), -1, dtype=torch.long, device=device)
+    labels = (
+        torch.zeros(B, H, W, dtype=torch.long, device=device)
+        if K > 0
+        else torch.full((B, H, W), -1, dtype=torch.long, device=device)
+    )
     for reduce in ("sum", "mean", "max"):
         out = spl.superpixel_pool(x, labels, K, reduce)
         assert out.shape == (B, C, K)
@@ -150,8 +154,10 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.spl.superpixel_pool.default, (x.clone().requires_grad_(), labels, 6, reduce))
         torch.library.opcheck(torch.ops.spl.superpixel_pool.default, (x, labels, 6, reduce))
         out, aux = torch.ops.spl.superpixel_pool(x, labels, 6, reduce)
-        torch.library.opcheck(torch.ops.spl._superpixel_pool_backward.default,
-                              (torch.randn_like(out).requires_grad_(), labels, aux, 7, 9, reduce))
+        torch.library.opcheck(
+            torch.ops.spl._superpixel_pool_backward.default,
+            (torch.randn_like(out).requires_grad_(), labels, aux, 7, 9, reduce),
+        )
     torch.library.opcheck(torch.ops.spl.superpixel_unpool.default, (torch.randn(2, 3, 6, requires_grad=True), labels))
     torch.library.opcheck(torch.ops.spl.superpixel_histogram.default, (target, labels, 6, 3, 255))
     torch.library.opcheck(torch.ops.spl.consistency_weights.default, (target, labels, 6, 3, 0.7, 1.0, 255))

@@ -1,4 +1,5 @@
 """spl refine: CAM formats, lists, bad files, resume after SIGKILL, torchrun, batch-size invariance."""
+
 import json
 import os
 import signal
@@ -11,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import alive, collage, descendants
 from spl import cli
 from spl.formats import read_cam, voc_palette
+
+from conftest import alive, collage, descendants
 
 N_IMAGES = 6
 
@@ -34,8 +36,9 @@ def dataset(tmp_path_factory):
         gt.putpalette(palette)
         gt.save(root / "gt" / f"{name}.png")
         onehot = torch.nn.functional.one_hot(torch.from_numpy(truth), 21).permute(2, 0, 1).float()[None]
-        coarse = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(onehot, 8), size=(80, 80),
-                                                 mode="bilinear", align_corners=False)[0, 1:]
+        coarse = torch.nn.functional.interpolate(
+            torch.nn.functional.avg_pool2d(onehot, 8), size=(80, 80), mode="bilinear", align_corners=False
+        )[0, 1:]
         scores = coarse.numpy().astype(np.float32)  # [20, 80, 80]
         keys = np.nonzero(scores.reshape(20, -1).max(1) > 0)[0]
         np.save(root / "irn" / f"{name}.npy", {"keys": keys, "high_res": scores[keys]})
@@ -48,14 +51,30 @@ def dataset(tmp_path_factory):
 
 
 def refine(dataset, out, *extra, cams="irn"):
-    args = ["refine", "--images", str(dataset / "images"), "--cams", str(dataset / cams), "--out", str(out),
-            "--device", "cpu", "--n-segments", "60", "--quiet", "--workers", "0", *extra]
+    args = [
+        "refine",
+        "--images",
+        str(dataset / "images"),
+        "--cams",
+        str(dataset / cams),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--n-segments",
+        "60",
+        "--quiet",
+        "--workers",
+        "0",
+        *extra,
+    ]
     return cli.main(args)
 
 
 def outputs(folder):
-    return {f: np.asarray(Image.open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))
-            if f.endswith(".png")}
+    return {
+        f: np.asarray(Image.open(os.path.join(folder, f))) for f in sorted(os.listdir(folder)) if f.endswith(".png")
+    }
 
 
 def test_formats_and_outputs(dataset, tmp_path):
@@ -102,15 +121,32 @@ def test_list_and_bad_files(dataset, tmp_path, capsys):
     for i in range(4):
         for sub, ext in (("images", ".jpg"), ("irn", ".npy")):
             (bad / sub / f"img{i}{ext}").write_bytes((dataset / sub / f"img{i}{ext}").read_bytes())
-    (bad / "irn" / "img1.npy").write_bytes(b"\x93NUMPY garbage")                       # corrupt CAM
-    (bad / "irn" / "img2.npy").unlink()                                               # missing CAM
+    (bad / "irn" / "img1.npy").write_bytes(b"\x93NUMPY garbage")  # corrupt CAM
+    (bad / "irn" / "img2.npy").unlink()  # missing CAM
     data = (bad / "images" / "img3.jpg").read_bytes()
-    (bad / "images" / "img3.jpg").write_bytes(data[: len(data) // 3])                 # truncated image
+    (bad / "images" / "img3.jpg").write_bytes(data[: len(data) // 3])  # truncated image
     (bad / "list.txt").write_text("img0\nimg1\nimg2\nimg3\n")
     out = tmp_path / "out"
-    code = cli.main(["refine", "--images", str(bad / "images"), "--cams", str(bad / "irn"), "--out", str(out),
-                     "--list", str(bad / "list.txt"), "--device", "cpu", "--n-segments", "60", "--quiet",
-                     "--workers", "2"])
+    code = cli.main(
+        [
+            "refine",
+            "--images",
+            str(bad / "images"),
+            "--cams",
+            str(bad / "irn"),
+            "--out",
+            str(out),
+            "--list",
+            str(bad / "list.txt"),
+            "--device",
+            "cpu",
+            "--n-segments",
+            "60",
+            "--quiet",
+            "--workers",
+            "2",
+        ]
+    )
     assert code == 1
     assert sorted(outputs(out)) == ["img0.png"]
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
@@ -123,8 +159,27 @@ def test_list_and_bad_files(dataset, tmp_path, capsys):
     # A list restricted to one image.
     (bad / "one.txt").write_text("img0\n")
     out2 = tmp_path / "out2"
-    assert cli.main(["refine", "--images", str(bad / "images"), "--cams", str(bad / "irn"), "--out", str(out2),
-                     "--list", str(bad / "one.txt"), "--device", "cpu", "--n-segments", "60", "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "refine",
+                "--images",
+                str(bad / "images"),
+                "--cams",
+                str(bad / "irn"),
+                "--out",
+                str(out2),
+                "--list",
+                str(bad / "one.txt"),
+                "--device",
+                "cpu",
+                "--n-segments",
+                "60",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert sorted(outputs(out2)) == ["img0.png"]
 
 
@@ -147,9 +202,28 @@ def test_rerun_skips_finished_outputs(dataset, tmp_path, capsys):
 
 
 def _command(dataset, out, *extra):
-    return [sys.executable, "-m", "spl", "refine", "--images", str(dataset / "images"), "--cams",
-            str(dataset / "irn"), "--out", str(out), "--device", "cpu", "--n-segments", "60", "--quiet",
-            "--workers", "0", "--batch-size", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "spl",
+        "refine",
+        "--images",
+        str(dataset / "images"),
+        "--cams",
+        str(dataset / "irn"),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--n-segments",
+        "60",
+        "--quiet",
+        "--workers",
+        "0",
+        "--batch-size",
+        "1",
+        *extra,
+    ]
 
 
 def test_killed_job_resumes_to_the_same_outputs(dataset, tmp_path):
@@ -184,10 +258,33 @@ def test_torchrun_two_cpu_processes(dataset, tmp_path):
     assert refine(dataset, single, "--gt", str(dataset / "gt")) == 0
     out = tmp_path / "ranks"
     env = dict(os.environ, SPL_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "spl", "refine", "--images", str(dataset / "images"), "--cams", str(dataset / "irn"),
-           "--out", str(out), "--device", "cpu", "--n-segments", "60", "--quiet", "--workers", "0",
-           "--gt", str(dataset / "gt")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "spl",
+        "refine",
+        "--images",
+        str(dataset / "images"),
+        "--cams",
+        str(dataset / "irn"),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--n-segments",
+        "60",
+        "--quiet",
+        "--workers",
+        "0",
+        "--gt",
+        str(dataset / "gt"),
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "6 refined, 0 already done, 0 failed (6 images, 2 processes" in result.stdout
@@ -198,27 +295,55 @@ def test_torchrun_two_cpu_processes(dataset, tmp_path):
 
 
 def test_bad_arguments(dataset, tmp_path, capsys):
-    assert cli.main(["refine", "--images", str(tmp_path / "nowhere"), "--cams", str(dataset / "irn"),
-                     "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    assert (
+        cli.main(
+            [
+                "refine",
+                "--images",
+                str(tmp_path / "nowhere"),
+                "--cams",
+                str(dataset / "irn"),
+                "--out",
+                str(tmp_path / "o"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "--images" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(["refine", "--images", str(dataset / "images"), "--cams", str(dataset / "irn"), "--out",
-                  str(tmp_path / "o"), "--format", "jpeg"])
+        cli.main(
+            [
+                "refine",
+                "--images",
+                str(dataset / "images"),
+                "--cams",
+                str(dataset / "irn"),
+                "--out",
+                str(tmp_path / "o"),
+                "--format",
+                "jpeg",
+            ]
+        )
 
 
-@pytest.mark.parametrize("option, message", [
-    (("--iters", "-1"), "--iters must be in [0, 10000], got -1"),
-    (("--steps", "100000"), "--steps must be in [0, 10000]"),
-    (("--hops", "100"), "--hops must be in [1, 64]"),
-    (("--alpha", "2"), "--alpha must be a finite number"),
-    (("--n-segments", "0"), "--n-segments must be in [1,"),
-    (("--compactness", "nan"), "--compactness must be a finite number > 0.0"),
-    (("--edge-sigma", "-1"), "--edge-sigma must be a finite number > 0.0"),
-    (("--bg-threshold", "0"), "--bg-threshold must be a finite number > 0"),
-    (("--batch-size", "0"), "--batch-size must be at least 1"),
-    (("--workers", "-1"), "--workers must be at least 0"),
-    (("--threads", "0"), "--threads must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (("--iters", "-1"), "--iters must be in [0, 10000], got -1"),
+        (("--steps", "100000"), "--steps must be in [0, 10000]"),
+        (("--hops", "100"), "--hops must be in [1, 64]"),
+        (("--alpha", "2"), "--alpha must be a finite number"),
+        (("--n-segments", "0"), "--n-segments must be in [1,"),
+        (("--compactness", "nan"), "--compactness must be a finite number > 0.0"),
+        (("--edge-sigma", "-1"), "--edge-sigma must be a finite number > 0.0"),
+        (("--bg-threshold", "0"), "--bg-threshold must be a finite number > 0"),
+        (("--batch-size", "0"), "--batch-size must be at least 1"),
+        (("--workers", "-1"), "--workers must be at least 0"),
+        (("--threads", "0"), "--threads must be at least 1"),
+    ],
+)
 def test_bad_options_stop_before_any_image(dataset, tmp_path, capsys, option, message):
     """An option out of range is one usage error (exit code 2) before anything is read or written,
     not a failure of every image (one errors.jsonl line each, exit code 1)."""
@@ -250,8 +375,26 @@ def test_one_bad_item_never_fails_its_batch(dataset, tmp_path, monkeypatch):
 
     monkeypatch.setattr(asam, "asam_refine", flaky)
     out = tmp_path / "out"
-    code = cli.main(["refine", "--images", str(dataset / "images"), "--cams", str(bad), "--out", str(out),
-                     "--device", "cpu", "--n-segments", "60", "--quiet", "--workers", "0", "--batch-size", "8"])
+    code = cli.main(
+        [
+            "refine",
+            "--images",
+            str(dataset / "images"),
+            "--cams",
+            str(bad),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--n-segments",
+            "60",
+            "--quiet",
+            "--workers",
+            "0",
+            "--batch-size",
+            "8",
+        ]
+    )
     assert code == 1
     errors = {e["image"]: e for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
     assert set(errors) == {"img1", "img4"}
@@ -280,13 +423,50 @@ def test_a_clean_rerun_clears_earlier_failures(dataset, tmp_path):
         (cams / f"img{i}.npy").write_bytes((dataset / "irn" / f"img{i}.npy").read_bytes())
     (cams / "img3.npy").write_bytes(b"garbage")
     out = tmp_path / "out"
-    assert cli.main(
-        ["refine", "--images", str(dataset / "images"), "--cams", str(cams), "--out", str(out), "--device", "cpu",
-         "--n-segments", "60", "--quiet", "--workers", "0"]) == 1
+    assert (
+        cli.main(
+            [
+                "refine",
+                "--images",
+                str(dataset / "images"),
+                "--cams",
+                str(cams),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--n-segments",
+                "60",
+                "--quiet",
+                "--workers",
+                "0",
+            ]
+        )
+        == 1
+    )
     assert "img3" in (out / "errors.jsonl").read_text()
     (cams / "img3.npy").write_bytes((dataset / "irn" / "img3.npy").read_bytes())  # fixed
-    assert cli.main(["refine", "--images", str(dataset / "images"), "--cams", str(cams), "--out", str(out),
-                     "--device", "cpu", "--n-segments", "60", "--quiet", "--workers", "0"]) == 0
+    assert (
+        cli.main(
+            [
+                "refine",
+                "--images",
+                str(dataset / "images"),
+                "--cams",
+                str(cams),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--n-segments",
+                "60",
+                "--quiet",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert (out / "errors.jsonl").read_text() == ""
 
 
@@ -295,8 +475,11 @@ def test_two_refines_on_one_folder(dataset, tmp_path):
     message naming the first, which goes on undisturbed; once the first is gone (even killed), the
     lock is free again."""
     out = tmp_path / "out"
-    first = subprocess.Popen(_command(dataset, out, "--iters", "10000", "--steps", "1000"), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        _command(dataset, out, "--iters", "10000", "--steps", "1000"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not (out / "errors.jsonl").exists():  # past the lock
@@ -335,7 +518,8 @@ def test_killed_refine_leaves_no_orphaned_workers(dataset, tmp_path):
 
 
 def test_threads_option_sets_the_main_process_threads_and_gives_them_back(dataset, tmp_path, monkeypatch):
-    from spl.apps import common, refine as refine_module
+    from spl.apps import common
+    from spl.apps import refine as refine_module
 
     seen = []
     real = refine_module.budget_threads

@@ -1,5 +1,6 @@
 """Bad inputs found by fuzzing and by hand (issue 19): each raises a clear error naming the function
 and the argument, or is handled, instead of crashing or giving silently wrong output."""
+
 import os
 import subprocess
 import sys
@@ -114,8 +115,9 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024 / (n * 
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in kB is Linux's")
-@pytest.mark.parametrize("op, segments, compactness",
-                         [("slic", 1000, 10.0), ("slic", 20000, 0.1), ("enforce_connectivity", 1000, 10.0)])
+@pytest.mark.parametrize(
+    "op, segments, compactness", [("slic", 1000, 10.0), ("slic", 20000, 0.1), ("enforce_connectivity", 1000, 10.0)]
+)
 def test_connectivity_memory_is_bounded_per_pixel_on_noise(op, segments, compactness):
     # Issue 19, item 10: on uniform noise k-means leaves a fragment every pixel or two, and
     # connectivity enforcement kept lists per run, region, border and candidate pair: about 200
@@ -123,8 +125,13 @@ def test_connectivity_memory_is_bounded_per_pixel_on_noise(op, segments, compact
     # pixel for the whole call, the int64 output (8) included. Now: slic about 25 (33 with 20000
     # segments: SLIC's own statistics, 432 bytes per segment), enforce_connectivity about 22.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, op, "1024", str(segments), str(compactness)],
-                            capture_output=True, text=True, timeout=120, cwd=root)
+    result = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, op, "1024", str(segments), str(compactness)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     growth = float(result.stdout.split()[-1])
     assert growth <= 40, f"{op}: peak memory grew by {growth:.1f} bytes per pixel"

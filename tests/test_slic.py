@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 import torch
-from conftest import collage, cpu_and_cuda, label_agreement, natural_images, needs_cuda
 
 import spl
 from spl import metrics, reference
+
+from conftest import collage, cpu_and_cuda, label_agreement, natural_images, needs_cuda
 
 # --------------------------------------------------------------------------------------------------
 # Exact labels on piecewise-constant images
@@ -62,8 +63,8 @@ def test_stripes_off_the_grid_snap_to_colour_edges(device, transpose):
     img = torch.zeros(3, 64, 16, dtype=torch.uint8)
     expected = torch.zeros(64, 16, dtype=torch.long)
     for i in range(4):
-        img[:, edges[i]:edges[i + 1]] = torch.tensor(colours[i], dtype=torch.uint8)[:, None, None]
-        expected[edges[i]:edges[i + 1]] = i
+        img[:, edges[i] : edges[i + 1]] = torch.tensor(colours[i], dtype=torch.uint8)[:, None, None]
+        expected[edges[i] : edges[i + 1]] = i
     if transpose:
         img, expected = img.transpose(1, 2).contiguous(), expected.t().contiguous()
     labels = spl.slic(img[None].to(device), n_segments=4, compactness=1.0)
@@ -123,8 +124,9 @@ def test_properties_random_images(device, seed):
     H, W = (int(v) for v in torch.randint(20, 90, (2,), generator=g))
     img = torch.randint(0, 256, (B, C, H, W), dtype=torch.uint8, generator=g)
     n_segments = int(torch.randint(5, 120, (1,), generator=g))
-    labels, counts = spl.slic(img.to(device), n_segments, compactness=float(torch.rand(1, generator=g)) * 20 + 0.1,
-                              return_counts=True)
+    labels, counts = spl.slic(
+        img.to(device), n_segments, compactness=float(torch.rand(1, generator=g)) * 20 + 0.1, return_counts=True
+    )
     check_properties(labels, counts, n_segments)
 
 
@@ -195,10 +197,12 @@ def test_spacing_and_no_connectivity():
     ys, xs = torch.meshgrid(torch.arange(128), torch.arange(160), indexing="ij")
     lab = tall[0]
     n = int(lab.max()) + 1
+
     def extent(coord):
         lo = torch.full((n,), 10**6).scatter_reduce(0, lab.flatten(), coord.flatten(), "amin")
         hi = torch.zeros(n, dtype=torch.long).scatter_reduce(0, lab.flatten(), coord.flatten(), "amax")
         return (hi - lo + 1).float().mean()
+
     assert extent(xs) > 1.5 * extent(ys)
     raw, n_raw = spl.slic(img, 100, enforce_connectivity=False, return_counts=True)
     assert torch.equal(torch.unique(raw), torch.arange(int(n_raw)))
@@ -353,7 +357,9 @@ def test_opcheck():
     img = natural_images()[:1, :, :32, :40].contiguous()
     mask = torch.ones(1, 32, 40, dtype=torch.bool)
     torch.library.opcheck(torch.ops.spl.slic.default, (img, 20, 10.0, 5, True, True, 0.25, [1.0, 1.0], None))
-    torch.library.opcheck(torch.ops.spl.slic.default, (img.float() / 255, 20, 10.0, 5, True, False, 0.25, [1.0, 2.0], mask))
+    torch.library.opcheck(
+        torch.ops.spl.slic.default, (img.float() / 255, 20, 10.0, 5, True, False, 0.25, [1.0, 2.0], mask)
+    )
 
 
 def test_torch_compile_fullgraph():

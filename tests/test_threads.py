@@ -5,6 +5,7 @@ so on the small inputs of the other tests they run on the calling thread. Here a
 SPL_INLINE_NS=0 and SPL_CHUNK_NS=0 (every region opens, chunks of one unit), and each op runs on
 one image and on a batch with 1, 2 and 3 threads: the results must be identical, and match
 spl.reference where the op has one."""
+
 import os
 import subprocess
 import sys
@@ -74,6 +75,12 @@ CHILD = textwrap.dedent(r"""
 
 def test_every_parallel_path_gives_the_bits_of_one_thread():
     env = dict(os.environ, SPL_INLINE_NS="0", SPL_CHUNK_NS="0")
-    result = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=600,
-                            cwd=os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+    )
     assert result.returncode == 0 and "all equal" in result.stdout, result.stderr[-4000:]

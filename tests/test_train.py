@@ -1,4 +1,5 @@
 """spl train: the loss goes down, resume reaches the same weights, torchrun with 2 CPU processes, bad inputs."""
+
 import json
 import os
 import subprocess
@@ -9,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import collage
 from spl import cli
 from spl.apps import models
+
+from conftest import collage
 
 N_IMAGES = 8
 
@@ -31,10 +33,35 @@ def data(tmp_path_factory):
 
 
 def train(data, out, *extra, labels=None):
-    return cli.main(["train", "--images", str(data / "images"), "--pseudo-labels", str(labels or data / "labels"),
-                     "--list", str(data / "train.txt"), "--out", str(out), "--model", "deeplabv2-tiny",
-                     "--crop-size", "48", "--batch-size", "2", "--lr", "0.02", "--device", "cpu", "--workers", "0",
-                     "--n-segments", "40", "--quiet", *extra])
+    return cli.main(
+        [
+            "train",
+            "--images",
+            str(data / "images"),
+            "--pseudo-labels",
+            str(labels or data / "labels"),
+            "--list",
+            str(data / "train.txt"),
+            "--out",
+            str(out),
+            "--model",
+            "deeplabv2-tiny",
+            "--crop-size",
+            "48",
+            "--batch-size",
+            "2",
+            "--lr",
+            "0.02",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--n-segments",
+            "40",
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def losses(out):
@@ -42,8 +69,10 @@ def losses(out):
 
 
 def test_training_lowers_the_loss(data, tmp_path):
-    assert train(data, tmp_path, "--max-iters", "60", "--val-list", str(data / "val.txt"),
-                 "--gt", str(data / "labels")) == 0
+    assert (
+        train(data, tmp_path, "--max-iters", "60", "--val-list", str(data / "val.txt"), "--gt", str(data / "labels"))
+        == 0
+    )
     values = losses(tmp_path)
     assert len(values) == 60
     assert np.mean(values[-15:]) < 0.8 * np.mean(values[:15]), values
@@ -70,8 +99,9 @@ def test_resume_reaches_the_same_weights(data, tmp_path):
     (split / "checkpoint.pt.tmp-99999").write_bytes(b"x" * 1000)
     assert train(data, split, "--max-iters", "8", "--checkpoint-every", "4", "--resume") == 0
     assert not [f for f in os.listdir(split) if ".tmp-" in f]
-    assert [json.loads(line)["iteration"] for line in (split / "train.log").read_text().splitlines()] == \
-        list(range(1, 9))
+    assert [json.loads(line)["iteration"] for line in (split / "train.log").read_text().splitlines()] == list(
+        range(1, 9)
+    )
     a = torch.load(whole / "model.pt", weights_only=True)
     b = torch.load(split / "model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -91,11 +121,41 @@ def test_superpixels_from_a_folder(data, tmp_path):
 
 def test_torchrun_two_cpu_processes(data, tmp_path):
     env = dict(os.environ, SPL_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           "-m", "spl", "train", "--images", str(data / "images"), "--pseudo-labels", str(data / "labels"),
-           "--list", str(data / "train.txt"), "--out", str(tmp_path), "--model", "deeplabv2-tiny",
-           "--crop-size", "48", "--batch-size", "2", "--max-iters", "4", "--device", "cpu", "--workers", "0",
-           "--n-segments", "40", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        "-m",
+        "spl",
+        "train",
+        "--images",
+        str(data / "images"),
+        "--pseudo-labels",
+        str(data / "labels"),
+        "--list",
+        str(data / "train.txt"),
+        "--out",
+        str(tmp_path),
+        "--model",
+        "deeplabv2-tiny",
+        "--crop-size",
+        "48",
+        "--batch-size",
+        "2",
+        "--max-iters",
+        "4",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--n-segments",
+        "40",
+        "--quiet",
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(losses(tmp_path)) == 4  # rank 0 alone writes the log
@@ -121,11 +181,26 @@ def test_bad_inputs(data, tmp_path, capsys):
     assert "--threads must be at least 1, got 0" in capsys.readouterr().err
     assert train(data, tmp_path / "o6", "--max-iters", "2", "--threads", "1") == 0
     assert torch.get_num_threads() == threads  # the caller's setting comes back
-    assert cli.main(["train", "--images", str(data / "images"), "--pseudo-labels", str(data / "labels"),
-                     "--list", str(tmp_path / "nolist.txt"), "--out", str(tmp_path / "o4")]) == 2
+    assert (
+        cli.main(
+            [
+                "train",
+                "--images",
+                str(data / "images"),
+                "--pseudo-labels",
+                str(data / "labels"),
+                "--list",
+                str(tmp_path / "nolist.txt"),
+                "--out",
+                str(tmp_path / "o4"),
+            ]
+        )
+        == 2
+    )
     with pytest.raises(SystemExit):
-        cli.main(["train", "--images", "x", "--pseudo-labels", "y", "--list", "z", "--out", "o",
-                  "--model", "resnet9000"])
+        cli.main(
+            ["train", "--images", "x", "--pseudo-labels", "y", "--list", "z", "--out", "o", "--model", "resnet9000"]
+        )
 
 
 def test_backbone_weights_load(tmp_path):
@@ -147,8 +222,13 @@ def test_deeplab_resnet50_layout():
     model = models.build_model("deeplabv2-resnet50", 21).eval()
     keys = set(model.backbone.state_dict())
     # torchvision's ResNet-50 names (its ImageNet weights load as they are)
-    for k in ("conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight", "layer3.5.bn3.weight",
-              "layer4.2.conv3.weight"):
+    for k in (
+        "conv1.weight",
+        "bn1.running_mean",
+        "layer1.0.downsample.0.weight",
+        "layer3.5.bn3.weight",
+        "layer4.2.conv3.weight",
+    ):
         assert k in keys
     with torch.no_grad():
         out = model(torch.randn(1, 3, 65, 65))

@@ -12,6 +12,7 @@ For each workload:
   it launched; then the most expensive kernels (GPU) or aten ops (CPU).
 On the CPU the same tables show host time only: a way to check the tool without a GPU.
 """
+
 import argparse
 
 import torch
@@ -27,8 +28,9 @@ _LAUNCH_PREFIXES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchCooperative
 
 
 def _device_us(event, self_only=True):
-    names = ("self_device_time_total", "self_cuda_time_total") if self_only else ("device_time_total",
-                                                                                    "cuda_time_total")
+    names = (
+        ("self_device_time_total", "self_cuda_time_total") if self_only else ("device_time_total", "cuda_time_total")
+    )
     for attr in names:
         if hasattr(event, attr):
             return getattr(event, attr)
@@ -49,8 +51,10 @@ def show(name: str, fn, device: str, rows: int) -> None:
         gpu = sum(_device_us(e) for e in kernels) / 1e3
         launches = sum(e.count for e in events if e.key.startswith(_LAUNCH_PREFIXES))
         syncs = sum(e.count for e in events if e.key in _SYNC_CALLS)
-        print(f"  GPU kernel time {gpu:.2f} ms ({gpu / wall:.0%} of the wall time); {launches} kernel launches, "
-              f"{syncs} host synchronisations")
+        print(
+            f"  GPU kernel time {gpu:.2f} ms ({gpu / wall:.0%} of the wall time); {launches} kernel launches, "
+            f"{syncs} host synchronisations"
+        )
     ops = sorted((e for e in events if e.key.startswith("spl::")), key=lambda e: e.cpu_time_total, reverse=True)
     if ops:
         print("  spl ops:                          calls   host ms" + ("  device ms" if device == "cuda" else ""))
@@ -63,8 +67,9 @@ def show(name: str, fn, device: str, rows: int) -> None:
         for e in top:
             print(f"    {_device_us(e) / 1e3:8.3f} ms {e.count:5d}x  {e.key[:90]}")
     else:
-        top = sorted((e for e in events if not e.key.startswith("spl::")), key=lambda e: e.self_cpu_time_total,
-                     reverse=True)[:rows]
+        top = sorted(
+            (e for e in events if not e.key.startswith("spl::")), key=lambda e: e.self_cpu_time_total, reverse=True
+        )[:rows]
         print("  other ops by host time (self):")
         for e in top:
             print(f"    {e.self_cpu_time_total / 1e3:8.3f} ms {e.count:5d}x  {e.key[:90]}")
@@ -88,6 +93,7 @@ def main():
     def pool_unpool():
         out = spl.superpixel_unpool(spl.superpixel_pool(x, labels, 1000, "mean"), labels)
         out.backward(torch.ones_like(out))
+
     show("W2 pool(mean)+unpool fwd+bwd", pool_unpool, dev, args.rows)
     target = torch.randint(0, 21, (B2, S, S), device=dev)
     show("W2 consistency_weights", lambda: spl.consistency_weights(target, labels, 1000, 21), dev, args.rows)
@@ -100,8 +106,7 @@ def main():
     cam = torch.nn.functional.interpolate(cam, size=(h, w), mode="bilinear").contiguous()
     show("W3 asam_refine, SLIC included", lambda: spl.asam_refine(img, cam, class_mask=present), dev, args.rows)
     sp = spl.slic(img, 1000)
-    show("W3 asam_refine, superpixels given", lambda: spl.asam_refine(img, cam, sp, class_mask=present), dev,
-         args.rows)
+    show("W3 asam_refine, superpixels given", lambda: spl.asam_refine(img, cam, sp, class_mask=present), dev, args.rows)
 
 
 if __name__ == "__main__":

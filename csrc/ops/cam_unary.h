@@ -37,21 +37,20 @@ inline double fixed_scale(double floor, int64_t pixels) {
   int bits = 0;
   while ((int64_t{1} << bits) < pixels + 1) ++bits;  // pixels < 2^bits
   int e = 0;
-  std::frexp(std::fabs(log_floor) + 1.0, &e);         // |log floor| + 1 < 2^e (+1: rounding slack)
+  std::frexp(std::fabs(log_floor) + 1.0, &e);  // |log floor| + 1 < 2^e (+1: rounding slack)
   return std::ldexp(1.0, 62 - bits - e);
 }
 
 }  // namespace cam_unary
 
 inline void check_cam_unary_args(const at::Tensor& cam, const at::Tensor& labels, const at::Tensor& class_mask,
-                       int64_t num_superpixels, double bg_threshold, double floor) {
+                                 int64_t num_superpixels, double bg_threshold, double floor) {
   const char* op = "_cam_unary";
   SPL_CHECK_TYPE(cam.scalar_type() == at::kFloat || cam.scalar_type() == at::kDouble, op,
                  ": cam must be float32 or float64, got ", cam.scalar_type());
   SPL_CHECK_VALUE(cam.dim() == 4, op, ": cam must have shape [B, C, H, W], got ", cam.sizes());
   const int64_t B = cam.size(0), C = cam.size(1), H = cam.size(2), W = cam.size(3);
-  SPL_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": labels must be an int64 tensor, got ",
-                 labels.scalar_type());
+  SPL_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": labels must be an int64 tensor, got ", labels.scalar_type());
   SPL_CHECK_VALUE(labels.dim() == 3 && labels.size(0) == B && labels.size(1) == H && labels.size(2) == W, op,
                   ": labels must have shape [B, H, W] = [", B, ", ", H, ", ", W, "], got ", labels.sizes());
   SPL_CHECK_TYPE(class_mask.scalar_type() == at::kBool, op, ": class_mask must be a bool tensor, got ",

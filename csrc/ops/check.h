@@ -28,8 +28,8 @@ inline void append(std::string& s, const std::string& v) { s += v; }
 inline void append(std::string& s, c10::string_view v) { s.append(v.data(), v.size()); }
 inline void append(std::string& s, char v) { s += v; }
 inline void append(std::string& s, bool v) { s += v ? "true" : "false"; }
-template <typename T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool> &&
-                                           !std::is_same_v<T, char>, int> = 0>
+template <typename T,
+          std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool> && !std::is_same_v<T, char>, int> = 0>
 inline void append(std::string& s, T v) {
   s += std::to_string(v);
 }
@@ -69,28 +69,24 @@ namespace spl {
 // labels: int64 [B, H, W] on `device`, values in [-1, K) (the range is checked by the kernels).
 inline void check_labels(const char* op, const at::Tensor& labels, int64_t batch, int64_t height, int64_t width,
                          const at::Device& device, int64_t num_superpixels) {
-  SPL_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": labels must be an int64 tensor, got ",
-                   labels.scalar_type());
-  SPL_CHECK_VALUE(labels.dim() == 3 && labels.size(0) == batch && labels.size(1) == height &&
-                        labels.size(2) == width,
-                    op, ": labels must have shape [B, H, W] = [", batch, ", ", height, ", ", width, "], got ",
-                    labels.sizes());
-  SPL_CHECK_VALUE(labels.device() == device, op, ": labels are on ", labels.device(), " but the input is on ",
-                    device);
+  SPL_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": labels must be an int64 tensor, got ", labels.scalar_type());
+  SPL_CHECK_VALUE(labels.dim() == 3 && labels.size(0) == batch && labels.size(1) == height && labels.size(2) == width,
+                  op, ": labels must have shape [B, H, W] = [", batch, ", ", height, ", ", width, "], got ",
+                  labels.sizes());
+  SPL_CHECK_VALUE(labels.device() == device, op, ": labels are on ", labels.device(), " but the input is on ", device);
   SPL_CHECK_VALUE(num_superpixels >= 0, op, ": num_superpixels must be >= 0, got ", num_superpixels);
 }
 
 inline void check_features(const char* op, const at::Tensor& x, int64_t dims) {
   const auto t = x.scalar_type();
   SPL_CHECK_TYPE(t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble, op,
-                   ": input must be float16, bfloat16, float32 or float64, got ", t);
+                 ": input must be float16, bfloat16, float32 or float64, got ", t);
   SPL_CHECK_VALUE(x.dim() == dims, op, ": input must have ", dims, " dimensions, got shape ", x.sizes());
 }
 
 // target: int64 [B, H, W]; classes in [0, num_classes) or ignore_index (checked by the kernels).
 inline void check_target(const char* op, const at::Tensor& target, int64_t num_classes) {
-  SPL_CHECK_TYPE(target.scalar_type() == at::kLong, op, ": target must be an int64 tensor, got ",
-                   target.scalar_type());
+  SPL_CHECK_TYPE(target.scalar_type() == at::kLong, op, ": target must be an int64 tensor, got ", target.scalar_type());
   SPL_CHECK_VALUE(target.dim() == 3, op, ": target must have shape [B, H, W], got ", target.sizes());
   SPL_CHECK_VALUE(num_classes >= 1, op, ": num_classes must be >= 1, got ", num_classes);
 }
@@ -98,17 +94,15 @@ inline void check_target(const char* op, const at::Tensor& target, int64_t num_c
 // node_offset: int64 [B + 1] on `device` (the batch CSR of superpixel graphs: ops/superpixel_adjacency.h).
 inline void check_node_offset(const char* op, const at::Tensor& node_offset, const at::Device& device) {
   SPL_CHECK_TYPE(node_offset.scalar_type() == at::kLong, op, ": node_offset must be an int64 tensor, got ",
-                   node_offset.scalar_type());
-  SPL_CHECK_VALUE(node_offset.dim() == 1 && node_offset.size(0) >= 1, op,
-                    ": node_offset must have shape [B + 1], got ", node_offset.sizes());
+                 node_offset.scalar_type());
+  SPL_CHECK_VALUE(node_offset.dim() == 1 && node_offset.size(0) >= 1, op, ": node_offset must have shape [B + 1], got ",
+                  node_offset.sizes());
   SPL_CHECK_VALUE(node_offset.device() == device, op, ": node_offset is on ", node_offset.device(),
-                    " but the labels / features are on ", device);
+                  " but the labels / features are on ", device);
 }
 
 // Messages for values out of range, found by the kernels.
-inline const char* label_range_message() {
-  return "labels must be in [-1, num_superpixels) (-1: ignored pixel)";
-}
+inline const char* label_range_message() { return "labels must be in [-1, num_superpixels) (-1: ignored pixel)"; }
 inline const char* target_range_message() {
   return "target must hold class indices in [0, num_classes) or ignore_index";
 }

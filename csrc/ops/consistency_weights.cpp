@@ -16,11 +16,10 @@ TORCH_LIBRARY_FRAGMENT(spl, m) {
 std::tuple<at::Tensor, at::Tensor> consistency_weights(const at::Tensor& target, const at::Tensor& labels,
                                                        int64_t num_superpixels, int64_t num_classes, double tau,
                                                        double gamma, int64_t ignore_index) {
-  static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("spl::consistency_weights", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, c10::SymInt, int64_t,
-                                                    double, double, int64_t)>();
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("spl::consistency_weights", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, c10::SymInt,
+                                                                 int64_t, double, double, int64_t)>();
   return op.call(target, labels, c10::SymInt(num_superpixels), num_classes, tau, gamma, ignore_index);
 }
 

@@ -26,8 +26,8 @@ std::tuple<at::Tensor, at::Tensor> consistency_weights(const at::Tensor& target,
 
 // target, labels: int64 [B, H, W] on one device (values checked by the kernels); tau in [0, 1];
 // gamma finite >= 0.
-inline void check_consistency_weights_args(const at::Tensor& target, const at::Tensor& labels,
-                                           int64_t num_superpixels, int64_t num_classes, double tau, double gamma) {
+inline void check_consistency_weights_args(const at::Tensor& target, const at::Tensor& labels, int64_t num_superpixels,
+                                           int64_t num_classes, double tau, double gamma) {
   const char* op = "consistency_weights";
   check_target(op, target, num_classes);
   SPL_CHECK_VALUE(std::isfinite(tau) && tau >= 0.0 && tau <= 1.0, op, ": tau must be in [0, 1], got ", tau);

@@ -51,17 +51,17 @@ inline void check_edge_aware_unpool_args(const char* op, const at::Tensor& featu
                       guide_means.device() == features.device(),
                   op, ": features, labels, guide and guide_means must be on one device");
   SPL_CHECK_VALUE(std::isfinite(sigma) && sigma > 0, op, ": sigma must be a finite number > 0, got ", sigma);
-  SPL_CHECK_VALUE(radius >= 0 && radius <= kEdgeUnpoolMaxRadius, op, ": radius must be in [0, ",
-                  kEdgeUnpoolMaxRadius, "], got ", radius);
+  SPL_CHECK_VALUE(radius >= 0 && radius <= kEdgeUnpoolMaxRadius, op, ": radius must be in [0, ", kEdgeUnpoolMaxRadius,
+                  "], got ", radius);
 }
 
 // One pixel (y, x) of one image: writes out[c * HW] for c < C. f: [C, K] values, labels: [H, W],
 // guide: [D, H, W], means: [D, K]. Labels are in [-1, K) (checked before).
 template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline void edge_aware_unpool_pixel(const scalar_t* f, const int64_t* labels, const float* guide,
-                                                    const float* means, int64_t C, int64_t K, int64_t D,
-                                                    int64_t H, int64_t W, int64_t y, int64_t x, float inv_two_var,
-                                                    int64_t radius, scalar_t* out) {
+                                                    const float* means, int64_t C, int64_t K, int64_t D, int64_t H,
+                                                    int64_t W, int64_t y, int64_t x, float inv_two_var, int64_t radius,
+                                                    scalar_t* out) {
   const int64_t HW = H * W, p = y * W + x;
   const int64_t own = labels[p];
   if (own < 0) {

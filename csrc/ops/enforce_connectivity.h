@@ -28,12 +28,11 @@ std::tuple<at::Tensor, at::Tensor> enforce_connectivity(const at::Tensor& labels
 
 // Checks shared by the kernels; raise c10::ValueError / c10::TypeError with messages for people.
 inline void check_enforce_connectivity_args(const at::Tensor& labels, int64_t min_size) {
-  SPL_CHECK_TYPE(labels.scalar_type() == at::kLong,
-                   "enforce_connectivity: labels must be an int64 tensor, got ", labels.scalar_type());
-  SPL_CHECK_VALUE(labels.dim() == 3, "enforce_connectivity: labels must have shape [B, H, W], got ",
-                    labels.sizes());
+  SPL_CHECK_TYPE(labels.scalar_type() == at::kLong, "enforce_connectivity: labels must be an int64 tensor, got ",
+                 labels.scalar_type());
+  SPL_CHECK_VALUE(labels.dim() == 3, "enforce_connectivity: labels must have shape [B, H, W], got ", labels.sizes());
   SPL_CHECK_VALUE(labels.size(1) * labels.size(2) < (int64_t{1} << 31),
-                    "enforce_connectivity: images of 2^31 pixels or more are not supported");
+                  "enforce_connectivity: images of 2^31 pixels or more are not supported");
   SPL_CHECK_VALUE(min_size >= 0, "enforce_connectivity: min_size must be >= 0, got ", min_size);
 }
 
@@ -52,9 +51,7 @@ C10_HOST_DEVICE inline uint64_t pack_pair(uint32_t source, uint32_t target) {
   return (static_cast<uint64_t>(source) << 32) | static_cast<uint64_t>(target);
 }
 C10_HOST_DEVICE inline uint32_t pair_source(uint64_t key) { return static_cast<uint32_t>(key >> 32); }
-C10_HOST_DEVICE inline uint32_t pair_target(uint64_t key) {
-  return static_cast<uint32_t>(key & 0xFFFFFFFFull);
-}
+C10_HOST_DEVICE inline uint32_t pair_target(uint64_t key) { return static_cast<uint32_t>(key & 0xFFFFFFFFull); }
 
 }  // namespace connectivity
 }  // namespace spl

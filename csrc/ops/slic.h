@@ -55,16 +55,13 @@ inline Grid make_grid(int64_t height, int64_t width, int64_t n_segments) {
   Grid g;
   g.height = height;
   g.width = width;
-  g.step = std::sqrt(static_cast<double>(height) * static_cast<double>(width) /
-                     static_cast<double>(n_segments));
+  g.step = std::sqrt(static_cast<double>(height) * static_cast<double>(width) / static_cast<double>(n_segments));
   g.cells_y = round_half_up_clamped(static_cast<double>(height) / g.step, height);
   g.cells_x = round_half_up_clamped(static_cast<double>(width) / g.step, width);
   return g;
 }
 
-C10_HOST_DEVICE inline int64_t cell_of(int64_t coord, int64_t cells, int64_t extent) {
-  return coord * cells / extent;
-}
+C10_HOST_DEVICE inline int64_t cell_of(int64_t coord, int64_t cells, int64_t extent) { return coord * cells / extent; }
 C10_HOST_DEVICE inline int64_t cell_begin(int64_t cell, int64_t cells, int64_t extent) {
   return (cell * extent + cells - 1) / cells;
 }
@@ -82,8 +79,8 @@ C10_HOST_DEVICE inline int64_t cell_seed(int64_t cell, int64_t cells, int64_t ex
 // Fixed-point features. Every feature value is stored as a float that is an exact multiple of
 // 1/scale with |value * scale| < 2^22 (scale a power of two), so value * scale converts to an
 // int32 exactly and a warp of 32 such ints still fits int32. Centre sums are int64 and exact.
-constexpr float kLabScale = 65536.0f;        // |L|, |a|, |b| < 128 for RGB inputs in [0, 1]
-constexpr float kUnitScale = 4194304.0f;     // 2^22: values in [0, 1] (uint8 / 255)
+constexpr float kLabScale = 65536.0f;     // |L|, |a|, |b| < 128 for RGB inputs in [0, 1]
+constexpr float kUnitScale = 4194304.0f;  // 2^22: values in [0, 1] (uint8 / 255)
 constexpr int kQuantBits = 22;
 
 // Power-of-two scale for a channel whose largest magnitude is max_abs: the largest 2^k with
@@ -143,8 +140,7 @@ C10_HOST_DEVICE inline float lab_f(float t) {
 }
 
 // Linear RGB in [0, 1] -> L*a*b*.
-C10_HOST_DEVICE inline void linear_rgb_to_lab(float r, float g, float b, float* L, float* A,
-                                              float* B) {
+C10_HOST_DEVICE inline void linear_rgb_to_lab(float r, float g, float b, float* L, float* A, float* B) {
   // x / 0.95047 and z / 1.08883 (the D65 white), as multiplications by the rounded reciprocals.
   const float x = (0.412453f * r + 0.357580f * g + 0.180423f * b) * 1.05211106f;
   const float y = 0.212671f * r + 0.715160f * g + 0.072169f * b;
@@ -206,8 +202,7 @@ C10_HOST_DEVICE inline int64_t expanded_size(int64_t channels) { return channels
 // Coefficients of centre [C features, y, x] for the pixels of a cell whose first pixel is
 // (y0, x0) and whose features are centred on `reference` (the cell's own centre).
 C10_HOST_DEVICE inline void expand_candidate(const float* centre, bool alive, const float* reference, int64_t y0,
-                                             int64_t x0, float weight_y, float weight_x, int64_t channels,
-                                             float* out) {
+                                             int64_t x0, float weight_y, float weight_x, int64_t channels, float* out) {
   if (!alive) {
     for (int64_t j = 0; j < channels + 2; ++j) out[j] = 0.0f;
     out[channels + 2] = INFINITY;
@@ -241,8 +236,7 @@ C10_HOST_DEVICE inline float expanded_distance(const float* v, float y, float x,
 
 // Mean of a fixed-point sum, rounded once: the same double division on CPU and GPU.
 C10_HOST_DEVICE inline float fixed_mean(int64_t sum, int64_t count, float scale) {
-  return static_cast<float>(static_cast<double>(sum) / static_cast<double>(count) /
-                            static_cast<double>(scale));
+  return static_cast<float>(static_cast<double>(sum) / static_cast<double>(count) / static_cast<double>(scale));
 }
 
 // New centre k of one image: the mean of the pixels that chose it, from the exact statistics
@@ -305,40 +299,37 @@ struct SlicConfig {
 
 // Validates the arguments (c10::ValueError / TypeError with a message naming the argument) and
 // derives the configuration. Shared by the CPU and CUDA kernels.
-inline SlicConfig check_slic_args(const at::Tensor& image, int64_t n_segments, double compactness,
-                                  int64_t max_num_iter, bool convert2lab, bool enforce_connectivity,
-                                  double min_size_factor, at::ArrayRef<double> spacing,
-                                  const std::optional<at::Tensor>& mask) {
+inline SlicConfig check_slic_args(const at::Tensor& image, int64_t n_segments, double compactness, int64_t max_num_iter,
+                                  bool convert2lab, bool enforce_connectivity, double min_size_factor,
+                                  at::ArrayRef<double> spacing, const std::optional<at::Tensor>& mask) {
   SPL_CHECK_VALUE(image.dim() == 4, "slic: image must have shape [B, C, H, W], got ", image.sizes());
   const auto dtype = image.scalar_type();
-  SPL_CHECK_TYPE(dtype == at::kByte || dtype == at::kFloat || dtype == at::kDouble ||
-                       dtype == at::kHalf || dtype == at::kBFloat16,
-                   "slic: image must be uint8 (0..255) or floating point (0..1), got ", dtype);
+  SPL_CHECK_TYPE(
+      dtype == at::kByte || dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+      "slic: image must be uint8 (0..255) or floating point (0..1), got ", dtype);
   const int64_t B = image.size(0), C = image.size(1), H = image.size(2), W = image.size(3);
   SPL_CHECK_VALUE(C >= 1 && H >= 1 && W >= 1, "slic: image must have at least one channel and one pixel, got shape ",
-                    image.sizes());
+                  image.sizes());
   SPL_CHECK_VALUE(H * W < (int64_t{1} << 31), "slic: images of 2^31 pixels or more are not supported");
   SPL_CHECK_VALUE(n_segments >= 1 && n_segments <= H * W, "slic: n_segments must be in [1, H*W] = [1, ", H * W,
-                    "], got ", n_segments);
+                  "], got ", n_segments);
   SPL_CHECK_VALUE(std::isfinite(compactness) && compactness >= 1e-6 && compactness <= 1e6,
-                    "slic: compactness must be in [1e-6, 1e6], got ", compactness);
+                  "slic: compactness must be in [1e-6, 1e6], got ", compactness);
   SPL_CHECK_VALUE(max_num_iter >= 1 && max_num_iter <= 10000, "slic: max_num_iter must be in [1, 10000], got ",
-                    max_num_iter);
+                  max_num_iter);
   SPL_CHECK_VALUE(!convert2lab || C == 3, "slic: convert2lab needs 3 (RGB) channels, got ", C);
   SPL_CHECK_VALUE(std::isfinite(min_size_factor) && min_size_factor >= 0.0,
-                    "slic: min_size_factor must be a finite number >= 0, got ", min_size_factor);
+                  "slic: min_size_factor must be a finite number >= 0, got ", min_size_factor);
   SPL_CHECK_VALUE(spacing.size() == 2, "slic: spacing must have 2 entries (y, x), got ", spacing.size());
   for (double s : spacing) {
-    SPL_CHECK_VALUE(std::isfinite(s) && s >= 1e-3 && s <= 1e3, "slic: spacing entries must be in [1e-3, 1e3], got ",
-                      s);
+    SPL_CHECK_VALUE(std::isfinite(s) && s >= 1e-3 && s <= 1e3, "slic: spacing entries must be in [1e-3, 1e3], got ", s);
   }
   if (mask.has_value()) {
     const at::Tensor& m = *mask;
     SPL_CHECK_TYPE(m.scalar_type() == at::kBool, "slic: mask must be a bool tensor, got ", m.scalar_type());
     SPL_CHECK_VALUE(m.dim() == 3 && m.size(0) == B && m.size(1) == H && m.size(2) == W,
-                      "slic: mask must have shape [B, H, W] = [", B, ", ", H, ", ", W, "], got ", m.sizes());
-    SPL_CHECK_VALUE(m.device() == image.device(), "slic: mask is on ", m.device(), " but image is on ",
-                      image.device());
+                    "slic: mask must have shape [B, H, W] = [", B, ", ", H, ", ", W, "], got ", m.sizes());
+    SPL_CHECK_VALUE(m.device() == image.device(), "slic: mask is on ", m.device(), " but image is on ", image.device());
   }
 
   SlicConfig cfg;

@@ -16,25 +16,26 @@ at::Tensor sparse_propagate(const at::Tensor& indptr, const at::Tensor& indices,
 
 // The transition matrix T of sparse_propagate: off-diagonal values per CSR edge, diagonal per node.
 inline void check_sparse_propagate_args(const char* op, const at::Tensor& indptr, const at::Tensor& indices,
-                                 const at::Tensor& node_offset, const at::Tensor& edge_value,
-                                 const at::Tensor& self_value, const at::Tensor& x, int64_t iters, double alpha) {
+                                        const at::Tensor& node_offset, const at::Tensor& edge_value,
+                                        const at::Tensor& self_value, const at::Tensor& x, int64_t iters,
+                                        double alpha) {
   const auto t = x.scalar_type();
   SPL_CHECK_TYPE(t == at::kFloat || t == at::kDouble, op, ": x must be float32 or float64, got ", t);
   SPL_CHECK_VALUE(x.dim() == 2, op, ": x must have shape [N, C], got ", x.sizes());
   const int64_t N = x.size(0);
   const at::Device device = x.device();
   SPL_CHECK_TYPE(indptr.scalar_type() == at::kLong && indices.scalar_type() == at::kLong, op,
-                   ": indptr and indices must be int64 tensors");
-  SPL_CHECK_VALUE(indptr.dim() == 1 && indptr.size(0) == N + 1, op, ": indptr must have shape [N + 1] = [",
-                    N + 1, "], got ", indptr.sizes());
+                 ": indptr and indices must be int64 tensors");
+  SPL_CHECK_VALUE(indptr.dim() == 1 && indptr.size(0) == N + 1, op, ": indptr must have shape [N + 1] = [", N + 1,
+                  "], got ", indptr.sizes());
   SPL_CHECK_VALUE(indices.dim() == 1, op, ": indices must be 1-D, got ", indices.sizes());
   check_node_offset(op, node_offset, device);
   SPL_CHECK_VALUE(edge_value.dim() == 1 && edge_value.size(0) == indices.size(0), op,
-                    ": edge values must have shape [E] = [", indices.size(0), "], got ", edge_value.sizes());
-  SPL_CHECK_VALUE(self_value.dim() == 1 && self_value.size(0) == N, op, ": self values must have shape [N] = [",
-                    N, "], got ", self_value.sizes());
+                  ": edge values must have shape [E] = [", indices.size(0), "], got ", edge_value.sizes());
+  SPL_CHECK_VALUE(self_value.dim() == 1 && self_value.size(0) == N, op, ": self values must have shape [N] = [", N,
+                  "], got ", self_value.sizes());
   SPL_CHECK_TYPE(edge_value.scalar_type() == t && self_value.scalar_type() == t, op,
-                   ": edge and self values must have the dtype of x (", t, ")");
+                 ": edge and self values must have the dtype of x (", t, ")");
   for (const at::Tensor* a : {&indptr, &indices, &edge_value, &self_value}) {
     SPL_CHECK_VALUE(a->device() == device, op, ": every tensor must be on ", device, ", got one on ", a->device());
   }

@@ -21,12 +21,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> superpixel_adjacency(const at::Te
 
 inline void check_superpixel_adjacency_args(const at::Tensor& labels, const at::Tensor& node_offset) {
   const char* op = "superpixel_adjacency";
-  SPL_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": labels must be an int64 tensor, got ",
-                   labels.scalar_type());
+  SPL_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": labels must be an int64 tensor, got ", labels.scalar_type());
   SPL_CHECK_VALUE(labels.dim() == 3, op, ": labels must have shape [B, H, W], got ", labels.sizes());
   check_node_offset(op, node_offset, labels.device());
-  SPL_CHECK_VALUE(node_offset.size(0) == labels.size(0) + 1, op, ": node_offset must have B + 1 = ",
-                    labels.size(0) + 1, " entries, got ", node_offset.size(0));
+  SPL_CHECK_VALUE(node_offset.size(0) == labels.size(0) + 1, op, ": node_offset must have B + 1 = ", labels.size(0) + 1,
+                  " entries, got ", node_offset.size(0));
 }
 
 }  // namespace spl

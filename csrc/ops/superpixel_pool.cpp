@@ -1,5 +1,5 @@
-// spl::superpixel_pool: its schema (and its private backward's) and its C++ API (through the dispatcher, so a call runs the kernel of
-// the inputs' device: ops/cpu/superpixel_pool_kernel.cpp, ops/cuda/superpixel_pool_kernel.cu).
+// spl::superpixel_pool: its schema (and its private backward's) and its C++ API (through the dispatcher, so a call runs
+// the kernel of the inputs' device: ops/cpu/superpixel_pool_kernel.cpp, ops/cuda/superpixel_pool_kernel.cu).
 #include "ops/superpixel_pool.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>

@@ -7,14 +7,11 @@
 
 namespace spl {
 
-TORCH_LIBRARY_FRAGMENT(spl, m) {
-  m.def("superpixel_unpool(Tensor features, Tensor labels) -> Tensor");
-}
+TORCH_LIBRARY_FRAGMENT(spl, m) { m.def("superpixel_unpool(Tensor features, Tensor labels) -> Tensor"); }
 
 at::Tensor superpixel_unpool(const at::Tensor& features, const at::Tensor& labels) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("spl::superpixel_unpool", "")
-                       .typed<decltype(superpixel_unpool)>();
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("spl::superpixel_unpool", "").typed<decltype(superpixel_unpool)>();
   return op.call(features, labels);
 }
 

@@ -10,6 +10,7 @@ Data: a VOC-style folder (``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png`
 IRN-format CAMs (``<id>.npy``: ``{"keys": 0-based foreground classes, "high_res": [n, H, W]}``), as
 written by ``../shared/tools/real_cams.py`` and ``synth_cams.py``.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,15 +24,36 @@ from ..metrics import DEFAULT_THRESHOLDS, ThresholdSweep
 
 __all__ = ["Item", "load_item", "read_ids", "Method", "evaluate", "VOC_CLASSES"]
 
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+VOC_CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 @dataclass
 class Item:
     """One image: ``rgb`` uint8 [H, W, 3], ``truth`` int64 [H, W] (255 ignored), ``keys`` int64 [n]
     (0-based foreground classes of the image-level label), ``cam`` float32 [n, H, W]."""
+
     name: str
     rgb: np.ndarray
     truth: np.ndarray
@@ -60,8 +82,9 @@ def load_item(voc: str, cams: str, name: str) -> Item:
     if cam.ndim != 3 or cam.shape[0] != keys.shape[0]:
         raise ValueError(f"{name}: CAM of shape {list(cam.shape)} for {keys.shape[0]} keys")
     if cam.shape[1:] != truth.shape:
-        cam = F.interpolate(torch.from_numpy(cam)[None], size=truth.shape, mode="bilinear",
-                            align_corners=False)[0].numpy()
+        cam = F.interpolate(torch.from_numpy(cam)[None], size=truth.shape, mode="bilinear", align_corners=False)[
+            0
+        ].numpy()
     return Item(name, rgb, truth, keys, np.ascontiguousarray(cam))
 
 
@@ -70,6 +93,7 @@ class Method:
     """A refiner. ``scores(item) -> [n, H, W]`` float scores of the item's classes (swept over t), or,
     for a method that takes the threshold as input, ``labels(item, t) -> [H, W]`` int (0 background,
     k + 1 for the item's channel k) run at every t."""
+
     name: str
     scores: Optional[Callable[[Item], np.ndarray]] = None
     labels: Optional[Callable[[Item, float], np.ndarray]] = None
@@ -85,19 +109,30 @@ class Result:
         t, miou = self.sweep.best()
         i = self.sweep.thresholds.index(t)
         iou = self.sweep.iou()[i]
-        out = {"method": self.method, "images": len(self.seconds), "best_t": t, "miou": 100 * miou,
-               "curve": [None if np.isnan(v) else round(100 * float(v), 3) for v in self.sweep.miou()],
-               "iou": {c: (None if np.isnan(v) else round(100 * float(v), 3)) for c, v in zip(VOC_CLASSES, iou)},
-               "ms_per_image": 1e3 * float(np.median(self.seconds)) if self.seconds else None}
+        out = {
+            "method": self.method,
+            "images": len(self.seconds),
+            "best_t": t,
+            "miou": 100 * miou,
+            "curve": [None if np.isnan(v) else round(100 * float(v), 3) for v in self.sweep.miou()],
+            "iou": {c: (None if np.isnan(v) else round(100 * float(v), 3)) for c, v in zip(VOC_CLASSES, iou)},
+            "ms_per_image": 1e3 * float(np.median(self.seconds)) if self.seconds else None,
+        }
         if raw_best_t is not None:
             out["miou_at_raw_t"] = 100 * self.sweep.at(raw_best_t)
-            out["iou_at_raw_t"] = {c: (None if np.isnan(v) else round(100 * float(v), 3)) for c, v in
-                                   zip(VOC_CLASSES, self.sweep.iou()[self.sweep.thresholds.index(raw_best_t)])}
+            out["iou_at_raw_t"] = {
+                c: (None if np.isnan(v) else round(100 * float(v), 3))
+                for c, v in zip(VOC_CLASSES, self.sweep.iou()[self.sweep.thresholds.index(raw_best_t)])
+            }
         return out
 
 
-def evaluate(methods: Sequence[Method], items: Iterable[Item], thresholds=DEFAULT_THRESHOLDS,
-             progress: Optional[Callable[[int], None]] = None) -> Dict[str, Result]:
+def evaluate(
+    methods: Sequence[Method],
+    items: Iterable[Item],
+    thresholds=DEFAULT_THRESHOLDS,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Dict[str, Result]:
     """Runs every method on every item; returns name -> Result (sweep and seconds per image)."""
     results = {m.name: Result(m.name, ThresholdSweep(thresholds)) for m in methods}
     for n, item in enumerate(items):

@@ -1,5 +1,6 @@
 """What the drivers (spl refine, eval, train) share: atomic writes, output folders and their locks,
 DataLoader workers that die with their job, the thread budget, and torch.distributed set-up."""
+
 from __future__ import annotations
 
 import os
@@ -78,8 +79,9 @@ def lock_output(out_dir: str, what: str, rank: int = 0):
         f.seek(0)
         holder = f.read().strip() or "?"
         f.close()
-        raise OutputLocked(f"another spl {what} (pid {holder}) is writing to {out_dir}; wait for it to finish or "
-                           "use another --out") from None
+        raise OutputLocked(
+            f"another spl {what} (pid {holder}) is writing to {out_dir}; wait for it to finish or use another --out"
+        ) from None
     f.seek(0)
     f.truncate()
     f.write(str(os.getpid()))

@@ -7,6 +7,7 @@ with ``spl.asam_refine``; prints mIoU before and after and the time, and writes 
 [superpixels | mask before | mask after | truth]. Needs no data set and no GPU (uses one when
 present); about half a minute on a 2-core CPU.
 """
+
 from __future__ import annotations
 
 import os
@@ -69,9 +70,9 @@ def _asam_part(out_dir: str, device: str, scenes: int = 4, num_classes: int = 5)
     from skimage.segmentation import mark_boundaries
 
     from ..asam import asam_refine, cam_to_mask
+    from ..formats import voc_palette
     from ..metrics import ThresholdSweep
     from .scenes import coarse_cams, scene
-    from ..formats import voc_palette
 
     palette = voc_palette()
     pairs = [scene(seed) for seed in range(scenes)]
@@ -94,9 +95,13 @@ def _asam_part(out_dir: str, device: str, scenes: int = 4, num_classes: int = 5)
         for m in (raw_masks[i], masks[i], truth[i]):
             strip.append((0.45 * rgb + 0.55 * _colour(m, palette)).astype(np.uint8))
         Image.fromarray(np.concatenate(strip, axis=1)).save(os.path.join(out_dir, f"scene{i}_asam.png"))
-    print(f"\nASAM on {scenes} scenes of {truth.shape[2]}x{truth.shape[1]} with coarse CAMs of {num_classes} classes "
-          f"(defaults): {ms:.1f} ms per image on {device}, SLIC included")
-    print(f"mIoU at each one's best background threshold: raw CAM {100 * m_raw:.1f} (t {t_raw:.2f}) -> ASAM "
-          f"{100 * m_asam:.1f} (t {t_asam:.2f}), {100 * (m_asam - m_raw):+.1f}; at the raw CAM's t ASAM has "
-          f"{100 * after.at(t_raw):.1f}")
+    print(
+        f"\nASAM on {scenes} scenes of {truth.shape[2]}x{truth.shape[1]} with coarse CAMs of {num_classes} classes "
+        f"(defaults): {ms:.1f} ms per image on {device}, SLIC included"
+    )
+    print(
+        f"mIoU at each one's best background threshold: raw CAM {100 * m_raw:.1f} (t {t_raw:.2f}) -> ASAM "
+        f"{100 * m_asam:.1f} (t {t_asam:.2f}), {100 * (m_asam - m_raw):+.1f}; at the raw CAM's t ASAM has "
+        f"{100 * after.at(t_raw):.1f}"
+    )
     print("strips: superpixels | mask before | mask after | truth")

@@ -8,6 +8,7 @@ ground truth, without refining: mIoU and per-class IoU at a background threshold
 A file that cannot be read, or has no ground truth, is reported (stderr, and ``errors.jsonl`` with
 ``--out``) and left out; the exit code is then 1. Usage errors exit with 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,13 +21,23 @@ import numpy as np
 import torch
 
 from .. import asam
-from ..formats import (DATASETS, FORMATS, IGNORE, class_names, find_file, list_names, read_cam, read_label_png,
-                      to_image_grid)
+from ..formats import (
+    DATASETS,
+    FORMATS,
+    IGNORE,
+    class_names,
+    find_file,
+    list_names,
+    read_cam,
+    read_label_png,
+    to_image_grid,
+)
 from ..metrics import DEFAULT_THRESHOLDS, ConfusionMatrix, ThresholdSweep
 from .common import atomic_write, die_with_parent, prepare_output
 
 # ---------------------------------------------------------------------------------------------
 # Reports shared with spl refine --gt
+
 
 def curve_table(sweeps: Dict[str, ThresholdSweep]) -> List[str]:
     """Lines of a table: mIoU (%) of each column against the background threshold, then each one's best t."""
@@ -54,8 +65,10 @@ def class_table(names: Sequence[str], ious: Dict[str, Sequence[float]]) -> List[
         values = [ious[c][k] for c in cols]
         if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
             continue
-        lines.append(f"{name:{width}s} " + " ".join("       n/a" if v is None or math.isnan(v) else f"{100 * v:10.2f}"
-                                                      for v in values))
+        lines.append(
+            f"{name:{width}s} "
+            + " ".join("       n/a" if v is None or math.isnan(v) else f"{100 * v:10.2f}" for v in values)
+        )
     return lines
 
 
@@ -64,8 +77,11 @@ def curve_json(sweeps: Dict[str, ThresholdSweep]) -> dict:
     out = {"thresholds": list(first.thresholds)}
     for n, s in sweeps.items():
         t, m = s.best()
-        out[n] = {"miou": [None if math.isnan(v) else 100 * float(v) for v in s.miou()], "best_t": t,
-                  "best_miou": None if t is None else 100 * m}
+        out[n] = {
+            "miou": [None if math.isnan(v) else 100 * float(v) for v in s.miou()],
+            "best_t": t,
+            "best_miou": None if t is None else 100 * m,
+        }
     return out
 
 
@@ -92,6 +108,7 @@ def plot_curves(path: str, sweeps: Dict[str, ThresholdSweep], title: str) -> Non
 # ---------------------------------------------------------------------------------------------
 # spl eval
 
+
 class EvalSet(torch.utils.data.Dataset):
     """One item per name: the prediction (scores or labels) and the ground truth, or an error."""
 
@@ -117,14 +134,18 @@ class EvalSet(torch.utils.data.Dataset):
             n = self.num_classes + 1
             bad = np.unique(gt[(gt != IGNORE) & (gt >= n)])
             if bad.size:
-                raise ValueError(f"{gt_path}: label {int(bad[0])} is not a class (0..{n - 1}, 255); is --dataset / "
-                                 "--num-classes right?")
+                raise ValueError(
+                    f"{gt_path}: label {int(bad[0])} is not a class (0..{n - 1}, 255); is --dataset / "
+                    "--num-classes right?"
+                )
             item["gt"] = gt
             H, W = gt.shape
             if path.lower().endswith(".png") and (self.fmt in ("auto", "png")):
                 labels = read_label_png(path)
                 if labels.shape != (H, W):
-                    raise ValueError(f"{path}: {labels.shape[0]}x{labels.shape[1]} labels for a ground truth of {H}x{W}")
+                    raise ValueError(
+                        f"{path}: {labels.shape[0]}x{labels.shape[1]} labels for a ground truth of {H}x{W}"
+                    )
                 bad = np.unique(labels[(labels != IGNORE) & (labels >= n)])
                 if bad.size:
                     raise ValueError(f"{path}: label {int(bad[0])} is not a class (0..{n - 1}, 255)")
@@ -138,8 +159,7 @@ class EvalSet(torch.utils.data.Dataset):
             if not maps.shape[0]:  # no class in the image: all background
                 maps = torch.zeros(0, H, W)
             elif maps.shape[-2:] != (H, W):
-                maps = torch.nn.functional.interpolate(maps[None], size=(H, W), mode="bilinear",
-                                                       align_corners=False)[0]
+                maps = torch.nn.functional.interpolate(maps[None], size=(H, W), mode="bilinear", align_corners=False)[0]
             item["scores"], item["classes"] = maps, present + 1
         except Exception as e:  # noqa: BLE001  (reported per image, never stops the evaluation)
             item["error"] = f"{type(e).__name__}: {e}"
@@ -177,8 +197,10 @@ def run_eval(args) -> int:
         print(f"{prog}: --list {args.list}: {e.strerror or e}", file=sys.stderr)
         return 2
     if not names:
-        print(f"{prog}: no predictions (.npy / .png) in {args.pred}" + (f" named in {args.list}" if args.list else ""),
-              file=sys.stderr)
+        print(
+            f"{prog}: no predictions (.npy / .png) in {args.pred}" + (f" named in {args.list}" if args.list else ""),
+            file=sys.stderr,
+        )
         return 2
     n = num_classes + 1
     t = float(args.bg_threshold)
@@ -187,9 +209,13 @@ def run_eval(args) -> int:
     sweep = ThresholdSweep(thresholds, n) if args.curve else None
     errors: List[dict] = []
     scored = labelled = 0
-    loader = torch.utils.data.DataLoader(EvalSet(names, args.pred, args.gt, args.format, num_classes, args.curve),
-                                         batch_size=8, num_workers=args.workers, collate_fn=_collate,
-                                         worker_init_fn=die_with_parent)
+    loader = torch.utils.data.DataLoader(
+        EvalSet(names, args.pred, args.gt, args.format, num_classes, args.curve),
+        batch_size=8,
+        num_workers=args.workers,
+        collate_fn=_collate,
+        worker_init_fn=die_with_parent,
+    )
     for batch in loader:
         for item in batch:
             if item["error"] is not None:
@@ -201,8 +227,11 @@ def run_eval(args) -> int:
                     labelled += 1
                 else:
                     scores, classes = item["scores"], item["classes"]
-                    mask = asam.cam_to_mask(scores[None], t)[0] if scores.shape[0] else torch.zeros(item["gt"].shape,
-                                                                                                  dtype=torch.int64)
+                    mask = (
+                        asam.cam_to_mask(scores[None], t)[0]
+                        if scores.shape[0]
+                        else torch.zeros(item["gt"].shape, dtype=torch.int64)
+                    )
                     lut = torch.from_numpy(np.concatenate([[0], classes]).astype(np.int64))
                     at_t.update(lut[mask], item["gt"])
                     if sweep is not None:
@@ -218,15 +247,26 @@ def run_eval(args) -> int:
     names_c = class_names(args.dataset, num_classes)
     what = ", ".join(x for x in (f"{scored} CAMs" if scored else "", f"{labelled} label maps" if labelled else "") if x)
     print(f"{prog}: {evaluated} images ({what or 'none'}), {len(errors)} failed; {n} classes, 255 ignored")
-    report = {"images": evaluated, "cams": scored, "label_maps": labelled, "failed": len(errors),
-              "num_classes": n, "classes": names_c}
+    report = {
+        "images": evaluated,
+        "cams": scored,
+        "label_maps": labelled,
+        "failed": len(errors),
+        "num_classes": n,
+        "classes": names_c,
+    }
     if evaluated:
         label = f"mIoU at t = {t}" if scored else "mIoU"
         print(f"{label}: {100 * at_t.miou():.2f}")
         for line in class_table(names_c, {"IoU": at_t.iou().tolist()}):
             print(line)
-        report.update({"bg_threshold": t if scored else None, "miou": 100 * at_t.miou(),
-                       "iou": {c: None if math.isnan(v) else 100 * v for c, v in zip(names_c, at_t.iou().tolist())}})
+        report.update(
+            {
+                "bg_threshold": t if scored else None,
+                "miou": 100 * at_t.miou(),
+                "iou": {c: None if math.isnan(v) else 100 * v for c, v in zip(names_c, at_t.iou().tolist())},
+            }
+        )
     if sweep is not None and scored:
         print("\nmIoU against the background threshold:")
         for line in curve_table({"CAM": sweep}):
@@ -234,15 +274,22 @@ def run_eval(args) -> int:
         report["curve"] = curve_json({"CAM": sweep})
         best_t, _ = sweep.best()
         if best_t is not None:
-            report["iou_at_best_t"] = {c: None if math.isnan(v) else 100 * v
-                                       for c, v in zip(names_c, sweep.iou()[thresholds.index(best_t)].tolist())}
+            report["iou_at_best_t"] = {
+                c: None if math.isnan(v) else 100 * v
+                for c, v in zip(names_c, sweep.iou()[thresholds.index(best_t)].tolist())
+            }
     if args.out is not None:
-        atomic_write(os.path.join(args.out, "eval.json"), lambda tmp: open(tmp, "w").write(json.dumps(report, indent=1)))
+        atomic_write(
+            os.path.join(args.out, "eval.json"), lambda tmp: open(tmp, "w").write(json.dumps(report, indent=1))
+        )
         lines = "".join(json.dumps(e) + "\n" for e in errors)
         atomic_write(os.path.join(args.out, "errors.jsonl"), lambda tmp: open(tmp, "w").write(lines))
         if sweep is not None and scored:
-            plot_curves(os.path.join(args.out, "curve.png"), {"CAM": sweep},
-                        f"{os.path.basename(os.path.normpath(args.pred))}: {scored} images")
+            plot_curves(
+                os.path.join(args.out, "curve.png"),
+                {"CAM": sweep},
+                f"{os.path.basename(os.path.normpath(args.pred))}: {scored} images",
+            )
         print(f"{prog}: wrote {args.out}/eval.json" + (" and curve.png" if sweep is not None and scored else ""))
     elif sweep is not None and scored:
         print(f"{prog}: --out DIR also writes eval.json and the plot curve.png")
@@ -257,10 +304,18 @@ def add_arguments(p) -> None:
     p.add_argument("--list", help="file of image names, one per line (default: every .npy / .png in --pred)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="prediction format (default: auto, per file)")
     p.add_argument("--dataset", default="voc", choices=sorted(DATASETS), help="class names and count (default voc)")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="foreground classes (default: the data set's, 20 for voc, 80 for coco)")
-    p.add_argument("--bg-threshold", type=float, default=0.15,
-                   help="background threshold of the CAMs' mIoU (default 0.15); label PNGs need none")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="foreground classes (default: the data set's, 20 for voc, 80 for coco)",
+    )
+    p.add_argument(
+        "--bg-threshold",
+        type=float,
+        default=0.15,
+        help="background threshold of the CAMs' mIoU (default 0.15); label PNGs need none",
+    )
     p.add_argument("--curve", action="store_true", help="also sweep the background threshold (0.05 ... 0.60)")
     p.add_argument("--out", help="folder for eval.json, errors.jsonl and (with --curve) curve.png")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (0: in the main one)")

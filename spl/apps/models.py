@@ -9,6 +9,7 @@ ImageNet state dict of ``torchvision.models.resnet50/101`` loads into ``model.ba
 and reports missing or unexpected keys. Batch norm is frozen (eval mode, no gradient), as in
 DeepLab-v2's training with small batches.
 """
+
 from __future__ import annotations
 
 from typing import List
@@ -78,8 +79,10 @@ class DilatedResNet(nn.Module):
     def _layer(self, block, planes, blocks, stride=1, dilation=1):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
-                                       nn.BatchNorm2d(planes * block.expansion))
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
         layers = [block(self.inplanes, planes, stride, dilation, downsample)]
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes, 1, dilation) for _ in range(1, blocks)]
@@ -158,7 +161,7 @@ def load_backbone(model: DeepLabV2, path: str) -> None:
     for k, v in state.items():
         for prefix in ("module.", "backbone."):
             if k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         if not k.startswith("fc."):
             cleaned[k] = v
     try:
@@ -167,8 +170,10 @@ def load_backbone(model: DeepLabV2, path: str) -> None:
         raise ValueError(f"--backbone-weights {path}: does not fit {type(model.backbone).__name__}: {e}") from None
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(f"--backbone-weights {path}: {len(missing)} missing keys (e.g. {missing[:3]}), "
-                         f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}) for {type(model.backbone).__name__}")
+        raise ValueError(
+            f"--backbone-weights {path}: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}) for {type(model.backbone).__name__}"
+        )
 
 
 def upsample_logits(logits: torch.Tensor, size) -> torch.Tensor:

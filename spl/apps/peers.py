@@ -12,6 +12,7 @@
   threshold t, the way WSSS code bases apply it. It is not linear: its output depends on t, so the
   evaluation runs it again at every threshold (its best case).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,25 +41,36 @@ def _neighbours(x: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
     for d in dilations:
         padded = F.pad(x, [d] * 4, mode="replicate")
         for dy, dx in _OFFSETS:
-            out.append(padded[:, :, d + dy * d:d + dy * d + H, d + dx * d:d + dx * d + W])
+            out.append(padded[:, :, d + dy * d : d + dy * d + H, d + dx * d : d + dx * d + W])
     return torch.stack(out, 2)
 
 
-def par_affinity(image: torch.Tensor, dilations: Sequence[int] = PAR_DILATIONS, w1: float = 0.3,
-                 w2: float = 0.01) -> torch.Tensor:
+def par_affinity(
+    image: torch.Tensor, dilations: Sequence[int] = PAR_DILATIONS, w1: float = 0.3, w2: float = 0.01
+) -> torch.Tensor:
     """PAR's affinity of every pixel to its 8 * len(dilations) neighbours: [B, 1, 8 * len(dilations), H, W]."""
     nb = _neighbours(image, dilations)
     diff = (nb - image[:, :, None]).abs()
     std = nb.std(2, keepdim=True)
-    colour = (-(diff / (std + 1e-8) / w1) ** 2).mean(1, keepdim=True)
-    dist = torch.tensor([d * (math.sqrt(2.0) if dy and dx else 1.0) for d in dilations for dy, dx in _OFFSETS],
-                        dtype=image.dtype, device=image.device).view(1, 1, -1, 1, 1)
-    position = -(dist / (dist.std(2, keepdim=True) + 1e-8) / w1) ** 2
+    colour = (-((diff / (std + 1e-8) / w1) ** 2)).mean(1, keepdim=True)
+    dist = torch.tensor(
+        [d * (math.sqrt(2.0) if dy and dx else 1.0) for d in dilations for dy, dx in _OFFSETS],
+        dtype=image.dtype,
+        device=image.device,
+    ).view(1, 1, -1, 1, 1)
+    position = -((dist / (dist.std(2, keepdim=True) + 1e-8) / w1) ** 2)
     return F.softmax(colour, 2) + w2 * F.softmax(position, 2)
 
 
-def par_refine(image: torch.Tensor, cam: torch.Tensor, iters: int = 10, scale: float = 0.5,
-               dilations: Sequence[int] = PAR_DILATIONS, w1: float = 0.3, w2: float = 0.01) -> torch.Tensor:
+def par_refine(
+    image: torch.Tensor,
+    cam: torch.Tensor,
+    iters: int = 10,
+    scale: float = 0.5,
+    dilations: Sequence[int] = PAR_DILATIONS,
+    w1: float = 0.3,
+    w2: float = 0.01,
+) -> torch.Tensor:
     """PAR (AFA, CVPR 2022) on foreground CAMs.
 
     Args:
@@ -88,8 +100,9 @@ def has_densecrf() -> bool:
         return False
 
 
-def densecrf_labels(rgb: np.ndarray, cam: np.ndarray, t: float, bilateral: Tuple[float, float] = (50, 5),
-                    iters: int = 10) -> np.ndarray:
+def densecrf_labels(
+    rgb: np.ndarray, cam: np.ndarray, t: float, bilateral: Tuple[float, float] = (50, 5), iters: int = 10
+) -> np.ndarray:
     """DenseCRF (pydensecrf2) of foreground scores with the background's score t.
 
     Args:

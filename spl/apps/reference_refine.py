@@ -4,6 +4,7 @@ workload times it against ``spl refine``, each in a process of its own, as a use
 
     python -m spl.apps.reference_refine --images ... --cams ... --out ...   (spl refine's options)
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,8 +17,18 @@ from ..asam import THRESHOLDS
 from .refine import run_refine
 
 # The ASAM options the reference takes (the others configure the kernels' pipeline: hops, edge_sigma, ...).
-REFERENCE_OPTIONS = ("mode", "diffuse_iters", "diffuse_mix", "iters", "steps", "alpha", "weight", "sigma_c", "beta",
-                     "core")
+REFERENCE_OPTIONS = (
+    "mode",
+    "diffuse_iters",
+    "diffuse_mix",
+    "iters",
+    "steps",
+    "alpha",
+    "weight",
+    "sigma_c",
+    "beta",
+    "core",
+)
 
 
 def reference_asam_refine(images, cams, class_mask=None, n_segments=500, compactness=10.0, **options):
@@ -25,8 +36,14 @@ def reference_asam_refine(images, cams, class_mask=None, n_segments=500, compact
     if class_mask is None:
         class_mask = torch.ones(cams.shape[:2], dtype=torch.bool, device=cams.device)
     labels = reference.slic(images, n_segments, compactness)
-    return reference.asam_refine(images, cams, labels, class_mask, thresholds=THRESHOLDS,
-                                 **{k: v for k, v in options.items() if k in REFERENCE_OPTIONS})
+    return reference.asam_refine(
+        images,
+        cams,
+        labels,
+        class_mask,
+        thresholds=THRESHOLDS,
+        **{k: v for k, v in options.items() if k in REFERENCE_OPTIONS},
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

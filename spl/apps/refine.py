@@ -14,6 +14,7 @@ L2G / PSA dicts, plain arrays and label PNGs, for PASCAL VOC (``--dataset voc``)
 (``--dataset coco``). ``--ignore-band LOW HIGH`` writes training pseudo-labels with 255 where the top
 foreground score lies between the two thresholds (IRN's conf_bg / conf_fg, ToCo's two thresholds).
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -28,12 +29,30 @@ import numpy as np
 import torch
 
 from .. import asam
+from ..formats import (
+    DATASETS,
+    FORMATS,
+    IGNORE,
+    IMAGE_EXTENSIONS,
+    class_names,
+    find_file,
+    list_names,
+    read_cam,
+    read_image,
+    read_label_png,
+    to_image_grid,
+    voc_palette,
+)
 from ..metrics import DEFAULT_THRESHOLDS, ConfusionMatrix, ThresholdSweep, confusion_matrix
-
-from ..formats import (DATASETS, FORMATS, IGNORE, IMAGE_EXTENSIONS, class_names, find_file, list_names, read_cam,
-                       read_image, read_label_png, to_image_grid, voc_palette)
-from .common import (OutputLocked, atomic_write, budget_threads, die_with_parent, distributed, lock_output,
-                     prepare_output)
+from .common import (
+    OutputLocked,
+    atomic_write,
+    budget_threads,
+    die_with_parent,
+    distributed,
+    lock_output,
+    prepare_output,
+)
 
 
 class RefineDataset(torch.utils.data.Dataset):
@@ -75,8 +94,9 @@ class RefineDataset(torch.utils.data.Dataset):
             # The absent classes are masked out everywhere downstream, so dropping them changes nothing.
             # Stride-4 maps (IRN's "cam") are brought to the image's grid here; smaller maps are
             # upsampled on the device.
-            item["cam"] = to_image_grid(path, torch.from_numpy(np.ascontiguousarray(cam.scores[present])), cam.stride,
-                                        H, W)
+            item["cam"] = to_image_grid(
+                path, torch.from_numpy(np.ascontiguousarray(cam.scores[present])), cam.stride, H, W
+            )
             item["present"] = present
             item["image"] = torch.from_numpy(item["image"])
             if self.gt is not None:
@@ -106,6 +126,7 @@ def _collate(items):
 # ---------------------------------------------------------------------------------------------
 # Writing
 
+
 def _remove_stale_temporaries(out_dir: str, names: List[str]) -> None:
     """Deletes the temporaries a killed run left for these images (``NAME.png.tmp-PID``).
 
@@ -133,14 +154,29 @@ def save_scores(path: str, scores: np.ndarray) -> None:
     def write(tmp):
         with open(tmp, "wb") as f:
             np.save(f, scores.astype(np.float32))
+
     atomic_write(path, write)
 
 
 # ---------------------------------------------------------------------------------------------
 # The job
 
-ASAM_OPTIONS = ("mode", "n_segments", "compactness", "iters", "steps", "alpha", "weight", "sigma_c", "beta", "hops",
-                "diffuse_iters", "diffuse_mix", "core", "edge_sigma")
+ASAM_OPTIONS = (
+    "mode",
+    "n_segments",
+    "compactness",
+    "iters",
+    "steps",
+    "alpha",
+    "weight",
+    "sigma_c",
+    "beta",
+    "hops",
+    "diffuse_iters",
+    "diffuse_mix",
+    "core",
+    "edge_sigma",
+)
 
 
 def _check_options(args, options) -> Optional[str]:
@@ -164,7 +200,7 @@ def _check_options(args, options) -> Optional[str]:
         message = str(e).removeprefix("asam_refine: ")
         for k in options:  # "iters must be ..." -> "--iters must be ..."
             if message.startswith((k + " ", k + ":")):
-                return f"--{k.replace('_', '-')}{message[len(k):]}"
+                return f"--{k.replace('_', '-')}{message[len(k) :]}"
         return message
     return None
 
@@ -207,9 +243,12 @@ class _Evaluation:
         """The figures of one refined image (added once its outputs are written: a full disk, not at all)."""
         present = np.flatnonzero(item["present"])
         gt = item["gt"]
-        figures = (confusion_matrix(raw, gt, self.n), confusion_matrix(labels, gt, self.n),
-                   ThresholdSweep(self.thresholds, self.n).update(cam[present].cpu(), gt, present + 1).matrix,
-                   ThresholdSweep(self.thresholds, self.n).update(scores[present], gt, present + 1).matrix)
+        figures = (
+            confusion_matrix(raw, gt, self.n),
+            confusion_matrix(labels, gt, self.n),
+            ThresholdSweep(self.thresholds, self.n).update(cam[present].cpu(), gt, present + 1).matrix,
+            ThresholdSweep(self.thresholds, self.n).update(scores[present], gt, present + 1).matrix,
+        )
         return figures + (_band_figures(written, gt, self.n) if self.band is not None else ())
 
     def add(self, figures) -> None:
@@ -279,8 +318,14 @@ class _Job:
             args.num_classes = len(DATASETS[args.dataset]) - 1
         options = {k: getattr(args, k) for k in ASAM_OPTIONS}
         errors_path = os.path.join(args.out, "errors.jsonl" if world == 1 else f"errors.rank{rank}.jsonl")
-        problem = next((f"spl refine: --{name} {getattr(args, name)} is not a folder" for name in ("images", "cams")
-                        if not os.path.isdir(getattr(args, name))), None)
+        problem = next(
+            (
+                f"spl refine: --{name} {getattr(args, name)} is not a folder"
+                for name in ("images", "cams")
+                if not os.path.isdir(getattr(args, name))
+            ),
+            None,
+        )
         if problem is None:
             problem = _check_options(args, options)
             problem = None if problem is None else f"spl refine: {problem}"
@@ -312,11 +357,17 @@ class _Job:
         args = self.args
         budget_threads(args.threads, self.world)
         names = list_names(args.images, args.list)
-        mine = names[self.rank::self.world]
+        mine = names[self.rank :: self.world]
         _remove_stale_temporaries(args.out, mine + (["eval"] if self.rank == 0 else []))
         dataset = RefineDataset(mine, args.images, args.cams, args.format, args.num_classes, args.gt, args.out)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
-                                             collate_fn=_collate, shuffle=False, worker_init_fn=die_with_parent)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            collate_fn=_collate,
+            shuffle=False,
+            worker_init_fn=die_with_parent,
+        )
         writer = concurrent.futures.ThreadPoolExecutor(max_workers=2)
         writes = []  # (item, its figures, the future of its write)
         try:
@@ -384,11 +435,15 @@ class _Job:
                     self._fail(items[0], f"{type(e).__name__}: {e}", "refine")
                 continue
             for j, it in enumerate(items):
-                figures = None if self.evaluation is None else \
-                    self.evaluation.of_refined(it, raw[j], labels[j], written[j], cams[j], scores[j])
+                figures = (
+                    None
+                    if self.evaluation is None
+                    else self.evaluation.of_refined(it, raw[j], labels[j], written[j], cams[j], scores[j])
+                )
                 saved = scores[j] if args.save_scores else None
-                writes.append((it, figures, writer.submit(_write_outputs, args.out, it["name"], written[j], saved,
-                                                          self.palette)))
+                writes.append(
+                    (it, figures, writer.submit(_write_outputs, args.out, it["name"], written[j], saved, self.palette))
+                )
         return writes
 
     def _collect(self, pending, wait: bool) -> list:
@@ -419,9 +474,11 @@ class _Job:
                 self.evaluation.all_reduce(self.device)
         refined, skipped, failed = counts.cpu().tolist()
         if self.rank == 0:
-            print(f"spl refine: {refined} refined, {skipped} already done, {failed} failed "
-                  f"({images} images, {self.world} process{'es' if self.world > 1 else ''}, {self.device.type}); "
-                  f"{refined / max(elapsed, 1e-9):.1f} images/s on rank 0's share")
+            print(
+                f"spl refine: {refined} refined, {skipped} already done, {failed} failed "
+                f"({images} images, {self.world} process{'es' if self.world > 1 else ''}, {self.device.type}); "
+                f"{refined / max(elapsed, 1e-9):.1f} images/s on rank 0's share"
+            )
             if failed:
                 print(f"spl refine: failures are listed in {self.args.out}/errors*.jsonl", file=sys.stderr)
             if self.evaluation is not None:
@@ -434,8 +491,11 @@ def _ignore_band(scores: torch.Tensor, class_mask: torch.Tensor, low: float, hig
     score is >= high (k that class), background where it is < low, IGNORE in between (IRN's conf_fg /
     conf_bg, ToCo's high / low thresholds)."""
     labels = asam.cam_to_mask(scores, high, class_mask)
-    top = scores.masked_fill(~class_mask[:, :, None, None], float("-inf")).amax(1) if scores.shape[1] else \
-        scores.new_full(labels.shape, float("-inf"))
+    top = (
+        scores.masked_fill(~class_mask[:, :, None, None], float("-inf")).amax(1)
+        if scores.shape[1]
+        else scores.new_full(labels.shape, float("-inf"))
+    )
     return labels.masked_fill((top >= low) & (top < high), IGNORE)
 
 
@@ -469,17 +529,27 @@ def _write_outputs(out_dir, name, labels, scores, palette):
 
 def _report(args, evaluation: "_Evaluation", images: int) -> None:
     ev = evaluation
-    before, after, curve_before, curve_after, unscored = ev.before, ev.after, ev.curve_before, ev.curve_after, ev.unscored
+    before, after, curve_before, curve_after, unscored = (
+        ev.before,
+        ev.after,
+        ev.curve_before,
+        ev.curve_after,
+        ev.unscored,
+    )
     band = None if ev.band_cm is None else (ev.band_cm, *ev.band_pixels)
     from .evaluate import class_table, curve_json, curve_table
 
     names = class_names(args.dataset, args.num_classes)
     iou_b, iou_a = before.iou().tolist(), after.iou().tolist()
-    print(f"\nmIoU over {images} images ({args.num_classes + 1} classes, 255 ignored, threshold {args.bg_threshold}):"
-          f" before {100 * before.miou():.2f}, after ASAM {100 * after.miou():.2f}")
+    print(
+        f"\nmIoU over {images} images ({args.num_classes + 1} classes, 255 ignored, threshold {args.bg_threshold}):"
+        f" before {100 * before.miou():.2f}, after ASAM {100 * after.miou():.2f}"
+    )
     if unscored:
-        print(f"({unscored} images written earlier with --ignore-band and without --save-scores have no mask at "
-              f"{args.bg_threshold}: not in 'after')")
+        print(
+            f"({unscored} images written earlier with --ignore-band and without --save-scores have no mask at "
+            f"{args.bg_threshold}: not in 'after')"
+        )
     for line in class_table(names, {"before": iou_b, "after": iou_a}):
         print(line)
     print("\nmIoU against the background threshold (the WSSS protocol: refine once, then sweep t):")
@@ -490,22 +560,37 @@ def _report(args, evaluation: "_Evaluation", images: int) -> None:
         print("(images refined by an earlier run without --save-scores are not in ASAM's curve)")
     curve = curve_json(sweeps)
     (tb, _), (ta, _) = curve_before.best(), curve_after.best()
-    report = {"images": images, "dataset": args.dataset, "bg_threshold": args.bg_threshold,
-              "miou_before": 100 * before.miou(),
-              "curve": {"thresholds": curve["thresholds"], "raw": curve["raw CAM"]["miou"], "asam": curve["ASAM"]["miou"],
-                        "best_t_raw": tb, "best_t_asam": ta},
-              "miou_after": 100 * after.miou(),
-              "iou_before": {n: None if np.isnan(v) else 100 * v for n, v in zip(names, iou_b)},
-              "iou_after": {n: None if np.isnan(v) else 100 * v for n, v in zip(names, iou_a)}}
+    report = {
+        "images": images,
+        "dataset": args.dataset,
+        "bg_threshold": args.bg_threshold,
+        "miou_before": 100 * before.miou(),
+        "curve": {
+            "thresholds": curve["thresholds"],
+            "raw": curve["raw CAM"]["miou"],
+            "asam": curve["ASAM"]["miou"],
+            "best_t_raw": tb,
+            "best_t_asam": ta,
+        },
+        "miou_after": 100 * after.miou(),
+        "iou_before": {n: None if np.isnan(v) else 100 * v for n, v in zip(names, iou_b)},
+        "iou_after": {n: None if np.isnan(v) else 100 * v for n, v in zip(names, iou_a)},
+    }
     if band is not None:
         band_cm, ignored, labelled = band
         low, high = args.ignore_band
         share = ignored / max(labelled, 1)
-        print(f"\nignore band [{low}, {high}): {100 * share:.1f}% of the labelled pixels written as 255; mIoU of the "
-              f"other pixels of the written pseudo-labels {100 * band_cm.miou():.2f}")
-        report["ignore_band"] = {"low": low, "high": high, "ignored_share": share, "miou_confident": 100 * band_cm.miou()}
-    atomic_write(os.path.join(args.out, "eval.json"),
-                 lambda tmp: open(tmp, "w").write(json.dumps(report, indent=1)))
+        print(
+            f"\nignore band [{low}, {high}): {100 * share:.1f}% of the labelled pixels written as 255; mIoU of the "
+            f"other pixels of the written pseudo-labels {100 * band_cm.miou():.2f}"
+        )
+        report["ignore_band"] = {
+            "low": low,
+            "high": high,
+            "ignored_share": share,
+            "miou_confident": 100 * band_cm.miou(),
+        }
+    atomic_write(os.path.join(args.out, "eval.json"), lambda tmp: open(tmp, "w").write(json.dumps(report, indent=1)))
 
 
 def add_arguments(p) -> None:
@@ -517,24 +602,45 @@ def add_arguments(p) -> None:
     p.add_argument("--format", default="auto", choices=FORMATS, help="CAM format (default: auto, per file)")
     p.add_argument("--gt", help="folder of ground-truth PNGs: print mIoU before and after, write eval.json")
     p.add_argument("--save-scores", action="store_true", help="also write the refined scores as <name>.npy")
-    p.add_argument("--dataset", default="voc", choices=sorted(DATASETS),
-                   help="voc (20 classes + background) or coco (80 + background): class count and names")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="foreground classes (default: the data set's, 20 for voc, 80 for coco)")
-    p.add_argument("--ignore-band", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                   help="pseudo-labels for training: background below LOW, the top class from HIGH, 255 (ignored) "
-                        "in between (IRN's conf_bg / conf_fg, e.g. 0.05 0.30; ToCo's 0.25 0.70)")
+    p.add_argument(
+        "--dataset",
+        default="voc",
+        choices=sorted(DATASETS),
+        help="voc (20 classes + background) or coco (80 + background): class count and names",
+    )
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="foreground classes (default: the data set's, 20 for voc, 80 for coco)",
+    )
+    p.add_argument(
+        "--ignore-band",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="pseudo-labels for training: background below LOW, the top class from HIGH, 255 (ignored) "
+        "in between (IRN's conf_bg / conf_fg, e.g. 0.05 0.30; ToCo's 0.25 0.70)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (0: in the main one)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
-    p.add_argument("--threads", type=int, default=None,
-                   help="intra-op threads of the main process (each worker runs one); default: the CPUs this "
-                        "process may use, shared among a torchrun job's processes")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads of the main process (each worker runs one); default: the CPUs this "
+        "process may use, shared among a torchrun job's processes",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("ASAM options (spl.asam_refine)")
-    p.add_argument("--bg-threshold", type=float, default=0.15,
-                   help="background threshold of the masks written (and of --gt's figures): the one you use for "
-                        "your raw CAMs, the refined scores share their scale (default 0.15, IRN's convention)")
+    p.add_argument(
+        "--bg-threshold",
+        type=float,
+        default=0.15,
+        help="background threshold of the masks written (and of --gt's figures): the one you use for "
+        "your raw CAMs, the refined scores share their scale (default 0.15, IRN's convention)",
+    )
     g.add_argument("--mode", choices=["meanfield", "diffusion"], default=d["mode"])
     g.add_argument("--n-segments", type=int, default=d["n_segments"])
     g.add_argument("--compactness", type=float, default=d["compactness"])

@@ -1,5 +1,6 @@
 """Synthetic scenes with a known segmentation, for spl demo and spl bench (no data set needed): regions
 filled with crops of scikit-image's sample photos, and CAM-like maps of their known shapes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,15 @@ def scene(seed: int, size: int = 288, regions: int = 6):
     from skimage import data, filters
 
     rng = np.random.default_rng(seed)
-    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry(),
-               data.retina(), data.hubble_deep_field()]
+    sources = [
+        data.astronaut(),
+        data.coffee(),
+        data.chelsea(),
+        data.rocket(),
+        data.immunohistochemistry(),
+        data.retina(),
+        data.hubble_deep_field(),
+    ]
     sources = [s for s in sources if min(s.shape[:2]) >= size]
     fields = np.stack([filters.gaussian(rng.standard_normal((size, size)), sigma=size / 8) for _ in range(regions)])
     truth = fields.argmax(0)
@@ -22,7 +30,7 @@ def scene(seed: int, size: int = 288, regions: int = 6):
         src = sources[(seed + r) % len(sources)]
         y = rng.integers(0, src.shape[0] - size + 1)
         x = rng.integers(0, src.shape[1] - size + 1)
-        image[truth == r] = src[y:y + size, x:x + size, :3][truth == r]
+        image[truth == r] = src[y : y + size, x : x + size, :3][truth == r]
     return image, truth.astype(np.int64)
 
 

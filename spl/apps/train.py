@@ -12,6 +12,7 @@ uninterrupted one. Under ``torchrun`` the model is wrapped in DistributedDataPar
 gloo on the CPU), every rank draws its own share of each epoch's permutation, and only rank 0 writes
 checkpoints, logs and the evaluation.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,12 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-
-from . import models
+from ..formats import DATASETS, IMAGE_EXTENSIONS, class_names, find_file, list_names, read_image, read_label_png
 from ..losses import SuperpixelConsistencyLoss
-from ..formats import DATASETS, class_names
 from ..metrics import ConfusionMatrix
-from ..formats import IMAGE_EXTENSIONS, find_file, list_names, read_image, read_label_png
+from . import models
 from .common import atomic_write, budget_threads, die_with_parent, distributed
 
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
@@ -45,6 +44,7 @@ class TrainError(Exception):
 
 # ---------------------------------------------------------------------------------------------
 # Data
+
 
 def read_superpixels(folder: str, name: str) -> np.ndarray:
     path = find_file(folder, name, (".npy", ".png"))
@@ -76,8 +76,10 @@ class TrainSet(torch.utils.data.Dataset):
         label = read_label_png(label_path).astype(np.int64)
         bad = np.unique(label[(label != 255) & ((label < 0) | (label >= self.num_classes))])
         if bad.size:
-            raise TrainError(f"{label_path}: class index {int(bad[0])} >= num_classes {self.num_classes} "
-                             "(255 is the only other value allowed)")
+            raise TrainError(
+                f"{label_path}: class index {int(bad[0])} >= num_classes {self.num_classes} "
+                "(255 is the only other value allowed)"
+            )
         if label.shape != image.shape[:2]:
             raise TrainError(f"{label_path}: pseudo-label is {label.shape} but the image is {image.shape[:2]}")
         sp = read_superpixels(self.superpixels, name) if self.superpixels else None
@@ -107,12 +109,14 @@ def augment(image, label, sp, crop, rng):
     lab_p = np.full((ph, pw), 255, np.int64)
     img_p[:h, :w], lab_p[:h, :w] = image, label
     y, x = int(rng.integers(0, ph - crop + 1)), int(rng.integers(0, pw - crop + 1))
-    out = {"image": torch.from_numpy(np.ascontiguousarray(img_p[y:y + crop, x:x + crop].transpose(2, 0, 1))),
-           "label": torch.from_numpy(np.ascontiguousarray(lab_p[y:y + crop, x:x + crop]))}
+    out = {
+        "image": torch.from_numpy(np.ascontiguousarray(img_p[y : y + crop, x : x + crop].transpose(2, 0, 1))),
+        "label": torch.from_numpy(np.ascontiguousarray(lab_p[y : y + crop, x : x + crop])),
+    }
     if sp is not None:
         sp_p = np.full((ph, pw), -1, np.int64)
         sp_p[:h, :w] = sp
-        sp_c = sp_p[y:y + crop, x:x + crop]
+        sp_c = sp_p[y : y + crop, x : x + crop]
         # Renumber the superpixels present in the crop 0..n-1 (the loss sizes its tables by the labels).
         ids, inverse = np.unique(sp_c, return_inverse=True)
         offset = 1 if ids[0] == -1 else 0
@@ -139,8 +143,8 @@ class PlanSampler(torch.utils.data.Sampler):
             perm = torch.randperm(self.n, generator=g).tolist()
             total = self.per_epoch * self.world * self.batch
             perm = (perm * math.ceil(total / self.n))[:total]
-            mine = perm[self.rank::self.world]
-            yield [(epoch, i) for i in mine[b * self.batch:(b + 1) * self.batch]]
+            mine = perm[self.rank :: self.world]
+            yield [(epoch, i) for i in mine[b * self.batch : (b + 1) * self.batch]]
 
 
 def _stack(items):
@@ -150,6 +154,7 @@ def _stack(items):
 
 # ---------------------------------------------------------------------------------------------
 # The job
+
 
 def _check_inputs(args, names: List[str]) -> None:
     from PIL import Image
@@ -163,8 +168,9 @@ def _check_inputs(args, names: List[str]) -> None:
             raise TrainError(f"missing pseudo-label file {label}")
         with Image.open(image) as a, Image.open(label) as b:
             if a.size != b.size:
-                raise TrainError(f"{label}: pseudo-label is {b.size[1]}x{b.size[0]} but the image is "
-                                 f"{a.size[1]}x{a.size[0]}")
+                raise TrainError(
+                    f"{label}: pseudo-label is {b.size[1]}x{b.size[0]} but the image is {a.size[1]}x{a.size[0]}"
+                )
 
 
 def _normalise(images: torch.Tensor) -> torch.Tensor:
@@ -228,16 +234,20 @@ def _train(args) -> int:
     model, optimizer, scaler, start = _model(args, device, rank)
     net = model
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
-    criterion = SuperpixelConsistencyLoss(args.num_classes, tau=args.tau, gamma=args.gamma) \
-        if args.loss == "consistency" else None
-    dataset = TrainSet(names, args.images, args.pseudo_labels, superpixels, args.crop_size, args.num_classes,
-                       args.seed)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    criterion = (
+        SuperpixelConsistencyLoss(args.num_classes, tau=args.tau, gamma=args.gamma)
+        if args.loss == "consistency"
+        else None
+    )
+    dataset = TrainSet(names, args.images, args.pseudo_labels, superpixels, args.crop_size, args.num_classes, args.seed)
     stop = args.max_iters if args.stop_after is None else min(args.max_iters, start + args.stop_after)
     sampler = PlanSampler(len(names), args.batch_size, rank, world, args.seed, start, stop)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers,
-                                         collate_fn=_stack, worker_init_fn=die_with_parent)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=args.workers, collate_fn=_stack, worker_init_fn=die_with_parent
+    )
     log = _Log(args, rank, start)
     net.train()
     try:
@@ -336,8 +346,11 @@ def _step(args, net, criterion, optimizer, scaler, batch, device) -> torch.Tenso
         up = models.upsample_logits(logits.float(), target.shape[-2:])
         loss = F.cross_entropy(up, target, ignore_index=255)
     else:
-        sp = batch["superpixels"].to(device) if "superpixels" in batch else \
-            ops.slic(images, args.n_segments, args.compactness)
+        sp = (
+            batch["superpixels"].to(device)
+            if "superpixels" in batch
+            else ops.slic(images, args.n_segments, args.compactness)
+        )
         loss = criterion(logits.float(), target, sp)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -384,8 +397,13 @@ class _Log:
 
 
 def _save_checkpoint(path, model, optimizer, scaler, iteration):
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-             "iteration": iteration, "rng": _rng_state()}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "iteration": iteration,
+        "rng": _rng_state(),
+    }
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -408,9 +426,12 @@ def evaluate(model, args, device) -> float:
     model.train()
     miou = cm.miou()
     print(f"spl train: validation mIoU {100 * miou:.2f} over {len(names)} images")
-    report = {"images": len(names), "miou": 100 * miou,
-              "iou": [None if math.isnan(v) else 100 * v for v in cm.iou().tolist()],
-              "classes": class_names(args.dataset, args.num_classes - 1)}
+    report = {
+        "images": len(names),
+        "miou": 100 * miou,
+        "iou": [None if math.isnan(v) else 100 * v for v in cm.iou().tolist()],
+        "classes": class_names(args.dataset, args.num_classes - 1),
+    }
     atomic_write(os.path.join(args.out, "eval.json"), lambda tmp: open(tmp, "w").write(json.dumps(report, indent=1)))
     return miou
 
@@ -424,10 +445,18 @@ def add_arguments(p) -> None:
     p.add_argument("--gt", help="ground-truth folder for --val-list")
     p.add_argument("--model", default="deeplabv2-resnet101", choices=models.MODELS)
     p.add_argument("--backbone-weights", help="ImageNet weights (torchvision ResNet state dict), local file")
-    p.add_argument("--dataset", default="voc", choices=sorted(DATASETS),
-                   help="voc (21 classes with background) or coco (81): the class count and names")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="classes, background included (default: the data set's, 21 for voc, 81 for coco)")
+    p.add_argument(
+        "--dataset",
+        default="voc",
+        choices=sorted(DATASETS),
+        help="voc (21 classes with background) or coco (81): the class count and names",
+    )
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes, background included (default: the data set's, 21 for voc, 81 for coco)",
+    )
     p.add_argument("--superpixels", default="auto", help="'auto' (spl.slic on the device) or a folder of maps")
     p.add_argument("--n-segments", type=int, default=300, help="superpixels per crop (auto)")
     p.add_argument("--compactness", type=float, default=10.0)
@@ -441,13 +470,21 @@ def add_arguments(p) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None,
-                   help="intra-op threads of the main process (each worker runs one); default: the CPUs this "
-                        "process may use, shared among a torchrun job's processes")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads of the main process (each worker runs one); default: the CPUs this "
+        "process may use, shared among a torchrun job's processes",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many iterations of this "
-                   "call; --resume continues. Splits a long job into shorter ones")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        help="stop (with a checkpoint) after this many iterations of this "
+        "call; --resume continues. Splits a long job into shorter ones",
+    )
     p.add_argument("--quiet", action="store_true")

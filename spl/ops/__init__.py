@@ -9,6 +9,8 @@ differentiable, and the fake kernel, which checks dtypes and shapes like the C++
 output shapes, so that ``torch.compile(fullgraph=True)`` traces the op. ``_common`` holds the checks
 several ops share.
 """
+
+from . import cam_unary  # noqa: F401  (registers the private op's autograd and fake kernel)
 from ._common import has_cuda_kernels
 from .consistency_weights import consistency_weights
 from .edge_aware_unpool import edge_aware_unpool
@@ -19,7 +21,6 @@ from .superpixel_adjacency import Graph, superpixel_adjacency
 from .superpixel_histogram import superpixel_histogram
 from .superpixel_pool import superpixel_pool
 from .superpixel_unpool import superpixel_unpool
-from . import cam_unary  # noqa: F401  (registers the private op's autograd and fake kernel)
 
 __all__ = [
     "slic",

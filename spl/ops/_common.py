@@ -1,5 +1,6 @@
 """What the op modules share: the device rule, the checks of labels and features (the same messages in
 a wrapper and in its fake kernel), and running small CPU work on the calling thread."""
+
 from __future__ import annotations
 
 import contextlib

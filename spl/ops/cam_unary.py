@@ -1,6 +1,7 @@
 """ASAM's unary pooled over superpixels straight from the CAM: the private op ``spl::_cam_unary``
 (kernels csrc/ops/{cpu,cuda}/cam_unary_kernel.*, the formula csrc/ops/cam_unary.h). Its gradient is
 the reference formula's (spl.reference.cam_unary), differentiated by autograd."""
+
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,14 @@ import torch
 from ._common import check_device, check_labels
 
 
-def cam_unary(cam: torch.Tensor, labels: torch.Tensor, class_mask: torch.Tensor, num_superpixels: int,
-              bg_threshold: float, floor: float) -> torch.Tensor:
+def cam_unary(
+    cam: torch.Tensor,
+    labels: torch.Tensor,
+    class_mask: torch.Tensor,
+    num_superpixels: int,
+    bg_threshold: float,
+    floor: float,
+) -> torch.Tensor:
     """ASAM's unary, pooled over superpixels in one pass over the CAM (csrc/ops/cam_unary.h):
     [B, 1 + C, K] float32, the mean over each superpixel of log max(s, floor * T) - log T for
     s = bg_threshold (row 0) and the present classes' scores (rows 1 + c; 0 for absent classes),
@@ -55,6 +62,8 @@ def _cam_unary_fake(cam, labels, class_mask, num_superpixels, bg_threshold, floo
     if class_mask.dtype != torch.bool:
         raise TypeError(f"{fn}: class_mask must be a bool tensor, got {class_mask.dtype}")
     if tuple(class_mask.shape) != (B, C) or class_mask.device != cam.device:
-        raise ValueError(f"{fn}: class_mask must have shape [B, C] = [{B}, {C}] on {cam.device}, got "
-                         f"{list(class_mask.shape)} on {class_mask.device}")
+        raise ValueError(
+            f"{fn}: class_mask must have shape [B, C] = [{B}, {C}] on {cam.device}, got "
+            f"{list(class_mask.shape)} on {class_mask.device}"
+        )
     return cam.new_empty((B, C + 1, num_superpixels), dtype=torch.float32)

@@ -1,6 +1,7 @@
 """spl.consistency_weights: the local superpixel transformation of a pseudo-label and its consistency
 weights (op ``spl::consistency_weights``; kernels csrc/ops/{cpu,cuda}/consistency_weights_kernel.*, the
 rule csrc/ops/consistency_weights.h)."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,15 @@ from ._common import as_float, count
 from .superpixel_histogram import check_target
 
 
-def consistency_weights(target: torch.Tensor, labels: torch.Tensor, num_superpixels: int, num_classes: int,
-                        tau: float = 0.7, gamma: float = 1.0, ignore_index: int = 255):
+def consistency_weights(
+    target: torch.Tensor,
+    labels: torch.Tensor,
+    num_superpixels: int,
+    num_classes: int,
+    tau: float = 0.7,
+    gamma: float = 1.0,
+    ignore_index: int = 255,
+):
     """Local superpixel transformation of a pseudo-label and its consistency weights.
 
     In each superpixel k with class histogram h_k and n_k labelled pixels: if the majority class

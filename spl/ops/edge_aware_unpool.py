@@ -1,6 +1,7 @@
 """spl.edge_aware_unpool: superpixel values back to the pixels with colour-guided soft boundaries (op
 ``spl::edge_aware_unpool``; kernels csrc/ops/{cpu,cuda}/edge_aware_unpool_kernel.*, the per-pixel rule
 csrc/ops/edge_aware_unpool.h). Not differentiable."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,14 @@ import torch
 from ._common import check_features, check_labels
 
 
-def edge_aware_unpool(features: torch.Tensor, labels: torch.Tensor, guide: torch.Tensor, sigma: float,
-                      radius: int = 1, guide_means: Optional[torch.Tensor] = None) -> torch.Tensor:
+def edge_aware_unpool(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    guide: torch.Tensor,
+    sigma: float,
+    radius: int = 1,
+    guide_means: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Spreads per-superpixel values back to the pixels with soft boundaries that follow the image.
 
     Inside a superpixel this is ``superpixel_unpool``. A pixel whose (2 radius + 1)^2 window meets
@@ -45,8 +52,10 @@ def edge_aware_unpool(features: torch.Tensor, labels: torch.Tensor, guide: torch
     check_labels(fn, labels, (B, labels.shape[1], labels.shape[2]), features.device)
     check_features(fn, guide, 4, "guide")
     if guide.shape[0] != B or tuple(guide.shape[2:]) != tuple(labels.shape[1:]):
-        raise ValueError(f"{fn}: guide must have shape [B, D, H, W] = [{B}, D, {labels.shape[1]}, {labels.shape[2]}], "
-                         f"got {list(guide.shape)}")
+        raise ValueError(
+            f"{fn}: guide must have shape [B, D, H, W] = [{B}, D, {labels.shape[1]}, {labels.shape[2]}], "
+            f"got {list(guide.shape)}"
+        )
     if guide.device != features.device:
         raise ValueError(f"{fn}: guide is on {guide.device} but features are on {features.device}")
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma > 0):
@@ -63,8 +72,10 @@ def edge_aware_unpool(features: torch.Tensor, labels: torch.Tensor, guide: torch
     else:
         check_features(fn, guide_means, 3, "guide_means")
         if tuple(guide_means.shape) != (B, guide.shape[1], K) or guide_means.device != features.device:
-            raise ValueError(f"{fn}: guide_means must be a tensor of shape [B, D, K] = [{B}, {guide.shape[1]}, {K}] "
-                             f"on {features.device}, got {list(guide_means.shape)} on {guide_means.device}")
+            raise ValueError(
+                f"{fn}: guide_means must be a tensor of shape [B, D, K] = [{B}, {guide.shape[1]}, {K}] "
+                f"on {features.device}, got {list(guide_means.shape)} on {guide_means.device}"
+            )
         guide_means = guide_means.float()
     return torch.ops.spl.edge_aware_unpool(features, labels, guide, guide_means, float(sigma), radius)
 
@@ -78,11 +89,14 @@ def _edge_aware_unpool_fake(features, labels, guide, guide_means, sigma, radius)
     check_labels(fn, labels)
     check_labels(fn, labels, (B, labels.shape[1], labels.shape[2]), features.device)
     D = guide.shape[1] if guide.dim() == 4 else -1
-    for name, t, shape in (("guide", guide, (B, D, labels.shape[1], labels.shape[2])),
-                           ("guide_means", guide_means, (B, D, K))):
+    for name, t, shape in (
+        ("guide", guide, (B, D, labels.shape[1], labels.shape[2])),
+        ("guide_means", guide_means, (B, D, K)),
+    ):
         if t.dtype != torch.float32:
             raise TypeError(f"{fn}: {name} must be float32, got {t.dtype}")
         if tuple(t.shape) != shape or t.device != features.device:
-            raise ValueError(f"{fn}: {name} must have shape {list(shape)} on {features.device}, got "
-                             f"{list(t.shape)} on {t.device}")
+            raise ValueError(
+                f"{fn}: {name} must have shape {list(shape)} on {features.device}, got {list(t.shape)} on {t.device}"
+            )
     return features.new_empty((B, features.shape[1], labels.shape[1], labels.shape[2]))

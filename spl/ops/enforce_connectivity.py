@@ -1,6 +1,7 @@
 """spl.enforce_connectivity: relabel a label map into 4-connected regions, merging small ones (op
 ``spl::enforce_connectivity``; kernels csrc/ops/{cpu,cuda}/enforce_connectivity_kernel.*, the merge rule
 csrc/ops/enforce_connectivity.h)."""
+
 from __future__ import annotations
 
 from typing import Union

@@ -1,5 +1,6 @@
 """spl.slic: SLIC superpixels of a batch of images (op ``spl::slic``; kernels csrc/ops/cpu/slic_kernel.cpp
 and csrc/ops/cuda/slic_kernel.cu, arguments and shared math csrc/ops/slic.h)."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -94,8 +95,15 @@ def slic(
         convert2lab = C == 3
     elif convert2lab and C != 3:
         raise ValueError(f"slic: convert2lab=True needs 3 (RGB) channels, got {C}")
-    options = (n_segments, compactness, max_num_iter, bool(convert2lab), bool(enforce_connectivity),
-               as_float("slic", "min_size_factor", min_size_factor), _spacing(spacing))
+    options = (
+        n_segments,
+        compactness,
+        max_num_iter,
+        bool(convert2lab),
+        bool(enforce_connectivity),
+        as_float("slic", "min_size_factor", min_size_factor),
+        _spacing(spacing),
+    )
     if mask is not None:
         mask = _as_bool_mask(mask, B, H, W, image_t.device)
 
@@ -161,8 +169,7 @@ def _as_bool_mask(mask, batch: int, height: int, width: int, device: torch.devic
         mask = mask.unsqueeze(0).expand(batch, -1, -1)
     if mask.dim() != 3 or tuple(mask.shape) != (batch, height, width):
         raise ValueError(
-            f"slic: mask must have shape [B, H, W] = [{batch}, {height}, {width}] (or [H, W]), "
-            f"got {list(mask.shape)}"
+            f"slic: mask must have shape [B, H, W] = [{batch}, {height}, {width}] (or [H, W]), got {list(mask.shape)}"
         )
     if mask.device != device:
         raise ValueError(f"slic: mask is on {mask.device} but image is on {device}")
@@ -177,15 +184,16 @@ def _run_in_chunks(image: torch.Tensor, mask: Optional[torch.Tensor], options: t
     if image.device.type != "cuda" or B <= per_call:
         return torch.ops.spl.slic(image, *options, mask)
     parts = [
-        torch.ops.spl.slic(image[i:i + per_call], *options, None if mask is None else mask[i:i + per_call])
+        torch.ops.spl.slic(image[i : i + per_call], *options, None if mask is None else mask[i : i + per_call])
         for i in range(0, B, per_call)
     ]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 @torch.library.register_fake("spl::slic")
-def _slic_fake(image, n_segments, compactness, max_num_iter, convert2lab, enforce_connectivity,
-               min_size_factor, spacing, mask):
+def _slic_fake(
+    image, n_segments, compactness, max_num_iter, convert2lab, enforce_connectivity, min_size_factor, spacing, mask
+):
     # The dtype and shape checks of csrc/ops/slic.h (the values' ranges need the real op).
     if image.dtype != torch.uint8 and image.dtype not in FLOAT_DTYPES:
         raise TypeError(f"slic: image must be uint8 (0..255) or floating point (0..1), got {image.dtype}")

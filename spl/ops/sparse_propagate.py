@@ -2,6 +2,7 @@
 backward ``spl::_sparse_propagate_backward``; kernels csrc/ops/{cpu,cuda}/sparse_propagate_kernel.*,
 arguments csrc/ops/sparse_propagate.h). ``transition`` and ``propagate`` are ASAM's way in: the
 transition computed once, walked many times."""
+
 from __future__ import annotations
 
 import math
@@ -10,7 +11,6 @@ import torch
 
 from ._common import FLOAT_DTYPES, check_features, count, on_calling_thread
 from .superpixel_adjacency import Graph
-
 
 # sparse_propagate's checks and transition (torch ops over the edges) for a graph of at most this
 # many nodes (some 3 million edges) run on the calling thread: a few ms at most, and torch would
@@ -38,8 +38,10 @@ def _check_graph(fn: str, graph, device) -> None:
     for name in Graph._fields:
         t = getattr(graph, name)
         if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 1:
-            raise TypeError(f"{fn}: graph.{name} must be a 1-D int64 tensor, got "
-                            + (f"{t.dtype} of shape {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__))
+            raise TypeError(
+                f"{fn}: graph.{name} must be a 1-D int64 tensor, got "
+                + (f"{t.dtype} of shape {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__)
+            )
         if t.device != device:
             raise ValueError(f"{fn}: graph.{name} is on {t.device} but x is on {device}")
     if graph.indptr.numel() < 1 or graph.node_offset.numel() < 1:
@@ -50,9 +52,17 @@ def _check_graph(fn: str, graph, device) -> None:
     if torch.compiler.is_compiling():
         return
     ip, off, ix = graph.indptr, graph.node_offset, graph.indices
-    facts = torch.stack([ip[0] == 0, ip[-1] == E, (ip.diff() >= 0).all(), off[0] == 0, off[-1] == N,
-                         (off.diff() >= 0).all(),
-                         (ix >= 0).all() & (ix < N).all() if E else torch.ones((), dtype=torch.bool, device=device)])
+    facts = torch.stack(
+        [
+            ip[0] == 0,
+            ip[-1] == E,
+            (ip.diff() >= 0).all(),
+            off[0] == 0,
+            off[-1] == N,
+            (off.diff() >= 0).all(),
+            (ix >= 0).all() & (ix < N).all() if E else torch.ones((), dtype=torch.bool, device=device),
+        ]
+    )
     ok = facts.tolist()
     if not all(ok[:3]):
         raise ValueError(f"{fn}: graph.indptr must be non-decreasing from 0 to the number of edges E = {E}")
@@ -67,12 +77,21 @@ def propagate(graph: Graph, transition, x: torch.Tensor, iters: int, alpha: floa
     mean field walks the same graph many times). Private: x float32 or float64 like the transition,
     the graph from superpixel_adjacency, checked by the op."""
     edge_value, self_value = transition
-    return torch.ops.spl.sparse_propagate(graph.indptr, graph.indices, graph.node_offset, edge_value, self_value, x,
-                                          iters, float(alpha))
+    return torch.ops.spl.sparse_propagate(
+        graph.indptr, graph.indices, graph.node_offset, edge_value, self_value, x, iters, float(alpha)
+    )
 
 
-def sparse_propagate(graph: Graph, weight: torch.Tensor, x: torch.Tensor, iters: int, alpha: float = 1.0,
-                     *, self_weight: float = 1.0, _check_weight: bool = True) -> torch.Tensor:
+def sparse_propagate(
+    graph: Graph,
+    weight: torch.Tensor,
+    x: torch.Tensor,
+    iters: int,
+    alpha: float = 1.0,
+    *,
+    self_weight: float = 1.0,
+    _check_weight: bool = True,
+) -> torch.Tensor:
     """Propagation over a superpixel graph: ``s <- alpha * T s + (1 - alpha) * x`` for ``iters`` rounds,
     starting from ``s = x``, with the transition ``T = D^-1 A`` (A: ``weight`` on the edges, ``self_weight``
     on the diagonal; D: the row sums of A). All rounds run in one op (one kernel launch on the GPU).
@@ -95,10 +114,10 @@ def sparse_propagate(graph: Graph, weight: torch.Tensor, x: torch.Tensor, iters:
     check_features(fn, x, 2)
     with on_calling_thread(x.device.type == "cpu" and x.shape[0] <= _GRAPH_INLINE_NODES):
         _check_graph(fn, graph, x.device)
-        edge_value, self_value, x_in = _propagate_inputs(fn, graph, weight, x, iters, alpha, self_weight,
-                                                         _check_weight)
-    out = torch.ops.spl.sparse_propagate(graph.indptr, graph.indices, graph.node_offset, edge_value, self_value, x_in,
-                                         int(iters), float(alpha))
+        edge_value, self_value, x_in = _propagate_inputs(fn, graph, weight, x, iters, alpha, self_weight, _check_weight)
+    out = torch.ops.spl.sparse_propagate(
+        graph.indptr, graph.indices, graph.node_offset, edge_value, self_value, x_in, int(iters), float(alpha)
+    )
     return out.to(x.dtype)
 
 
@@ -118,8 +137,12 @@ def _propagate_inputs(fn, graph, weight, x, iters, alpha, self_weight, check_wei
     if not (float(self_weight) > 0.0 and math.isfinite(self_weight)):
         raise ValueError(f"{fn}: self_weight must be a finite number > 0, got {self_weight}")
     # (spl.asam_refine builds finite non-negative weights itself and skips this device sync.)
-    if check_weight and not torch.compiler.is_compiling() and weight.numel() and not bool(
-            (torch.isfinite(weight) & (weight >= 0)).all()):
+    if (
+        check_weight
+        and not torch.compiler.is_compiling()
+        and weight.numel()
+        and not bool((torch.isfinite(weight) & (weight >= 0)).all())
+    ):
         raise ValueError(f"{fn}: weight must be finite and >= 0")
     dtype = x.dtype if x.dtype == torch.float64 else torch.float32
     edge_value, self_value = transition(graph, weight.to(dtype), float(self_weight))
@@ -135,7 +158,8 @@ def _propagate_setup_context(ctx, inputs, output):
 def _propagate_backward(ctx, grad):
     indptr, indices, node_offset, edge_value, self_value, x = ctx.saved_tensors
     g_edge, g_self, g_x = torch.ops.spl._sparse_propagate_backward(
-        grad.contiguous(), indptr, indices, node_offset, edge_value, self_value, x, ctx.iters, ctx.alpha)
+        grad.contiguous(), indptr, indices, node_offset, edge_value, self_value, x, ctx.iters, ctx.alpha
+    )
     return None, None, None, g_edge, g_self, g_x, None, None
 
 
@@ -148,15 +172,21 @@ def _check_op_args(fn, indptr, indices, node_offset, edge_value, self_value, x) 
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{fn}: x must be float32 or float64, got {x.dtype}")
     N = x.shape[0]
-    for name, t, dtype, size in (("indptr", indptr, torch.int64, N + 1), ("indices", indices, torch.int64, None),
-                                 ("node_offset", node_offset, torch.int64, None),
-                                 ("edge values", edge_value, x.dtype, indices.shape[0]),
-                                 ("self values", self_value, x.dtype, N)):
+    for name, t, dtype, size in (
+        ("indptr", indptr, torch.int64, N + 1),
+        ("indices", indices, torch.int64, None),
+        ("node_offset", node_offset, torch.int64, None),
+        ("edge values", edge_value, x.dtype, indices.shape[0]),
+        ("self values", self_value, x.dtype, N),
+    ):
         if t.dtype != dtype:
             raise TypeError(f"{fn}: {name} must be {dtype}, got {t.dtype}")
         if t.dim() != 1 or (size is not None and t.shape[0] != size) or t.device != x.device:
-            raise ValueError(f"{fn}: {name} must be a 1-D tensor" + ("" if size is None else f" of {size} entries")
-                             + f" on {x.device}, got {list(t.shape)} on {t.device}")
+            raise ValueError(
+                f"{fn}: {name} must be a 1-D tensor"
+                + ("" if size is None else f" of {size} entries")
+                + f" on {x.device}, got {list(t.shape)} on {t.device}"
+            )
 
 
 @torch.library.register_fake("spl::sparse_propagate")
@@ -169,6 +199,8 @@ def _sparse_propagate_fake(indptr, indices, node_offset, edge_value, self_value,
 def _sparse_propagate_backward_fake(grad, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha):
     _check_op_args("_sparse_propagate_backward", indptr, indices, node_offset, edge_value, self_value, x)
     if grad.shape != x.shape or grad.dtype != x.dtype:
-        raise ValueError(f"_sparse_propagate_backward: grad must match x ({x.dtype} {list(x.shape)}), "
-                         f"got {grad.dtype} {list(grad.shape)}")
+        raise ValueError(
+            f"_sparse_propagate_backward: grad must match x ({x.dtype} {list(x.shape)}), "
+            f"got {grad.dtype} {list(grad.shape)}"
+        )
     return torch.empty_like(edge_value), torch.empty_like(self_value), torch.empty_like(x)

@@ -1,6 +1,7 @@
 """spl.superpixel_adjacency: the graph of adjacent superpixels of a batch, in CSR form (op
 ``spl::superpixel_adjacency``; kernels csrc/ops/{cpu,cuda}/superpixel_adjacency_kernel.*, arguments and
 the batch CSR layout csrc/ops/superpixel_adjacency.h)."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -33,16 +34,19 @@ class Graph(NamedTuple):
 
     def rows(self) -> torch.Tensor:
         """The source node of every edge (int64 [E])."""
-        return torch.repeat_interleave(torch.arange(self.num_nodes, device=self.indptr.device),
-                                       self.indptr.diff(), output_size=self.num_edges)  # no device sync
+        return torch.repeat_interleave(
+            torch.arange(self.num_nodes, device=self.indptr.device), self.indptr.diff(), output_size=self.num_edges
+        )  # no device sync
 
 
 def _node_offset(fn: str, num_superpixels, batch: int, device) -> torch.Tensor:
     if isinstance(num_superpixels, torch.Tensor):
         counts = num_superpixels
         if counts.dtype != torch.int64 or counts.dim() != 1 or counts.shape[0] != batch:
-            raise ValueError(f"{fn}: num_superpixels must be an int or an int64 tensor of shape [B] = [{batch}], "
-                             f"got {counts.dtype} {list(counts.shape)}")
+            raise ValueError(
+                f"{fn}: num_superpixels must be an int or an int64 tensor of shape [B] = [{batch}], "
+                f"got {counts.dtype} {list(counts.shape)}"
+            )
         counts = counts.to(device)
     else:
         K = count(fn, "num_superpixels", num_superpixels)
@@ -80,8 +84,10 @@ def _superpixel_adjacency_fake(labels, node_offset):
     if node_offset.dtype != torch.int64:
         raise TypeError(f"{fn}: node_offset must be an int64 tensor, got {node_offset.dtype}")
     if node_offset.dim() != 1 or node_offset.shape[0] != labels.shape[0] + 1 or node_offset.device != labels.device:
-        raise ValueError(f"{fn}: node_offset must have shape [B + 1] = [{labels.shape[0] + 1}] on {labels.device}, "
-                         f"got {list(node_offset.shape)} on {node_offset.device}")
+        raise ValueError(
+            f"{fn}: node_offset must have shape [B + 1] = [{labels.shape[0] + 1}] on {labels.device}, "
+            f"got {list(node_offset.shape)} on {node_offset.device}"
+        )
     # The numbers of nodes and edges depend on the values (node_offset[-1], the labels' borders).
     num_edges = torch.library.get_ctx().new_dynamic_size()
     num_nodes = torch.library.get_ctx().new_dynamic_size()

@@ -1,6 +1,7 @@
 """spl.superpixel_histogram: counts of pseudo-label classes inside each superpixel (op
 ``spl::superpixel_histogram``; kernels csrc/ops/{cpu,cuda}/superpixel_histogram_kernel.*, arguments
 csrc/ops/superpixel_histogram.h)."""
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,9 @@ def check_target(fn: str, target, labels, num_classes, ignore_index):
     check_int_arg(fn, "ignore_index", ignore_index)
 
 
-def superpixel_histogram(target: torch.Tensor, labels: torch.Tensor, num_superpixels: int, num_classes: int,
-                         ignore_index: int = 255) -> torch.Tensor:
+def superpixel_histogram(
+    target: torch.Tensor, labels: torch.Tensor, num_superpixels: int, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """Counts of pseudo-label classes inside each superpixel.
 
     Args:

@@ -1,6 +1,7 @@
 """spl.superpixel_pool: features pooled over superpixels (ops ``spl::superpixel_pool`` and its backward
 ``spl::_superpixel_pool_backward``; kernels csrc/ops/{cpu,cuda}/superpixel_pool_kernel.*, arguments
 csrc/ops/superpixel_pool.h). The backward is itself differentiable (double backward)."""
+
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,7 @@ from ._common import check_features, check_labels, count
 _REDUCTIONS = ("sum", "mean", "max")
 
 
-def superpixel_pool(x: torch.Tensor, labels: torch.Tensor, num_superpixels: int,
-                    reduce: str = "mean") -> torch.Tensor:
+def superpixel_pool(x: torch.Tensor, labels: torch.Tensor, num_superpixels: int, reduce: str = "mean") -> torch.Tensor:
     """Pools features over superpixels.
 
     Args:
@@ -59,7 +59,12 @@ def _pool_backward(ctx, grad, grad_aux):
     labels, aux = ctx.saved_tensors
     if grad is None or not ctx.needs_input_grad[0]:
         return None, None, None, None
-    return torch.ops.spl._superpixel_pool_backward(grad, labels, aux, ctx.height, ctx.width, ctx.reduce), None, None, None
+    return (
+        torch.ops.spl._superpixel_pool_backward(grad, labels, aux, ctx.height, ctx.width, ctx.reduce),
+        None,
+        None,
+        None,
+    )
 
 
 def _pool_backward_setup_context(ctx, inputs, output):
@@ -83,8 +88,9 @@ def _pool_backward_backward(ctx, gg):
 
 
 torch.library.register_autograd("spl::superpixel_pool", _pool_backward, setup_context=_pool_setup_context)
-torch.library.register_autograd("spl::_superpixel_pool_backward", _pool_backward_backward,
-                                setup_context=_pool_backward_setup_context)
+torch.library.register_autograd(
+    "spl::_superpixel_pool_backward", _pool_backward_backward, setup_context=_pool_backward_setup_context
+)
 
 
 @torch.library.register_fake("spl::superpixel_pool")

@@ -1,6 +1,7 @@
 """spl.superpixel_unpool: per-superpixel features back to the pixels (op ``spl::superpixel_unpool``;
 kernels csrc/ops/{cpu,cuda}/superpixel_unpool_kernel.*, arguments csrc/ops/superpixel_unpool.h). Its
 gradient is the scatter-sum, superpixel_pool "sum"."""
+
 from __future__ import annotations
 
 import torch

@@ -61,9 +61,7 @@ void test_slic_quadrants(const at::Device& device) {
   const std::string on = " on " + device.str();
   check(labels.equal(expected), "slic labels the four quadrants" + on);
   check(counts.cpu().item<int64_t>() == 4, "slic counts 4 segments" + on);
-  check(throws_value_error([&] {
-          spl::slic(image.to(device), 0, 10.0, 10, true, true, 0.25, spacing, std::nullopt);
-        }),
+  check(throws_value_error([&] { spl::slic(image.to(device), 0, 10.0, 10, true, true, 0.25, spacing, std::nullopt); }),
         "slic rejects n_segments = 0 with a ValueError" + on);
 }
 
@@ -80,7 +78,8 @@ void test_connectivity(const at::Device& device) {
   // min_size 4: region 2 (the two right-hand pixels) borders region 1 along 2 pixel pairs and
   // region 3 along 1, so it joins region 1.
   auto merged = std::get<0>(spl::enforce_connectivity(labels.to(device), 4)).cpu();
-  check(merged[0][0][3].item<int64_t>() == merged[0][0][2].item<int64_t>(), "small region merges along the longest border" + on);
+  check(merged[0][0][3].item<int64_t>() == merged[0][0][2].item<int64_t>(),
+        "small region merges along the longest border" + on);
   check(throws_value_error([&] { spl::enforce_connectivity(at::full({1, 2, 2}, -3, at::kLong).to(device), 0); }),
         "enforce_connectivity rejects labels below -1" + on);
 }
@@ -130,7 +129,8 @@ void test_graph(const at::Device& device) {
   at::Tensor x = at::full({3, 2}, 3.0f, at::kFloat).to(device);
   at::Tensor walked = spl::sparse_propagate(indptr, indices, node_offset, edge_value, self_value, x, 5, 1.0).cpu();
   check(walked.allclose(at::full({3, 2}, 3.0f, at::kFloat)), "sparse_propagate" + on);
-  check(throws_value_error([&] { spl::sparse_propagate(indptr, indices, node_offset, edge_value, self_value, x, 5, 2.0); }),
+  check(throws_value_error(
+            [&] { spl::sparse_propagate(indptr, indices, node_offset, edge_value, self_value, x, 5, 2.0); }),
         "sparse_propagate rejects alpha > 1" + on);
 }
 

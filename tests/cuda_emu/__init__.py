@@ -5,6 +5,7 @@ long as the context lasts: then every spl function on CPU tensors (autograd, ``a
 references comparisons of the test suite) runs the CUDA code. ``SPL_EMULATE_CUDA=1 python -m pytest``
 runs the whole suite that way (tests/conftest.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,11 @@ def op_names():
     load()
     names = []
     for schema in torch._C._jit_get_all_schemas():
-        if schema.name.startswith("spl_emu::") and not schema.name.startswith("spl_emu::_emu") \
-                and schema.name != "spl_emu::_cuda_version":
+        if (
+            schema.name.startswith("spl_emu::")
+            and not schema.name.startswith("spl_emu::_emu")
+            and schema.name != "spl_emu::_cuda_version"
+        ):
             names.append(schema.name.split("::", 1)[1])
     return sorted(set(names))
 

@@ -14,6 +14,7 @@ TORCH_LIBRARY_FRAGMENT in csrc/ops/<op>.cpp) are registered again under ``spl_em
 Usage: ``python -m tests.cuda_emu.build`` (or ``load()`` from a test). The build is cached under
 build/cuda_emu, keyed by the sources, and takes a few minutes the first time on two cores.
 """
+
 from __future__ import annotations
 
 import glob
@@ -58,16 +59,16 @@ def translate(text: str, name: str = "<source>") -> str:
             out.append(text[pos:])
             break
         line_start = text.rfind("\n", 0, m.start()) + 1
-        if not text[line_start:m.start()].strip() and line_start > 0:
+        if not text[line_start : m.start()].strip() and line_start > 0:
             # clang-format may break a long launch before the configuration, ``kernel<T>`` on one line
             # and ``<<<grid, ...>>>(args);`` on the next: the kernel is then the previous line.
             line_start = text.rfind("\n", 0, line_start - 1) + 1
-        indent = len(text[line_start:m.start()]) - len(text[line_start:m.start()].lstrip())
-        kernel = text[line_start + indent:m.start()]  # kept as it is, line break included: line numbers
+        indent = len(text[line_start : m.start()]) - len(text[line_start : m.start()].lstrip())
+        kernel = text[line_start + indent : m.start()]  # kept as it is, line break included: line numbers
         if not kernel.strip() or not re.fullmatch(r"[\w:<>, \t]+(\n[ \t]*)?", kernel):
             raise ValueError(f"{name}: cannot parse the kernel of the launch at offset {m.start()}: {kernel!r}")
         config_end = text.index(">>>", m.end())
-        config = text[m.end():config_end]
+        config = text[m.end() : config_end]
         args_start = config_end + 3
         while text[args_start].isspace():
             args_start += 1
@@ -76,12 +77,15 @@ def translate(text: str, name: str = "<source>") -> str:
         args_end = _matching(text, args_start, "(", ")")
         if text[args_end] != ";":
             raise ValueError(f"{name}: launch not followed by ';' at offset {args_end}")
-        out.append(text[pos:line_start + indent])
+        out.append(text[pos : line_start + indent])
         out.append(f"::spl_emu::launch([&] {{ {kernel}{text[args_start:args_end]}; }}, {config});")
         pos = args_end + 1
     text = "".join(out)
-    text = re.sub(r"extern\s+__shared__\s+([\w:]+)\s+(\w+)\s*\[\s*\]\s*;",
-                  r"\1* \2 = reinterpret_cast<\1*>(::spl_emu::dynamic_shared_memory());", text)
+    text = re.sub(
+        r"extern\s+__shared__\s+([\w:]+)\s+(\w+)\s*\[\s*\]\s*;",
+        r"\1* \2 = reinterpret_cast<\1*>(::spl_emu::dynamic_shared_memory());",
+        text,
+    )
     text = re.sub(r"TORCH_LIBRARY_IMPL\(\s*spl\s*,\s*CUDA\s*,", "TORCH_LIBRARY_IMPL(spl_emu, CPU,", text)
     if "<<<" in text or "TORCH_LIBRARY_IMPL(spl," in text:
         raise ValueError(f"{name}: untranslated launch or registration left")
@@ -91,7 +95,8 @@ def translate(text: str, name: str = "<source>") -> str:
 def _sources_digest() -> str:
     h = hashlib.sha256()
     files = sorted(glob.glob(os.path.join(CSRC, "**", "*"), recursive=True)) + sorted(
-        glob.glob(os.path.join(HERE, "**", "*"), recursive=True))
+        glob.glob(os.path.join(HERE, "**", "*"), recursive=True)
+    )
     for f in files:
         cpu_kernel = os.path.relpath(f, CSRC).startswith(os.path.join("ops", "cpu"))  # not built here
         if os.path.isfile(f) and not cpu_kernel and not f.endswith(".pyc") and "__pycache__" not in f:
@@ -128,7 +133,7 @@ def emulated_schemas() -> str:
             raise RuntimeError(f"{path}: no TORCH_LIBRARY_FRAGMENT(spl, m) block (every op's .cpp holds its schema)")
         for match in blocks:
             body_end = _matching(text, match.end() - 1, "{", "}")
-            body = text[match.end():body_end - 1]
+            body = text[match.end() : body_end - 1]
             parts.append(f"\n// {os.path.relpath(path, ROOT)}\nTORCH_LIBRARY_FRAGMENT(spl_emu, m) {{{body}}}\n")
     return "".join(parts)
 
@@ -181,8 +186,16 @@ def load(verbose: bool = False):
     cpp_extension.load(
         name="spl_cuda_emu",
         sources=sources,
-        extra_cflags=["-O1", "-DWITH_CUDA", "-ffp-contract=off", "-include", os.path.join(HERE, "runtime.h"),
-                      "-Wno-unused-function", "-Wno-unused-variable"] + ASAN_FLAGS * asan,
+        extra_cflags=[
+            "-O1",
+            "-DWITH_CUDA",
+            "-ffp-contract=off",
+            "-include",
+            os.path.join(HERE, "runtime.h"),
+            "-Wno-unused-function",
+            "-Wno-unused-variable",
+        ]
+        + ASAN_FLAGS * asan,
         extra_ldflags=ASAN_FLAGS * asan,
         extra_include_paths=[os.path.join(HERE, "include"), tree],
         build_directory=build_root,

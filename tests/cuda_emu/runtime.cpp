@@ -8,7 +8,7 @@ void set_schedule(std::string order, int64_t seed, bool preempt) {
   TORCH_CHECK(order == "forward" || order == "reverse" || order == "shuffle",
               "_emu_schedule: order must be forward, reverse or shuffle, got ", order);
   spl_emu::Settings& s = spl_emu::settings();
-  s.order = order == "reverse" ? spl_emu::Order::reverse
+  s.order = order == "reverse"   ? spl_emu::Order::reverse
             : order == "shuffle" ? spl_emu::Order::shuffle
                                  : spl_emu::Order::forward;
   s.seed = static_cast<uint64_t>(seed);

@@ -78,8 +78,13 @@ constexpr cudaError_t cudaSuccess = 0;
 constexpr cudaError_t cudaErrorInvalidValue = 1;
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
-enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice,
-                      cudaMemcpyDefault };
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost,
+  cudaMemcpyHostToDevice,
+  cudaMemcpyDeviceToHost,
+  cudaMemcpyDeviceToDevice,
+  cudaMemcpyDefault
+};
 enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97, cudaDevAttrMultiProcessorCount = 16 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 #define CUDART_VERSION 13000
@@ -143,8 +148,8 @@ struct Warp {
   // took part in (a lane reads its copy after it wakes; only its own next collective replaces it).
   uint64_t collecting[32] = {};
   uint64_t result[32][32] = {};
-  unsigned arrived = 0;   // lanes that reached the collective in progress
-  unsigned mask = 0;      // its mask
+  unsigned arrived = 0;  // lanes that reached the collective in progress
+  unsigned mask = 0;     // its mask
 };
 
 struct Block {
@@ -188,10 +193,10 @@ inline void start_context(Context& c, char* stack, size_t bytes, void (*entry)()
 #endif
   uintptr_t top = reinterpret_cast<uintptr_t>(stack + bytes) & ~uintptr_t{15};
   uint64_t* frame = reinterpret_cast<uint64_t*>(top);
-  frame[-1] = 0;                                      // entry's (never used) return address
-  frame[-2] = reinterpret_cast<uint64_t>(entry);      // where the first switch returns to
-  for (int r = 3; r <= 8; ++r) frame[-r] = 0;         // rbp, rbx, r12-r15
-  frame[-9] = 0x1F80ull | (0x037Full << 32);          // MXCSR, x87 control word: the defaults
+  frame[-1] = 0;                                  // entry's (never used) return address
+  frame[-2] = reinterpret_cast<uint64_t>(entry);  // where the first switch returns to
+  for (int r = 3; r <= 8; ++r) frame[-r] = 0;     // rbp, rbx, r12-r15
+  frame[-9] = 0x1F80ull | (0x037Full << 32);      // MXCSR, x87 control word: the defaults
   c.sp = frame - 9;
   c.stack_bottom = stack;
   c.stack_bytes = bytes;
@@ -375,7 +380,7 @@ inline void run_block(Machine& m, int threads) {
     // A thread that exits can complete a __syncthreads the others wait at.
     if (b.alive > 0 && b.block_arrived > 0 && b.block_arrived == b.alive) {
       b.block_arrived = 0;
-        for (int t = 0; t < threads; ++t)
+      for (int t = 0; t < threads; ++t)
         if (b.state[t] == State::waiting_block) b.state[t] = State::ready;
       progress = true;
     }
@@ -385,8 +390,8 @@ inline void run_block(Machine& m, int threads) {
         at_block += b.state[t] == State::waiting_block;
         at_warp += b.state[t] == State::waiting_warp;
       }
-      fail("deadlock in block (" + std::to_string(blockIdx.x) + ", " + std::to_string(blockIdx.y) + "): " +
-           std::to_string(at_block) + " threads wait at __syncthreads, " + std::to_string(at_warp) +
+      fail("deadlock in block (" + std::to_string(blockIdx.x) + ", " + std::to_string(blockIdx.y) +
+           "): " + std::to_string(at_block) + " threads wait at __syncthreads, " + std::to_string(at_warp) +
            " at a warp collective, " + std::to_string(b.alive) + " of " + std::to_string(threads) + " alive");
     }
   }
@@ -401,10 +406,12 @@ inline void launch_impl(std::function<void()> body, dim3 grid, dim3 block, size_
   ++m.launches;
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64)
-    fail("invalid block size " + std::to_string(block.x) + "x" + std::to_string(block.y) + "x" + std::to_string(block.z));
+    fail("invalid block size " + std::to_string(block.x) + "x" + std::to_string(block.y) + "x" +
+         std::to_string(block.z));
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535)
     fail("invalid grid size " + std::to_string(grid.x) + "x" + std::to_string(grid.y) + "x" + std::to_string(grid.z));
-  if (shared_bytes > 232448) fail("dynamic shared memory of " + std::to_string(shared_bytes) + " bytes exceeds 227 KiB");
+  if (shared_bytes > 232448)
+    fail("dynamic shared memory of " + std::to_string(shared_bytes) + " bytes exceeds 227 KiB");
   // Poisoned, as real shared memory holds whatever the last block left.
   m.dynamic_shared.assign(shared_bytes + 16, 0xA5);
   m.body = &body;
@@ -483,12 +490,14 @@ T shuffle(unsigned mask, T v, const char* what, Source source) {
 
 template <typename T>
 T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
-  return spl_emu::shuffle(mask, v, "__shfl_sync", [=](int lane) { return (lane & ~(width - 1)) + (src & (width - 1)); });
+  return spl_emu::shuffle(mask, v, "__shfl_sync",
+                          [=](int lane) { return (lane & ~(width - 1)) + (src & (width - 1)); });
 }
 template <typename T>
 T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   const int d = static_cast<int>(delta);
-  return spl_emu::shuffle(mask, v, "__shfl_up_sync", [=](int lane) { return (lane & (width - 1)) < d ? -1 : lane - d; });
+  return spl_emu::shuffle(mask, v, "__shfl_up_sync",
+                          [=](int lane) { return (lane & (width - 1)) < d ? -1 : lane - d; });
 }
 template <typename T>
 T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
@@ -535,29 +544,51 @@ T atomic_update(T* p, F next) {
 }  // namespace spl_emu
 
 template <typename T>
-T atomicAdd(T* p, T v) { return spl_emu::atomic_update(p, [v](T old) { return static_cast<T>(old + v); }); }
+T atomicAdd(T* p, T v) {
+  return spl_emu::atomic_update(p, [v](T old) { return static_cast<T>(old + v); });
+}
 template <typename T>
-T atomicMax(T* p, T v) { return spl_emu::atomic_update(p, [v](T old) { return v > old ? v : old; }); }
+T atomicMax(T* p, T v) {
+  return spl_emu::atomic_update(p, [v](T old) { return v > old ? v : old; });
+}
 template <typename T>
-T atomicMin(T* p, T v) { return spl_emu::atomic_update(p, [v](T old) { return v < old ? v : old; }); }
+T atomicMin(T* p, T v) {
+  return spl_emu::atomic_update(p, [v](T old) { return v < old ? v : old; });
+}
 template <typename T>
-T atomicOr(T* p, T v) { return spl_emu::atomic_update(p, [v](T old) { return static_cast<T>(old | v); }); }
+T atomicOr(T* p, T v) {
+  return spl_emu::atomic_update(p, [v](T old) { return static_cast<T>(old | v); });
+}
 template <typename T>
-T atomicAnd(T* p, T v) { return spl_emu::atomic_update(p, [v](T old) { return static_cast<T>(old & v); }); }
+T atomicAnd(T* p, T v) {
+  return spl_emu::atomic_update(p, [v](T old) { return static_cast<T>(old & v); });
+}
 template <typename T>
-T atomicExch(T* p, T v) { return spl_emu::atomic_update(p, [v](T) { return v; }); }
+T atomicExch(T* p, T v) {
+  return spl_emu::atomic_update(p, [v](T) { return v; });
+}
 template <typename T>
-T atomicCAS(T* p, T compare, T v) { return spl_emu::atomic_update(p, [=](T old) { return old == compare ? v : old; }); }
+T atomicCAS(T* p, T compare, T v) {
+  return spl_emu::atomic_update(p, [=](T old) { return old == compare ? v : old; });
+}
 
 // ---- Loads and bit casts -------------------------------------------------------------------------
 template <typename T>
-T __ldg(const T* p) { return *p; }
+T __ldg(const T* p) {
+  return *p;
+}
 template <typename T>
-T __ldcg(const T* p) { return *p; }
+T __ldcg(const T* p) {
+  return *p;
+}
 template <typename T>
-T __ldcs(const T* p) { return *p; }
+T __ldcs(const T* p) {
+  return *p;
+}
 template <typename T>
-void __stcs(T* p, T v) { *p = v; }
+void __stcs(T* p, T v) {
+  *p = v;
+}
 inline unsigned __float_as_uint(float f) { return spl_emu::from_bits<unsigned>(spl_emu::to_bits(f)); }
 inline int __float_as_int(float f) { return spl_emu::from_bits<int>(spl_emu::to_bits(f)); }
 inline float __uint_as_float(unsigned u) { return spl_emu::from_bits<float>(spl_emu::to_bits(u)); }

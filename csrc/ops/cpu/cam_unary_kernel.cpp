@@ -24,8 +24,8 @@ namespace {
 constexpr int64_t kChunk = 512;
 
 template <typename scalar_t>
-void image_cam_unary(const scalar_t* cam, const int64_t* labels, const bool* present, int64_t C, int64_t HW,
-                     int64_t K, scalar_t t, scalar_t floor, double scale, float* out) {
+void image_cam_unary(const scalar_t* cam, const int64_t* labels, const bool* present, int64_t C, int64_t HW, int64_t K,
+                     scalar_t t, scalar_t floor, double scale, float* out) {
   std::vector<int64_t> classes;  // present classes of this image
   for (int64_t c = 0; c < C; ++c) {
     if (present[c]) classes.push_back(c);
@@ -72,8 +72,8 @@ void image_cam_unary(const scalar_t* cam, const int64_t* labels, const bool* pre
   }
 }
 
-at::Tensor cam_unary_cpu(const at::Tensor& cam, const at::Tensor& labels, const at::Tensor& class_mask,
-                         int64_t K, double bg_threshold, double floor) {
+at::Tensor cam_unary_cpu(const at::Tensor& cam, const at::Tensor& labels, const at::Tensor& class_mask, int64_t K,
+                         double bg_threshold, double floor) {
   check_cam_unary_args(cam, labels, class_mask, K, bg_threshold, floor);
   const int64_t B = cam.size(0), C = cam.size(1), HW = cam.size(2) * cam.size(3);
   at::Tensor out = at::zeros({B, C + 1, K}, cam.options().dtype(at::kFloat));

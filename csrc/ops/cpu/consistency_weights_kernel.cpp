@@ -61,7 +61,7 @@ std::tuple<at::Tensor, at::Tensor> consistency_weights_cpu(const at::Tensor& tar
     }
   });
   SPL_CHECK_VALUE(ok, op, ": ", target_range_message(), " (num_classes = ", num_classes,
-                    ", ignore_index = ", ignore_index, ")");
+                  ", ignore_index = ", ignore_index, ")");
   return {weights, transformed};
 }
 

@@ -41,8 +41,8 @@ at::Tensor edge_aware_unpool_cpu(const at::Tensor& features, const at::Tensor& l
       for (int64_t by = begin; by < end; ++by) {
         const int64_t b = by / H, y = by % H;
         for (int64_t x = 0; x < W; ++x) {
-          edge_aware_unpool_pixel<scalar_t, acc_t>(fp + b * C * K, lp + b * H * W, gp + b * D * H * W,
-                                                   mp + b * D * K, C, K, D, H, W, y, x, inv_two_var, radius,
+          edge_aware_unpool_pixel<scalar_t, acc_t>(fp + b * C * K, lp + b * H * W, gp + b * D * H * W, mp + b * D * K,
+                                                   C, K, D, H, W, y, x, inv_two_var, radius,
                                                    op_ + b * C * H * W + y * W + x);
         }
       }

@@ -108,15 +108,15 @@ class BorderCounts {
 };
 
 struct Scratch {
-  std::vector<int32_t> starts[2];  // run starts of two rows
+  std::vector<int32_t> starts[2];    // run starts of two rows
   Buffer<int32_t> work, uf, choice;  // see ImageMemory, when the caller has no spare memory
-  Buffer<int32_t> map;             // per pixel, when the labels cannot be overwritten
-  std::vector<int32_t> stack;      // pixels of the group being searched
+  Buffer<int32_t> map;               // per pixel, when the labels cannot be overwritten
+  std::vector<int32_t> stack;        // pixels of the group being searched
   BorderCounts counts;
 
   void release_if_large() {
-    const size_t total = work.bytes() + uf.bytes() + choice.bytes() + map.bytes() + stack.capacity() * 4 +
-                         counts.bytes();
+    const size_t total =
+        work.bytes() + uf.bytes() + choice.bytes() + map.bytes() + stack.capacity() * 4 + counts.bytes();
     if (total > kMaxKeptBytes) {
       work.release(), uf.release(), choice.release(), map.release(), counts.release();
       std::vector<int32_t>().swap(stack);
@@ -404,8 +404,7 @@ int64_t connect_regions_in_place(int32_t* labels, int64_t height, int64_t width,
 }
 
 template <typename label_t>
-int64_t connect_regions(const label_t* labels, int64_t height, int64_t width, int64_t min_size,
-                        int64_t* out) {
+int64_t connect_regions(const label_t* labels, int64_t height, int64_t width, int64_t min_size, int64_t* out) {
   Scratch& s = thread_scratch();
   ImageMemory m{s, nullptr, 0};
   const int64_t n = connect_image<label_t>(labels, height, width, min_size, s.map.get(height * width), out, m);
@@ -416,8 +415,7 @@ int64_t connect_regions(const label_t* labels, int64_t height, int64_t width, in
 template int64_t connect_regions<int32_t>(const int32_t*, int64_t, int64_t, int64_t, int64_t*);
 template int64_t connect_regions<int64_t>(const int64_t*, int64_t, int64_t, int64_t, int64_t*);
 
-int64_t renumber_by_first_pixel(const int32_t* labels, int64_t num_labels, int64_t num_pixels,
-                                int64_t* out) {
+int64_t renumber_by_first_pixel(const int32_t* labels, int64_t num_labels, int64_t num_pixels, int64_t* out) {
   std::vector<int64_t> id(num_labels, -1);
   int64_t n = 0;
   for (int64_t p = 0; p < num_pixels; ++p) {
@@ -445,7 +443,7 @@ std::tuple<at::Tensor, at::Tensor> enforce_connectivity_cpu(const at::Tensor& la
     return {out, counts};
   }
   SPL_CHECK_VALUE(all_in_range(input.const_data_ptr<int64_t>(), input.numel(), -1, std::numeric_limits<int64_t>::max()),
-                    "enforce_connectivity: labels must be >= -1 (-1 marks pixels outside every region)");
+                  "enforce_connectivity: labels must be >= -1 (-1 marks pixels outside every region)");
   const int64_t* in_ptr = input.const_data_ptr<int64_t>();
   int64_t* out_ptr = out.mutable_data_ptr<int64_t>();
   int64_t* counts_ptr = counts.mutable_data_ptr<int64_t>();

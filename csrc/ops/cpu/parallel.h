@@ -73,8 +73,8 @@ void parallel_work(int64_t n, double ns_per_unit, const F& f) {
     f(int64_t{0}, n);
     return;
   }
-  const int64_t chunk = std::clamp<int64_t>(
-      static_cast<int64_t>(static_cast<double>(chunk_ns()) / std::max(ns_per_unit, 1e-3)), 1, n);
+  const int64_t chunk =
+      std::clamp<int64_t>(static_cast<int64_t>(static_cast<double>(chunk_ns()) / std::max(ns_per_unit, 1e-3)), 1, n);
   const int64_t chunks = (n + chunk - 1) / chunk;
   const int64_t workers = std::min(threads, chunks);
   if (workers <= 1) {
@@ -107,7 +107,8 @@ inline bool all_in_range(const int64_t* v, int64_t n, int64_t low, int64_t high)
   std::atomic<bool> ok{true};
   parallel_work(n, kScanNs, [&](int64_t begin, int64_t end) {
     uint64_t outside = 0;
-    for (int64_t i = begin; i < end; ++i) outside |= static_cast<uint64_t>(static_cast<uint64_t>(v[i]) - static_cast<uint64_t>(low) > span);
+    for (int64_t i = begin; i < end; ++i)
+      outside |= static_cast<uint64_t>(static_cast<uint64_t>(v[i]) - static_cast<uint64_t>(low) > span);
     if (outside) ok = false;
   });
   return ok.load();

@@ -117,9 +117,9 @@ C10_ALWAYS_INLINE int32_t quantize(float v, float scale) { return static_cast<in
 // uint8 sRGB -> fixed-point L*a*b*. Indices are int32 so that the table lookups vectorise as
 // gathers (AVX2/AVX-512), in the same loop as the arithmetic.
 SPL_TARGET_CLONES
-void lab_from_uint8(int64_t n, const int32_t* __restrict r, const int32_t* __restrict g,
-                    const int32_t* __restrict b, const float* __restrict table, int32_t* __restrict L,
-                    int32_t* __restrict A, int32_t* __restrict B) {
+void lab_from_uint8(int64_t n, const int32_t* __restrict r, const int32_t* __restrict g, const int32_t* __restrict b,
+                    const float* __restrict table, int32_t* __restrict L, int32_t* __restrict A,
+                    int32_t* __restrict B) {
   for (int64_t i = 0; i < n; ++i) {
     float l, a, bb;
     linear_rgb_to_lab(table[r[i]], table[g[i]], table[b[i]], &l, &a, &bb);
@@ -403,15 +403,15 @@ enum class CellOutput {
 
 // The image a thread works on: features, centres and statistics of one image.
 struct ImageState {
-  const int32_t* q;        // [C][HW] cell-major fixed-point features
-  const float* scales;     // [C]
-  const float* inv_scales; // [C]
-  const bool* mask;        // [H, W] or null
-  float* centres;          // [K][C+2]
-  const uint8_t* alive;    // [K]
-  int64_t* stats;          // [K][9][C+3]
-  int8_t* slots;           // [HW] cell-major: each pixel's slot in the previous iteration
-  int32_t* labels;         // [H, W]
+  const int32_t* q;         // [C][HW] cell-major fixed-point features
+  const float* scales;      // [C]
+  const float* inv_scales;  // [C]
+  const bool* mask;         // [H, W] or null
+  float* centres;           // [K][C+2]
+  const uint8_t* alive;     // [K]
+  int64_t* stats;           // [K][9][C+3]
+  int8_t* slots;            // [HW] cell-major: each pixel's slot in the previous iteration
+  int32_t* labels;          // [H, W]
 };
 
 // One cell, one iteration: assigns the cell's pixels to the 9 candidate centres and writes labels
@@ -432,8 +432,8 @@ SPL_TARGET_CLONES void process_cell(const SlicConfig& cfg, int64_t k, const Imag
     const int64_t ny = cy + slot / 3 - 1, nx = cx + slot % 3 - 1;
     const bool valid = ny >= 0 && ny < g.cells_y && nx >= 0 && nx < g.cells_x && im.alive[ny * g.cells_x + nx];
     centre_of_slot[slot] = valid ? ny * g.cells_x + nx : -1;
-    expand_candidate(im.centres + (valid ? centre_of_slot[slot] : 0) * D, valid, s.reference.data(), cell.y0,
-                     cell.x0, cfg.weight_y, cfg.weight_x, C, s.cand.data() + slot * (C + 3));
+    expand_candidate(im.centres + (valid ? centre_of_slot[slot] : 0) * D, valid, s.reference.data(), cell.y0, cell.x0,
+                     cfg.weight_y, cfg.weight_x, C, s.cand.data() + slot * (C + 3));
   }
   int64_t* stats = im.stats + k * kSlots * S;
   if (output == CellOutput::kFirstStats) std::fill(stats, stats + kSlots * S, int64_t{0});
@@ -494,16 +494,16 @@ SPL_TARGET_CLONES void process_cell(const SlicConfig& cfg, int64_t k, const Imag
         changed |= static_cast<uint64_t>(previous[block + j] != s.best_slot[block + j]) << j;
       }
       for (; changed; changed &= changed - 1) {
-      const int64_t i = block + __builtin_ctzll(changed);
-      const int32_t from = previous[i], to = s.best_slot[i];
-      int64_t* out = stats + from * S;
-      int64_t* in = stats + to * S;
-      const int64_t channels = kC > 0 ? kC : C;  // a constant when the channel count is
-      for (int64_t c = 0; c < channels; ++c) out[c] -= planes[c][i], in[c] += planes[c][i];
-      out[channels] -= y0 + yi[i], in[channels] += y0 + yi[i];
-      out[channels + 1] -= x0 + xi[i], in[channels + 1] += x0 + xi[i];
-      out[channels + 2] -= 1, in[channels + 2] += 1;
-      previous[i] = static_cast<int8_t>(to);
+        const int64_t i = block + __builtin_ctzll(changed);
+        const int32_t from = previous[i], to = s.best_slot[i];
+        int64_t* out = stats + from * S;
+        int64_t* in = stats + to * S;
+        const int64_t channels = kC > 0 ? kC : C;  // a constant when the channel count is
+        for (int64_t c = 0; c < channels; ++c) out[c] -= planes[c][i], in[c] += planes[c][i];
+        out[channels] -= y0 + yi[i], in[channels] += y0 + yi[i];
+        out[channels + 1] -= x0 + xi[i], in[channels + 1] += x0 + xi[i];
+        out[channels + 2] -= 1, in[channels + 2] += 1;
+        previous[i] = static_cast<int8_t>(to);
       }
     }
   }
@@ -609,7 +609,7 @@ std::tuple<at::Tensor, at::Tensor> slic_cpu(const at::Tensor& image, int64_t n_s
     const scalar_t* src = img.const_data_ptr<scalar_t>();
     if (!std::is_same<scalar_t, uint8_t>::value) {
       SPL_CHECK_VALUE(all_finite(src, mask_ptr, B, C, HW),
-                        "slic: image contains NaN or infinite values (at pixels inside the mask)");
+                      "slic: image contains NaN or infinite values (at pixels inside the mask)");
     }
     feature_scales<scalar_t>(cfg, src, mask_ptr, scales.data());
     const SrgbTable table = make_srgb_table();
@@ -628,9 +628,15 @@ std::tuple<at::Tensor, at::Tensor> slic_cpu(const at::Tensor& image, int64_t n_s
   for (int64_t i = 0; i < B * C; ++i) inv_scales[i] = 1.0f / scales[i];
 
   auto state = [&](int64_t b) {
-    return ImageState{q + b * C * HW, scales.data() + b * C, inv_scales.data() + b * C,
-                      mask_ptr ? mask_ptr + b * HW : nullptr, centres.data() + b * K * D, alive.data() + b * K,
-                      stats + b * K * kSlots * S, slots + b * HW, labels + b * HW};
+    return ImageState{q + b * C * HW,
+                      scales.data() + b * C,
+                      inv_scales.data() + b * C,
+                      mask_ptr ? mask_ptr + b * HW : nullptr,
+                      centres.data() + b * K * D,
+                      alive.data() + b * K,
+                      stats + b * K * kSlots * S,
+                      slots + b * HW,
+                      labels + b * HW};
   };
   auto run = [&](auto kc) {
     constexpr int kC = decltype(kc)::value;
@@ -656,8 +662,8 @@ std::tuple<at::Tensor, at::Tensor> slic_cpu(const at::Tensor& image, int64_t n_s
   int64_t* counts_ptr = counts.mutable_data_ptr<int64_t>();
   parallel_items(B, kConnectNs * static_cast<double>(HW), [&](int64_t b) {
     int32_t* spare = release ? nullptr : q + b * C * HW;
-    counts_ptr[b] = cfg.connect ? cpu::connect_regions_in_place(labels + b * HW, H, W, cfg.min_size,
-                                                                out_ptr + b * HW, spare, C * HW)
+    counts_ptr[b] = cfg.connect ? cpu::connect_regions_in_place(labels + b * HW, H, W, cfg.min_size, out_ptr + b * HW,
+                                                                spare, C * HW)
                                 : cpu::renumber_by_first_pixel(labels + b * HW, K, HW, out_ptr + b * HW);
   });
   if (release) ws.labels.release();

@@ -31,8 +31,8 @@ namespace {
 constexpr double kEdgeNs = 0.6;
 
 // Checks indptr, node_offset and that every edge stays inside the image of its row.
-void check_structure(const char* op, const at::Tensor& indptr, const at::Tensor& indices,
-                     const at::Tensor& node_offset, int64_t N) {
+void check_structure(const char* op, const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& node_offset,
+                     int64_t N) {
   const int64_t* ip = indptr.const_data_ptr<int64_t>();
   const int64_t* ix = indices.const_data_ptr<int64_t>();
   const int64_t* off = node_offset.const_data_ptr<int64_t>();
@@ -55,7 +55,8 @@ void check_structure(const char* op, const at::Tensor& indptr, const at::Tensor&
 // are fewer images than threads and a round of the batch is worth a region; otherwise each image
 // runs all its rounds on one thread.
 bool rows_per_round(int64_t images, double image_round_ns) {
-  return images < at::get_num_threads() && image_round_ns * static_cast<double>(images) >= static_cast<double>(inline_ns());
+  return images < at::get_num_threads() &&
+         image_round_ns * static_cast<double>(images) >= static_cast<double>(inline_ns());
 }
 
 // Channels [c0, c0 + kVectors * lanes) of row i, as GCC vector types (V: 16 or 32 bytes, or the
@@ -105,7 +106,8 @@ SPL_TARGET_CLONES void propagate_rows(int64_t begin, int64_t end, int64_t C, con
     for (; c + 4 * k32 <= C; c += 4 * k32) {
       propagate_block<V32, 4>(c, e0, e1, C, ix, ev, d, self, src, xi, alpha, keep, out);
     }
-    if (c + 2 * k32 <= C) propagate_block<V32, 2>(c, e0, e1, C, ix, ev, d, self, src, xi, alpha, keep, out), c += 2 * k32;
+    if (c + 2 * k32 <= C)
+      propagate_block<V32, 2>(c, e0, e1, C, ix, ev, d, self, src, xi, alpha, keep, out), c += 2 * k32;
     if (c + k32 <= C) propagate_block<V32, 1>(c, e0, e1, C, ix, ev, d, self, src, xi, alpha, keep, out), c += k32;
     if (c + k16 <= C) propagate_block<V16, 1>(c, e0, e1, C, ix, ev, d, self, src, xi, alpha, keep, out), c += k16;
     for (; c < C; ++c) propagate_block<scalar_t, 1>(c, e0, e1, C, ix, ev, d, self, src, xi, alpha, keep, out);
@@ -164,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_propagate_backward_cpu(
   const char* op = "sparse_propagate (backward)";
   check_sparse_propagate_args(op, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha);
   SPL_CHECK_VALUE(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(), op,
-                    ": grad must match x in shape and dtype");
+                  ": grad must match x in shape and dtype");
   const at::Tensor ip_t = indptr.contiguous(), ix_t = indices.contiguous(), off = node_offset.contiguous();
   const at::Tensor ev_t = edge_value.contiguous(), sv_t = self_value.contiguous(), xc = x.contiguous();
   const int64_t N = xc.size(0), C = xc.size(1), E = ix_t.size(0);

@@ -96,7 +96,8 @@ bool image_graph(const int64_t* l, int64_t H, int64_t W, int64_t K, ImageGraph& 
       for (size_t i = first + 1; i < last; ++i) {
         const int64_t n = g.neighbour[i], c = g.border[i];
         size_t j = i;
-        for (; j > first && g.neighbour[j - 1] > n; --j) g.neighbour[j] = g.neighbour[j - 1], g.border[j] = g.border[j - 1];
+        for (; j > first && g.neighbour[j - 1] > n; --j)
+          g.neighbour[j] = g.neighbour[j - 1], g.border[j] = g.border[j - 1];
         g.neighbour[j] = n, g.border[j] = c;
       }
     } else {
@@ -132,7 +133,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> superpixel_adjacency_cpu(const at
   });
   const int64_t bad = bad_image.load();
   SPL_CHECK_VALUE(bad < 0, "superpixel_adjacency: labels of image ", bad, " must be in [-1, ",
-                    bad < 0 ? 0 : off[bad + 1] - off[bad], ") (its number of superpixels; -1: ignored pixel)");
+                  bad < 0 ? 0 : off[bad + 1] - off[bad], ") (its number of superpixels; -1: ignored pixel)");
   int64_t E = 0;
   for (const auto& g : graphs) E += static_cast<int64_t>(g.neighbour.size());
   const auto opts = labels.options();

@@ -23,8 +23,8 @@ inline void check_label_range(const char* op, const at::Tensor& labels, int64_t 
   const int64_t* l = labels.const_data_ptr<int64_t>();
   if (num_superpixels >= 0 && all_in_range(l, n, -1, num_superpixels - 1)) return;
   const auto [min, max] = min_max(l, n);
-  SPL_CHECK_VALUE(min >= -1 && max < num_superpixels, op, ": ", label_range_message(), ", with num_superpixels = ",
-                  num_superpixels, "; got values in [", min, ", ", max, "]");
+  SPL_CHECK_VALUE(min >= -1 && max < num_superpixels, op, ": ", label_range_message(),
+                  ", with num_superpixels = ", num_superpixels, "; got values in [", min, ", ", max, "]");
 }
 
 // Class histogram of one image: hist[k * num_classes + y] += 1 for labelled pixels of superpixel k.

@@ -103,8 +103,8 @@ std::tuple<at::Tensor, at::Tensor> superpixel_pool_cpu(const at::Tensor& x, cons
   if (out.numel() == 0) return {out.zero_(), aux};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "superpixel_pool_cpu", [&] {
     pool_forward<scalar_t>(xc.const_data_ptr<scalar_t>(), lc.const_data_ptr<int64_t>(),
-                           reduce == PoolReduce::kMax ? nullptr : aux.const_data_ptr<int64_t>(), B, C, H * W, K,
-                           reduce, out.mutable_data_ptr<scalar_t>(),
+                           reduce == PoolReduce::kMax ? nullptr : aux.const_data_ptr<int64_t>(), B, C, H * W, K, reduce,
+                           out.mutable_data_ptr<scalar_t>(),
                            reduce == PoolReduce::kMax ? aux.mutable_data_ptr<int64_t>() : nullptr);
   });
   return {out, aux};
@@ -120,8 +120,8 @@ at::Tensor superpixel_pool_backward_cpu(const at::Tensor& grad, const at::Tensor
   const int64_t B = grad.size(0), C = grad.size(1), K = grad.size(2), HW = H * W;
   const at::Tensor g = grad.contiguous(), lc = labels.contiguous(), ac = aux.contiguous();
   // Sum and mean write every element (the gather writes 0 where the label is -1): no zero fill.
-  at::Tensor grad_x = reduce == PoolReduce::kMax ? at::zeros({B, C, H, W}, grad.options())
-                                                 : at::empty({B, C, H, W}, grad.options());
+  at::Tensor grad_x =
+      reduce == PoolReduce::kMax ? at::zeros({B, C, H, W}, grad.options()) : at::empty({B, C, H, W}, grad.options());
   if (grad_x.numel() == 0) return grad_x;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "superpixel_pool_backward_cpu", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();

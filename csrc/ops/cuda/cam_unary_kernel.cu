@@ -21,10 +21,9 @@ namespace {
 constexpr int kThreads = 256;
 
 template <typename scalar_t>
-__global__ void cam_unary_sum_kernel(const scalar_t* cam, const int64_t* labels, const bool* class_mask,
-                                     int64_t batch, int64_t channels, int64_t pixels, int64_t K, scalar_t t,
-                                     scalar_t floor, double scale, unsigned long long* sums,
-                                     unsigned long long* counts) {
+__global__ void cam_unary_sum_kernel(const scalar_t* cam, const int64_t* labels, const bool* class_mask, int64_t batch,
+                                     int64_t channels, int64_t pixels, int64_t K, scalar_t t, scalar_t floor,
+                                     double scale, unsigned long long* sums, unsigned long long* counts) {
   const int64_t n = batch * pixels;
   const scalar_t lower = log(floor) - scalar_t(1), upper = scalar_t(1);  // clamp: see cam_unary.h
   // Every thread runs the same number of rounds and channels (the warp shuffles need all lanes).

@@ -18,8 +18,8 @@ namespace {
 constexpr int kThreads = 256;
 
 // Per superpixel: its total count, majority class and whether it is relabelled.
-__global__ void decide_kernel(const int32_t* hist, int64_t superpixels, int64_t num_classes, double tau,
-                              int32_t* total, int32_t* majority, uint8_t* transform) {
+__global__ void decide_kernel(const int32_t* hist, int64_t superpixels, int64_t num_classes, double tau, int32_t* total,
+                              int32_t* majority, uint8_t* transform) {
   SPL_CUDA_1D_LOOP(i, superpixels) {
     int64_t n = 0, m = 0;
     bool tr = false;
@@ -76,8 +76,8 @@ std::tuple<at::Tensor, at::Tensor> consistency_weights_cuda(const at::Tensor& ta
   }
   write_kernel<<<blocks_for(B * HW, kThreads), kThreads, 0, stream>>>(
       t.const_data_ptr<int64_t>(), lc.const_data_ptr<int64_t>(), hist.const_data_ptr<int32_t>(), total, majority,
-      transform.const_data_ptr<uint8_t>(), B * HW, HW, K, num_classes, gamma, ignore_index,
-      weights.data_ptr<float>(), transformed.data_ptr<int64_t>());
+      transform.const_data_ptr<uint8_t>(), B * HW, HW, K, num_classes, gamma, ignore_index, weights.data_ptr<float>(),
+      transformed.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {weights, transformed};
 }

@@ -27,8 +27,8 @@ inline unsigned blocks_for(int64_t n, int threads) {
   return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > (int64_t{1} << 20) ? (int64_t{1} << 20) : blocks));
 }
 
-#define SPL_CUDA_1D_LOOP(i, n)                                                                  \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n);         \
+#define SPL_CUDA_1D_LOOP(i, n)                                                           \
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(blockDim.x) * gridDim.x)
 
 // A 2-D grid over `planes` planes (image x channel) of `pixels` elements: blockIdx.y walks the
@@ -42,8 +42,8 @@ inline dim3 plane_blocks(int64_t planes, int64_t pixels, int threads) {
 }
 
 #define SPL_CUDA_PLANES(plane, planes) for (int64_t plane = blockIdx.y; plane < (planes); plane += gridDim.y)
-#define SPL_CUDA_PLANE_PIXELS(p, pixels)                                                           \
-  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < (pixels);    \
+#define SPL_CUDA_PLANE_PIXELS(p, pixels)                                                      \
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < (pixels); \
        p += static_cast<int64_t>(blockDim.x) * gridDim.x)
 
 // Exact integer sum over a full warp (every lane must call it).

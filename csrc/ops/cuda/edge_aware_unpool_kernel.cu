@@ -38,8 +38,8 @@ __global__ void edge_aware_unpool_kernel(const scalar_t* features, const int64_t
         for (int64_t xx = (x - radius < 0 ? 0 : x - radius); xx <= (x + radius >= W ? W - 1 : x + radius); ++xx)
           window_ok &= lb[yy * W + xx] >= -1 && lb[yy * W + xx] < K;
       if (!window_ok) continue;
-      edge_aware_unpool_pixel<scalar_t, acc_t>(features + b * C * K, lb, guide + b * D * HW, means + b * D * K, C, K,
-                                               D, H, W, y, x, inv_two_var, radius, out + b * C * HW + p);
+      edge_aware_unpool_pixel<scalar_t, acc_t>(features + b * C * K, lb, guide + b * D * HW, means + b * D * K, C, K, D,
+                                               H, W, y, x, inv_two_var, radius, out + b * C * HW + p);
     }
   }
 }

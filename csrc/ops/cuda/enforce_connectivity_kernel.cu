@@ -94,8 +94,8 @@ __global__ void flatten_kernel(int64_t n, int32_t* parent, int32_t* size) {
 // Calls f(source, neighbour) for every 4-adjacent pixel pair of different regions, once in each
 // direction whose source region is small.
 template <typename F>
-__device__ __forceinline__ void for_small_borders(int64_t p, const int32_t* region, const int32_t* size,
-                                                  int64_t height, int64_t width, int32_t min_size, F&& f) {
+__device__ __forceinline__ void for_small_borders(int64_t p, const int32_t* region, const int32_t* size, int64_t height,
+                                                  int64_t width, int32_t min_size, F&& f) {
   const int32_t a = region[p];
   if (a < 0) return;
   const int64_t x = p % width, y = (p / width) % height;
@@ -284,9 +284,7 @@ __global__ void iota_kernel(int64_t n, int32_t* out) {
 
 // flag[p] = 1 where p is the id of a final region (its first pixel); flag[n] = 0.
 __global__ void id_flags_kernel(int64_t n, const int32_t* region, const int32_t* rep, int32_t* flag) {
-  SPL_CUDA_1D_LOOP(p, n + 1) {
-    flag[p] = p < n && region[p] == p && (rep == nullptr || rep[p] == p);
-  }
+  SPL_CUDA_1D_LOOP(p, n + 1) { flag[p] = p < n && region[p] == p && (rep == nullptr || rep[p] == p); }
 }
 
 __global__ void write_labels_kernel(int64_t n, int64_t pixels, const int32_t* region, const int32_t* rep,
@@ -349,8 +347,8 @@ __global__ void region_of_label_kernel(int64_t n, int64_t pixels, int64_t num_la
 
 }  // namespace
 
-void renumber_by_first_pixel(const int32_t* labels, int64_t batch, int64_t pixels, int64_t num_labels,
-                             int64_t* out, int64_t* counts, const at::Device& device, cudaStream_t stream) {
+void renumber_by_first_pixel(const int32_t* labels, int64_t batch, int64_t pixels, int64_t num_labels, int64_t* out,
+                             int64_t* counts, const at::Device& device, cudaStream_t stream) {
   const int64_t n = batch * pixels;
   at::Tensor buffers = at::empty({batch * num_labels + n}, at::TensorOptions().dtype(at::kInt).device(device));
   int32_t* first = buffers.data_ptr<int32_t>();
@@ -360,7 +358,7 @@ void renumber_by_first_pixel(const int32_t* labels, int64_t batch, int64_t pixel
   first_pixel_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream>>>(n, pixels, num_labels, labels, first);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   region_of_label_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream>>>(n, pixels, num_labels, labels, first,
-                                                                         region);
+                                                                           region);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   write_ranked_labels(region, nullptr, batch, pixels, out, counts, device, stream);
 }
@@ -372,8 +370,8 @@ namespace {
 // Union-find labelling: region[p] becomes the first pixel of p's component (-1 outside), and
 // size[r] (zeroed by the caller) the pixel count of region r.
 template <typename label_t>
-void label_components(const label_t* labels, int64_t n, int64_t height, int64_t width, int32_t* region,
-                      int32_t* size, cudaStream_t stream) {
+void label_components(const label_t* labels, int64_t n, int64_t height, int64_t width, int32_t* region, int32_t* size,
+                      cudaStream_t stream) {
   const unsigned blocks = blocks_for(n, kThreads);
   init_parent_kernel<<<blocks, kThreads, 0, stream>>>(labels, n, region);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -387,8 +385,7 @@ void label_components(const label_t* labels, int64_t n, int64_t height, int64_t 
 // and direction whose source region is small), counted in *total. Synchronises.
 int64_t count_border_keys(const int32_t* region, const int32_t* size, int64_t n, int64_t height, int64_t width,
                           int32_t small, unsigned long long* total, cudaStream_t stream) {
-  count_borders_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream>>>(n, region, size, height, width, small,
-                                                                          total);
+  count_borders_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream>>>(n, region, size, height, width, small, total);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t num_keys = static_cast<int64_t>(read_scalar(total, stream));
   SPL_CHECK(num_keys < INT_MAX, "connectivity: too many borders in one CUDA batch; split the batch");
@@ -411,8 +408,8 @@ void sort_and_count_runs(cub::DoubleBuffer<uint64_t>& keys, int64_t num_keys, in
                          const at::Device& device, cudaStream_t stream) {
   const int num_bits = 2 * 32;
   size_t sort_bytes = 0, rle_bytes = 0;
-  C10_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, sort_bytes, keys, static_cast<int>(num_keys), 0, num_bits,
-                                                stream));
+  C10_CUDA_CHECK(
+      cub::DeviceRadixSort::SortKeys(nullptr, sort_bytes, keys, static_cast<int>(num_keys), 0, num_bits, stream));
   C10_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(nullptr, rle_bytes, keys.Current(), keys.Alternate(), lengths,
                                                     num_runs, static_cast<int>(num_keys), stream));
   at::Tensor temp = device_bytes(static_cast<int64_t>(std::max(sort_bytes, rle_bytes)), device);
@@ -498,8 +495,8 @@ MergeState make_merge_state(const at::Tensor& size_tensor, int64_t n, int64_t nu
   m.num_groups_d = m.val_buffers[1] + num_pairs;
   cub::DoubleBuffer<uint64_t> cand(m.cand_buffers[0], m.cand_buffers[1]);
   cub::DoubleBuffer<int32_t> val(m.val_buffers[0], m.val_buffers[1]);
-  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, m.pairs_bytes, cand, val, static_cast<int>(num_pairs), 0,
-                                                 64, stream));
+  C10_CUDA_CHECK(
+      cub::DeviceRadixSort::SortPairs(nullptr, m.pairs_bytes, cand, val, static_cast<int>(num_pairs), 0, 64, stream));
   C10_CUDA_CHECK(cub::DeviceReduce::ReduceByKey(nullptr, m.reduce_bytes, cand.Current(), cand.Alternate(),
                                                 val.Current(), val.Alternate(), m.num_groups_d,
                                                 ::cuda::std::plus<int32_t>(), static_cast<int>(num_pairs), stream));
@@ -517,8 +514,8 @@ bool merge_round(MergeState& m, const Borders& borders, const int32_t* region, c
   cub::DoubleBuffer<uint64_t> cand(m.cand_buffers[0], m.cand_buffers[1]);
   cub::DoubleBuffer<int32_t> val(m.val_buffers[0], m.val_buffers[1]);
   C10_CUDA_CHECK(cudaMemsetAsync(total, 0, sizeof(unsigned long long), stream));
-  group_pairs_kernel<<<pair_blocks, kThreads, 0, stream>>>(num_pairs, borders.pair, borders.border, m.rep,
-                                                           m.group_size, small, cand.Current(), val.Current(), total);
+  group_pairs_kernel<<<pair_blocks, kThreads, 0, stream>>>(num_pairs, borders.pair, borders.border, m.rep, m.group_size,
+                                                           small, cand.Current(), val.Current(), total);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (read_scalar(total, stream) == 0) return false;
   C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(m.round_temp.data_ptr(), m.pairs_bytes, cand, val,
@@ -579,8 +576,8 @@ void connect_regions(const label_t* labels, int64_t batch, int64_t height, int64
   const int32_t small = static_cast<int32_t>(min_size < INT_MAX ? min_size : INT_MAX);
   const at::Tensor rep_t =
       small > 1 ? merge_small_regions(region, size_tensor, n, height, width, small, device, stream) : at::Tensor();
-  write_ranked_labels(region, rep_t.defined() ? rep_t.data_ptr<int32_t>() : nullptr, batch, pixels, out, counts,
-                      device, stream);
+  write_ranked_labels(region, rep_t.defined() ? rep_t.data_ptr<int32_t>() : nullptr, batch, pixels, out, counts, device,
+                      stream);
 }
 
 template void connect_regions<int32_t>(const int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t*, int64_t*,
@@ -602,7 +599,7 @@ std::tuple<at::Tensor, at::Tensor> enforce_connectivity_cuda(const at::Tensor& l
   const at::Tensor input = labels.contiguous();
   const int64_t B = input.size(0), H = input.size(1), W = input.size(2);
   SPL_CHECK_VALUE(B * H * W < (int64_t{1} << 31),
-                    "enforce_connectivity: a CUDA batch must have fewer than 2^31 pixels; split the batch");
+                  "enforce_connectivity: a CUDA batch must have fewer than 2^31 pixels; split the batch");
   at::Tensor out = at::empty({B, H, W}, input.options());
   at::Tensor counts = at::zeros({B}, input.options());
   if (input.numel() == 0) return {out, counts};
@@ -612,7 +609,7 @@ std::tuple<at::Tensor, at::Tensor> enforce_connectivity_cuda(const at::Tensor& l
       input.numel(), input.const_data_ptr<int64_t>(), reinterpret_cast<unsigned long long*>(below.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   SPL_CHECK_VALUE(below.item<int64_t>() == 0,
-                    "enforce_connectivity: labels must be >= -1 (-1 marks pixels outside every region)");
+                  "enforce_connectivity: labels must be >= -1 (-1 marks pixels outside every region)");
   connect_regions<int64_t>(input.const_data_ptr<int64_t>(), B, H, W, min_size, out.data_ptr<int64_t>(),
                            counts.data_ptr<int64_t>(), input.device(), stream);
   return {out, counts};

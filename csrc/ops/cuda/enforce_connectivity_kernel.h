@@ -19,8 +19,8 @@ void connect_regions(const label_t* labels, int64_t batch, int64_t height, int64
 
 // labels: [B, H*W] in [0, num_labels) or -1. Renumbers each image's labels 0..n_b-1 in raster
 // order of their first pixel (no connectivity).
-void renumber_by_first_pixel(const int32_t* labels, int64_t batch, int64_t pixels, int64_t num_labels,
-                             int64_t* out, int64_t* counts, const at::Device& device, cudaStream_t stream);
+void renumber_by_first_pixel(const int32_t* labels, int64_t batch, int64_t pixels, int64_t num_labels, int64_t* out,
+                             int64_t* counts, const at::Device& device, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace spl

@@ -11,8 +11,8 @@ namespace spl {
 namespace cuda {
 
 template <typename scalar_t, bool kCheck>
-__global__ void gather_by_label_kernel(const scalar_t* values, const int64_t* labels, int64_t batch,
-                                       int64_t channels, int64_t pixels, int64_t K, scalar_t* out, int* error) {
+__global__ void gather_by_label_kernel(const scalar_t* values, const int64_t* labels, int64_t batch, int64_t channels,
+                                       int64_t pixels, int64_t K, scalar_t* out, int* error) {
   SPL_CUDA_PLANES(bc, batch * channels) {
     const int64_t* l = labels + (bc / channels) * pixels;  // one division per plane, not per element
     const scalar_t* v = values + bc * K;

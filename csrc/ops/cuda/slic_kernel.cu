@@ -99,8 +99,8 @@ __global__ void features_kernel(const scalar_t* image, const bool* mask, int64_t
 
 // ---- 2. Seeds --------------------------------------------------------------------------------
 
-__global__ void init_centres_kernel(const int32_t* q, const float* scales, const bool* mask, GridArgs g,
-                                    int64_t batch, int64_t channels, float* centres, uint8_t* alive) {
+__global__ void init_centres_kernel(const int32_t* q, const float* scales, const bool* mask, GridArgs g, int64_t batch,
+                                    int64_t channels, float* centres, uint8_t* alive) {
   const int64_t K = g.cells_y * g.cells_x, pixels = g.height * g.width;
   SPL_CUDA_1D_LOOP(bk, batch * K) {
     const int64_t b = bk / K, k = bk % K, cy = k / g.cells_x, cx = k % g.cells_x;
@@ -121,9 +121,9 @@ __global__ void init_centres_kernel(const int32_t* q, const float* scales, const
     alive[bk] = found;
     float* centre = centres + bk * (channels + 2);
     for (int64_t c = 0; c < channels; ++c) {
-      centre[c] = found ? static_cast<float>(q[(b * channels + c) * pixels + sy * g.width + sx]) /
-                              scales[b * channels + c]
-                        : INFINITY;
+      centre[c] =
+          found ? static_cast<float>(q[(b * channels + c) * pixels + sy * g.width + sx]) / scales[b * channels + c]
+                : INFINITY;
     }
     centre[channels] = found ? static_cast<float>(sy) : INFINITY;
     centre[channels + 1] = found ? static_cast<float>(sx) : INFINITY;
@@ -151,8 +151,8 @@ static_assert(32 * kPixelsPerThread * (int64_t{1} << 23) < (int64_t{1} << 31), "
 // Exact warp sum of int64 values of magnitude < 2^40 (pixel positions: a thread's sum of
 // kPixelsPerThread coordinates < 2^31), as two int32 warp sums of the high and low 16 bits.
 __device__ __forceinline__ int64_t warp_sum_wide(int64_t v) {
-  const int32_t high = static_cast<int32_t>(v >> 16);      // arithmetic shift: v = high * 2^16 + low
-  const int32_t low = static_cast<int32_t>(v & 0xFFFF);    // in [0, 2^16): 32 of them sum below 2^21
+  const int32_t high = static_cast<int32_t>(v >> 16);    // arithmetic shift: v = high * 2^16 + low
+  const int32_t low = static_cast<int32_t>(v & 0xFFFF);  // in [0, 2^16): 32 of them sum below 2^21
   return static_cast<int64_t>(warp_sum(high)) * 65536 + warp_sum(low);
 }
 
@@ -212,8 +212,7 @@ __device__ __forceinline__ void round_positions(uint32_t base, uint32_t w, uint3
 template <int kC>
 __device__ __forceinline__ void load_round(const Cell& cell, const int32_t* qb, const bool* mb, int64_t pixels,
                                            uint32_t base, uint32_t step, uint32_t n, const PerPixel<uint32_t>& ly,
-                                           const PerPixel<uint32_t>& lx, PerPixel<bool>& inside,
-                                           RawFeatures<kC>& raw) {
+                                           const PerPixel<uint32_t>& lx, PerPixel<bool>& inside, RawFeatures<kC>& raw) {
   SPL_UNROLL
   for (int r = 0; r < kPixelsPerThread; ++r) {
     const uint32_t i = base + r * step + threadIdx.x;
@@ -234,8 +233,8 @@ template <int kC>
 __device__ __forceinline__ void nearest_slots(const Cell& cell, const PerPixel<uint32_t>& ly,
                                               const PerPixel<uint32_t>& lx, const PerPixel<bool>& inside,
                                               const RawFeatures<kC>& raw, const int32_t* qb, int64_t pixels,
-                                              const float* inv, const float* reference, const float* cand,
-                                              int64_t C, int64_t E, PerPixel<int>& slot) {
+                                              const float* inv, const float* reference, const float* cand, int64_t C,
+                                              int64_t E, PerPixel<int>& slot) {
   SPL_UNROLL
   for (int r = 0; r < kPixelsPerThread; ++r) {
     slot[r] = -1;
@@ -312,8 +311,8 @@ __device__ __forceinline__ void add_feature_sums(int s, const PerPixel<int>& slo
 // Slot s's sums of pixel rows and columns (image coordinates) and its pixel count over the warp's
 // pixels of the round, added to out[C], out[C + 1] and out[C + 2] by lane 0.
 __device__ __forceinline__ void add_position_sums(int s, const PerPixel<int>& slot, const Cell& cell,
-                                                  const PerPixel<uint32_t>& ly, const PerPixel<uint32_t>& lx,
-                                                  int64_t C, int lane, int64_t* out) {
+                                                  const PerPixel<uint32_t>& ly, const PerPixel<uint32_t>& lx, int64_t C,
+                                                  int lane, int64_t* out) {
   int64_t sy = 0, sx = 0;
   int32_t count = 0;
   SPL_UNROLL
@@ -355,17 +354,17 @@ __device__ __forceinline__ void write_block_statistics(const int64_t* partial, i
 template <int kC, bool kLast>
 __global__ void __launch_bounds__(kMaxCellThreads)
     assign_kernel(const int32_t* q, const float* inv_scales, const bool* mask, const float* centres,
-                  const uint8_t* alive, GridArgs g, int64_t channels, float weight_y, float weight_x,
-                  int64_t* stats, int32_t* labels) {
+                  const uint8_t* alive, GridArgs g, int64_t channels, float weight_y, float weight_x, int64_t* stats,
+                  int32_t* labels) {
   constexpr int P = kPixelsPerThread;
   const int64_t C = kC > 0 ? kC : channels, D = C + 2, S = C + 3, E = C + 3;
   const int64_t K = g.cells_y * g.cells_x, pixels = g.height * g.width;
   const int64_t bk = blockIdx.x, b = bk / K, k = bk % K, cy = k / g.cells_x, cx = k % g.cells_x;
   const int warps = static_cast<int>(blockDim.x) / 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   extern __shared__ int64_t shared[];
-  int64_t* partial = shared;                                               // [warps][9][S]
-  float* cand = reinterpret_cast<float*>(partial + warps * kSlots * S);    // [9][E]
-  float* reference = cand + kSlots * E;                                    // [C]
+  int64_t* partial = shared;                                             // [warps][9][S]
+  float* cand = reinterpret_cast<float*>(partial + warps * kSlots * S);  // [9][E]
+  float* reference = cand + kSlots * E;                                  // [C]
   __shared__ int32_t centre_of_slot[kSlots];
 
   const int64_t y0 = cell_begin(cy, g.cells_y, g.height), y1 = cell_begin(cy + 1, g.cells_y, g.height);
@@ -373,8 +372,7 @@ __global__ void __launch_bounds__(kMaxCellThreads)
   const Cell cell{y0, x0, g.width};
   load_reference(centres, alive, bk, C, D, reference);
   __syncthreads();
-  expand_candidates(centres, alive, g, b, cy, cx, y0, x0, weight_y, weight_x, C, D, E, reference, cand,
-                    centre_of_slot);
+  expand_candidates(centres, alive, g, b, cy, cx, y0, x0, weight_y, weight_x, C, D, E, reference, cand, centre_of_slot);
   if (!kLast) {
     for (int64_t t = threadIdx.x; t < warps * kSlots * S; t += blockDim.x) partial[t] = 0;
   }
@@ -438,7 +436,8 @@ AssignLaunch assign_launch(const Grid& grid, int64_t C, int device_index) {
       std::min<int64_t>(kMaxCellThreads, 32 * ceil_div(ceil_div(largest_cell, kPixelsPerThread), 32)));
   int optin = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_index));
-  while (launch.threads > 32 && assign_shared_bytes(launch.threads, C) > static_cast<size_t>(optin)) launch.threads -= 32;
+  while (launch.threads > 32 && assign_shared_bytes(launch.threads, C) > static_cast<size_t>(optin))
+    launch.threads -= 32;
   launch.shared_bytes = assign_shared_bytes(launch.threads, C);
   SPL_CHECK_VALUE(launch.shared_bytes <= static_cast<size_t>(optin), "slic: ", C,
                   " channels need more shared memory than this GPU has per block; reduce the channels (e.g. "
@@ -467,8 +466,8 @@ void run_iterations(const SlicConfig& cfg, const AssignLaunch& launch, cudaStrea
   const int64_t BK = cfg.batch * cfg.num_centres();
   for (int64_t it = 0; it + 1 < cfg.iterations; ++it) {
     launch_assign<kC, false>(cfg, launch, stream, q, inv_scales, mask, centres, alive, g, stats, labels);
-    update_kernel<<<blocks_for(BK, kThreads), kThreads, 0, stream>>>(stats, scales, alive, g, cfg.batch,
-                                                                     cfg.channels, centres);
+    update_kernel<<<blocks_for(BK, kThreads), kThreads, 0, stream>>>(stats, scales, alive, g, cfg.batch, cfg.channels,
+                                                                     centres);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   launch_assign<kC, true>(cfg, launch, stream, q, inv_scales, mask, centres, alive, g, stats, labels);
@@ -484,7 +483,7 @@ std::tuple<at::Tensor, at::Tensor> slic_cuda(const at::Tensor& image, int64_t n_
   const Grid& grid = cfg.grid;
   const int64_t B = cfg.batch, C = cfg.channels, H = grid.height, W = grid.width, HW = H * W, K = cfg.num_centres();
   SPL_CHECK_VALUE(B * HW < (int64_t{1} << 31),
-                    "slic: a CUDA batch must have fewer than 2^31 pixels (spl.slic splits larger batches)");
+                  "slic: a CUDA batch must have fewer than 2^31 pixels (spl.slic splits larger batches)");
   const auto long_opts = image.options().dtype(at::kLong);
   at::Tensor out = at::empty({B, H, W}, long_opts);
   at::Tensor counts = at::zeros({B}, long_opts);
@@ -513,12 +512,12 @@ std::tuple<at::Tensor, at::Tensor> slic_cuda(const at::Tensor& image, int64_t n_
     int* not_finite = stats.data_ptr<int32_t>() + B * C;
     const dim3 blocks(static_cast<unsigned>(std::min<int64_t>(ceil_div(HW, kThreads), 64)),
                       static_cast<unsigned>(std::min<int64_t>(B * C, 65535)));
-    channel_stats_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(img.const_data_ptr<scalar_t>(), mask_ptr, B * C,
-                                                                    C, HW, max_bits, not_finite);
+    channel_stats_kernel<scalar_t>
+        <<<blocks, kThreads, 0, stream>>>(img.const_data_ptr<scalar_t>(), mask_ptr, B * C, C, HW, max_bits, not_finite);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const at::Tensor host = stats.cpu();
     SPL_CHECK_VALUE(host.const_data_ptr<int32_t>()[B * C] == 0,
-                      "slic: image contains NaN or infinite values (at pixels inside the mask)");
+                    "slic: image contains NaN or infinite values (at pixels inside the mask)");
     if (!cfg.lab) {
       const auto* bits = reinterpret_cast<const uint32_t*>(host.const_data_ptr<int32_t>());
       for (int64_t i = 0; i < B * C; ++i) scales[i] = scale_for_max_abs(bits_float(bits[i]));
@@ -526,8 +525,8 @@ std::tuple<at::Tensor, at::Tensor> slic_cuda(const at::Tensor& image, int64_t n_
   });
   scales.resize(2 * B * C);  // scales, then their inverses (exact: powers of two)
   for (int64_t i = 0; i < B * C; ++i) scales[B * C + i] = 1.0f / scales[i];
-  at::Tensor scales_t = at::from_blob(scales.data(), {2 * B * C}, at::TensorOptions().dtype(at::kFloat))
-                            .to(image.device());
+  at::Tensor scales_t =
+      at::from_blob(scales.data(), {2 * B * C}, at::TensorOptions().dtype(at::kFloat)).to(image.device());
   const float* scales_ptr = scales_t.const_data_ptr<float>();
   const float* inv_scales_ptr = scales_ptr + B * C;
   int32_t* q = q_t.data_ptr<int32_t>();
@@ -536,11 +535,11 @@ std::tuple<at::Tensor, at::Tensor> slic_cuda(const at::Tensor& image, int64_t n_
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kByte, at::kHalf, at::kBFloat16, img.scalar_type(), "slic_cuda_features", [&] {
     const unsigned blocks = blocks_for(B * HW, kThreads);
     if (cfg.lab) {
-      features_kernel<scalar_t, true><<<blocks, kThreads, 0, stream>>>(img.const_data_ptr<scalar_t>(), mask_ptr, B, C,
-                                                                       HW, scales_ptr, table, q);
+      features_kernel<scalar_t, true>
+          <<<blocks, kThreads, 0, stream>>>(img.const_data_ptr<scalar_t>(), mask_ptr, B, C, HW, scales_ptr, table, q);
     } else {
-      features_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(img.const_data_ptr<scalar_t>(), mask_ptr, B,
-                                                                        C, HW, scales_ptr, table, q);
+      features_kernel<scalar_t, false>
+          <<<blocks, kThreads, 0, stream>>>(img.const_data_ptr<scalar_t>(), mask_ptr, B, C, HW, scales_ptr, table, q);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -57,9 +57,11 @@ __device__ bool image_graph_ok(const int64_t* ip, const int64_t* ix, const int64
           int64_t lo = ip[j], hi = ip[j + 1];  // first position in row j with ix >= i
           while (lo < hi) {
             const int64_t mid = (lo + hi) / 2;
-            if (ix[mid] < i) lo = mid + 1; else hi = mid;
+            if (ix[mid] < i) lo = mid + 1;
+            else hi = mid;
           }
-          if (lo == ip[j + 1] || ix[lo] != i) bad = 1; else rev[e] = lo;
+          if (lo == ip[j + 1] || ix[lo] != i) bad = 1;
+          else rev[e] = lo;
         }
       }
     }
@@ -106,11 +108,10 @@ __global__ void propagate_round_kernel(const int64_t* ip, const int64_t* ix, con
 
 template <typename scalar_t>
 __global__ void propagate_backward_kernel(const scalar_t* grad, const int64_t* ip, const int64_t* ix,
-                                          const int64_t* off, const scalar_t* ev, const scalar_t* sv,
-                                          const scalar_t* x, int64_t B, int64_t N, int64_t E, int64_t C,
-                                          int64_t iters, scalar_t alpha, int64_t* rev, scalar_t* states,
-                                          scalar_t* g0, scalar_t* g1, scalar_t* ge, scalar_t* gs, scalar_t* dx,
-                                          int* error) {
+                                          const int64_t* off, const scalar_t* ev, const scalar_t* sv, const scalar_t* x,
+                                          int64_t B, int64_t N, int64_t E, int64_t C, int64_t iters, scalar_t alpha,
+                                          int64_t* rev, scalar_t* states, scalar_t* g0, scalar_t* g1, scalar_t* ge,
+                                          scalar_t* gs, scalar_t* dx, int* error) {
   if (!image_graph_ok(ip, ix, off, B, N, E, true, rev)) {
     if (threadIdx.x == 0) atomicOr(error, 1);
     return;
@@ -202,9 +203,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_propagate_backward_cuda(
     const at::Tensor& edge_value, const at::Tensor& self_value, const at::Tensor& x, int64_t iters, double alpha) {
   const char* op = "sparse_propagate (backward)";
   check_sparse_propagate_args(op, indptr, indices, node_offset, edge_value, self_value, x, iters, alpha);
-  SPL_CHECK_VALUE(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type() &&
-                        grad.device() == x.device(),
-                    op, ": grad must match x in shape, dtype and device");
+  SPL_CHECK_VALUE(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type() && grad.device() == x.device(), op,
+                  ": grad must match x in shape, dtype and device");
   c10::cuda::CUDAGuard guard(x.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor ip = indptr.contiguous(), ix = indices.contiguous(), off = node_offset.contiguous();
@@ -229,14 +229,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_propagate_backward_cuda(
     propagate_backward_kernel<scalar_t><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
         gc.const_data_ptr<scalar_t>(), ip.const_data_ptr<int64_t>(), ix.const_data_ptr<int64_t>(),
         off.const_data_ptr<int64_t>(), ev.const_data_ptr<scalar_t>(), sv.const_data_ptr<scalar_t>(),
-        xc.const_data_ptr<scalar_t>(), B, N, E, C, iters, static_cast<scalar_t>(alpha),
-        rev.mutable_data_ptr<int64_t>(), states.mutable_data_ptr<scalar_t>(), g0.mutable_data_ptr<scalar_t>(),
-        g1.mutable_data_ptr<scalar_t>(), grad_edge.mutable_data_ptr<scalar_t>(),
-        grad_self.mutable_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), error.mutable_data_ptr<int>());
+        xc.const_data_ptr<scalar_t>(), B, N, E, C, iters, static_cast<scalar_t>(alpha), rev.mutable_data_ptr<int64_t>(),
+        states.mutable_data_ptr<scalar_t>(), g0.mutable_data_ptr<scalar_t>(), g1.mutable_data_ptr<scalar_t>(),
+        grad_edge.mutable_data_ptr<scalar_t>(), grad_self.mutable_data_ptr<scalar_t>(),
+        grad_x.mutable_data_ptr<scalar_t>(), error.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   SPL_CHECK_VALUE(read_scalar(error.const_data_ptr<int>(), stream) == 0, op, ": ", graph_structure_message(),
-                    " (each row sorted)");
+                  " (each row sorted)");
   return {grad_edge, grad_self, grad_x};
 }
 

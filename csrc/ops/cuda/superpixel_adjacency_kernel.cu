@@ -79,31 +79,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> superpixel_adjacency_cuda(const a
   at::Tensor error = at::zeros({1}, opts.dtype(at::kInt));
   if (B > 0) {
     check_offsets_kernel<<<blocks_for(B, kThreads), kThreads, 0, stream>>>(off.const_data_ptr<int64_t>(), B,
-                                                                          error.mutable_data_ptr<int>());
+                                                                           error.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   SPL_CHECK_VALUE(read_scalar(error.const_data_ptr<int>(), stream) == 0, op,
-                    ": node_offset must start at 0 and be non-decreasing");
+                  ": node_offset must start at 0 and be non-decreasing");
   const int64_t N = read_scalar(off.const_data_ptr<int64_t>() + B, stream);
   SPL_CHECK_VALUE(N < (int64_t{1} << 31), op, ": at most 2^31 superpixels in a batch, got ", N);
   at::Tensor count = at::zeros({1}, opts);
   const unsigned blocks = blocks_for(B * H * W, kThreads);
   auto* count_ptr = reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<int64_t>());
   if (B * H * W > 0) {
-    border_pairs_kernel<<<blocks, kThreads, 0, stream>>>(lc.const_data_ptr<int64_t>(), off.const_data_ptr<int64_t>(),
-                                                         B, H, W, N, count_ptr, nullptr,
-                                                         error.mutable_data_ptr<int>());
+    border_pairs_kernel<<<blocks, kThreads, 0, stream>>>(lc.const_data_ptr<int64_t>(), off.const_data_ptr<int64_t>(), B,
+                                                         H, W, N, count_ptr, nullptr, error.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   SPL_CHECK_VALUE(read_scalar(error.const_data_ptr<int>(), stream) == 0, op,
-                    ": labels of image b must be in [-1, node_offset[b + 1] - node_offset[b]) (its number of "
-                    "superpixels; -1: ignored pixel)");
+                  ": labels of image b must be in [-1, node_offset[b + 1] - node_offset[b]) (its number of "
+                  "superpixels; -1: ignored pixel)");
   const int64_t pairs = read_scalar(count.const_data_ptr<int64_t>(), stream);
   at::Tensor keys = at::empty({pairs}, opts);
   if (pairs > 0) {
     count.zero_();
-    border_pairs_kernel<<<blocks, kThreads, 0, stream>>>(lc.const_data_ptr<int64_t>(), off.const_data_ptr<int64_t>(),
-                                                         B, H, W, N, count_ptr, keys.mutable_data_ptr<int64_t>(),
+    border_pairs_kernel<<<blocks, kThreads, 0, stream>>>(lc.const_data_ptr<int64_t>(), off.const_data_ptr<int64_t>(), B,
+                                                         H, W, N, count_ptr, keys.mutable_data_ptr<int64_t>(),
                                                          error.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

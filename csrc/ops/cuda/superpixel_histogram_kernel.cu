@@ -42,8 +42,8 @@ __global__ void histogram_kernel(const int64_t* target, const int64_t* labels, i
   }
 }
 
-at::Tensor superpixel_histogram_cuda(const at::Tensor& target, const at::Tensor& labels, int64_t K,
-                                     int64_t num_classes, int64_t ignore_index) {
+at::Tensor superpixel_histogram_cuda(const at::Tensor& target, const at::Tensor& labels, int64_t K, int64_t num_classes,
+                                     int64_t ignore_index) {
   const char* op = "superpixel_histogram";
   check_superpixel_histogram_args(target, labels, K, num_classes);
   const int64_t B = target.size(0), H = target.size(1), W = target.size(2);
@@ -65,8 +65,8 @@ template <typename count_t>
 void class_histogram(const int64_t* target, const int64_t* labels, int64_t batch, int64_t pixels, int64_t K,
                      int64_t num_classes, int64_t ignore_index, count_t* hist, int* error, cudaStream_t stream) {
   const int64_t n = batch * pixels;
-  histogram_kernel<count_t><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(target, labels, n, pixels, K,
-                                                                               num_classes, ignore_index, hist, error);
+  histogram_kernel<count_t><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(target, labels, n, pixels, K, num_classes,
+                                                                              ignore_index, hist, error);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -80,7 +80,7 @@ void raise_histogram_errors(const char* op, const at::Tensor& error, int64_t K, 
   const int flags = read_scalar(error.const_data_ptr<int>(), stream);
   SPL_CHECK_VALUE(!(flags & kBadLabelFlag), op, ": ", label_range_message(), ", with num_superpixels = ", K);
   SPL_CHECK_VALUE(!(flags & kBadTargetFlag), op, ": ", target_range_message(), " (num_classes = ", num_classes,
-                    ", ignore_index = ", ignore_index, ")");
+                  ", ignore_index = ", ignore_index, ")");
 }
 
 }  // namespace cuda

@@ -101,8 +101,8 @@ __device__ __forceinline__ double scale_by_power_of_two(double v, int e) {
 // Sums (fixed point), counts and non-finite flags of every (image, channel, superpixel).
 template <typename scalar_t>
 __global__ void pool_sum_kernel(const scalar_t* x, const int64_t* labels, int64_t batch, int64_t channels,
-                                int64_t pixels, int64_t K, const int* exponent, long long* sums,
-                                long long* counts, int* flags, int* error) {
+                                int64_t pixels, int64_t K, const int* exponent, long long* sums, long long* counts,
+                                int* flags, int* error) {
   const int64_t n = batch * pixels;
   // Every thread runs the same number of rounds (the warp shuffles need all lanes); i may be >= n.
   for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x; base < n;
@@ -111,8 +111,8 @@ __global__ void pool_sum_kernel(const scalar_t* x, const int64_t* labels, int64_
     const int64_t key = pixel_key(labels, i, n, pixels, K, error);
     const WarpSegment seg = warp_segment(key);  // the same segments for every channel
     const long long count = segment_sum<long long>(key >= 0 ? 1 : 0, seg);
-    if (seg.last && key >= 0) atomicAdd(reinterpret_cast<unsigned long long*>(counts + key),
-                                        static_cast<unsigned long long>(count));
+    if (seg.last && key >= 0)
+      atomicAdd(reinterpret_cast<unsigned long long*>(counts + key), static_cast<unsigned long long>(count));
     const int64_t b = i < n ? i / pixels : 0, p = i - b * pixels;
     for (int64_t c = 0; c < channels; ++c) {
       long long fixed = 0;
@@ -227,8 +227,8 @@ std::tuple<at::Tensor, at::Tensor> superpixel_pool_cuda(const at::Tensor& x, con
   if (B * HW == 0 || K == 0) {
     // Still check the labels of pixels (K == 0 allows only -1).
     if (K == 0 && lc.numel() > 0) {
-      SPL_CHECK_VALUE(lc.max().item<int64_t>() == -1 && lc.min().item<int64_t>() == -1, op, ": ",
-                        label_range_message(), ", with num_superpixels = 0");
+      SPL_CHECK_VALUE(lc.max().item<int64_t>() == -1 && lc.min().item<int64_t>() == -1, op, ": ", label_range_message(),
+                      ", with num_superpixels = 0");
     }
     if (reduce == PoolReduce::kMax) aux.fill_(-1);
     return {out.zero_(), aux};
@@ -245,11 +245,11 @@ std::tuple<at::Tensor, at::Tensor> superpixel_pool_cuda(const at::Tensor& x, con
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       raise_if_bad_labels(error, op, K, stream);
       auto* ap = reinterpret_cast<long long*>(aux.data_ptr<int64_t>());
-      pool_argmax_kernel<scalar_t><<<plane_blocks(B * C, HW, kThreads), kThreads, 0, stream>>>(xp, lp, B, C, HW, K,
-                                                                                               bp, ap);
+      pool_argmax_kernel<scalar_t>
+          <<<plane_blocks(B * C, HW, kThreads), kThreads, 0, stream>>>(xp, lp, B, C, HW, K, bp, ap);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      pool_max_finish_kernel<scalar_t><<<blocks_for(B * C * K, kThreads), kThreads, 0, stream>>>(
-          bp, B * C * K, ap, out.data_ptr<scalar_t>());
+      pool_max_finish_kernel<scalar_t>
+          <<<blocks_for(B * C * K, kThreads), kThreads, 0, stream>>>(bp, B * C * K, ap, out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
@@ -269,9 +269,8 @@ std::tuple<at::Tensor, at::Tensor> superpixel_pool_cuda(const at::Tensor& x, con
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     auto* sp = reinterpret_cast<long long*>(sums.data_ptr<int64_t>());
     auto* cp = reinterpret_cast<long long*>(aux.data_ptr<int64_t>());
-    pool_sum_kernel<scalar_t><<<pixel_blocks, kThreads, 0, stream>>>(xp, lp, B, C, HW, K,
-                                                                     exponent.const_data_ptr<int>(), sp, cp,
-                                                                     flags.data_ptr<int>(), err);
+    pool_sum_kernel<scalar_t><<<pixel_blocks, kThreads, 0, stream>>>(
+        xp, lp, B, C, HW, K, exponent.const_data_ptr<int>(), sp, cp, flags.data_ptr<int>(), err);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     raise_if_bad_labels(error, op, K, stream);
     pool_sum_finish_kernel<scalar_t><<<blocks_for(B * C * K, kThreads), kThreads, 0, stream>>>(
@@ -310,8 +309,8 @@ at::Tensor superpixel_pool_backward_cuda(const at::Tensor& grad, const at::Tenso
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t B = grad.size(0), C = grad.size(1), K = grad.size(2), HW = H * W;
   const at::Tensor g = grad.contiguous(), lc = labels.contiguous(), ac = aux.contiguous();
-  at::Tensor grad_x = reduce == PoolReduce::kMax ? at::zeros({B, C, H, W}, grad.options())
-                                                 : at::empty({B, C, H, W}, grad.options());
+  at::Tensor grad_x =
+      reduce == PoolReduce::kMax ? at::zeros({B, C, H, W}, grad.options()) : at::empty({B, C, H, W}, grad.options());
   if (grad_x.numel() == 0) return grad_x;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "superpixel_pool_backward_cuda", [&] {
     if (reduce == PoolReduce::kMax) {

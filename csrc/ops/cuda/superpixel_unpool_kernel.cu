@@ -34,7 +34,7 @@ at::Tensor superpixel_unpool_cuda(const at::Tensor& features, const at::Tensor& 
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   SPL_CHECK_VALUE(read_scalar(error.const_data_ptr<int>(), stream) == 0, op, ": ", label_range_message(),
-                    ", with num_superpixels = ", K);
+                  ", with num_superpixels = ", K);
   return out;
 }
 

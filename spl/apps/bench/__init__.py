@@ -34,6 +34,7 @@ achieved. ``--quick`` shrinks everything to run in well under a minute on a 2-co
 Output: tables on the terminal, ``bench.json`` (device, versions, date, every figure) and PNG plots
 (matplotlib) in ``--out``. A missing peer is reported as skipped, never an error.
 """
+
 # The package's modules: timing (medians within a budget, the copy-bandwidth floor), data (inputs),
 # peer_methods (the peers as the bench runs them), workloads (Bench: W1, W2, W3, refine), sweeps
 # (scaling), report (tables, plots, files), cli (arguments, the run), contention (--contention).

@@ -1,4 +1,5 @@
 """spl bench's command line: arguments, the run, saving as it goes."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,7 @@ import torch
 
 from .data import _voc_files, default_synth, default_voc, default_voc_val
 from .report import environment, plot, plot_slic_quality, tables
-from .workloads import Bench, BenchError, WORKLOADS
-
+from .workloads import WORKLOADS, Bench, BenchError
 
 # ---------------------------------------------------------------------------------------------- CLI
 
@@ -40,9 +40,16 @@ def merge_reports(paths: Sequence[str]) -> dict:
     devices = {(r["environment"]["device"], r["environment"]["gpu"] or r["environment"]["cpu"]) for r in reports}
     if len(devices) > 1:
         raise BenchError(f"--merge: the reports come from different devices {sorted(devices)}")
-    merged = {"environment": reports[0]["environment"], "complete": all(r.get("complete") for r in reports),
-              "merged_from": [dict(r["environment"], arguments=r.get("arguments")) for r in reports],
-              "results": [], "scaling": [], "skipped": [], "notes": {}, "seconds": 0.0}
+    merged = {
+        "environment": reports[0]["environment"],
+        "complete": all(r.get("complete") for r in reports),
+        "merged_from": [dict(r["environment"], arguments=r.get("arguments")) for r in reports],
+        "results": [],
+        "scaling": [],
+        "skipped": [],
+        "notes": {},
+        "seconds": 0.0,
+    }
     for r in reports:
         merged["results"] += r["results"]
         merged["scaling"] += r.get("scaling", [])
@@ -114,19 +121,40 @@ def run_bench(args) -> int:
         print(f"spl bench: {e}", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
-    bench = Bench(device, quick=args.quick, peers=args.peers, voc=voc, synth=synth, voc_val=voc_val,
-                  w3_cams=args.w3_cams, w3_images=args.w3_images)
+    bench = Bench(
+        device,
+        quick=args.quick,
+        peers=args.peers,
+        voc=voc,
+        synth=synth,
+        voc_val=voc_val,
+        w3_cams=args.w3_cams,
+        w3_images=args.w3_images,
+    )
     env = environment(device, bench.bandwidth)
     start = time.perf_counter()
     json_path = os.path.join(args.out, "bench.json")
 
     def save(complete: bool) -> dict:
         """The report so far, written atomically after every stage: a job cut short keeps its figures."""
-        report = {"environment": env, "complete": complete,
-                  "arguments": {"workloads": workloads, "quick": args.quick, "peers": args.peers, "voc": voc,
-                                "synth": synth, "scaling": args.scaling},
-                  "results": bench.rows, "scaling": bench.scaling, "skipped": bench.skipped, "notes": bench.notes,
-                  "contention": contention, "seconds": time.perf_counter() - start}
+        report = {
+            "environment": env,
+            "complete": complete,
+            "arguments": {
+                "workloads": workloads,
+                "quick": args.quick,
+                "peers": args.peers,
+                "voc": voc,
+                "synth": synth,
+                "scaling": args.scaling,
+            },
+            "results": bench.rows,
+            "scaling": bench.scaling,
+            "skipped": bench.skipped,
+            "notes": bench.notes,
+            "contention": contention,
+            "seconds": time.perf_counter() - start,
+        }
         with open(json_path + ".tmp", "w") as f:
             json.dump(report, f, indent=1)
         os.replace(json_path + ".tmp", json_path)
@@ -141,8 +169,11 @@ def run_bench(args) -> int:
         written = write_outputs(save(complete=True), args.out)
         print(f"\nspl bench: {time.perf_counter() - start:.0f} s; wrote " + ", ".join(written))
         return 0
-    stages = [] if args.scaling_only else \
-        [{"W1": bench.w1, "W2": bench.w2, "W3": bench.w3, "refine": bench.refine}[w] for w in workloads]
+    stages = (
+        []
+        if args.scaling_only
+        else [{"W1": bench.w1, "W2": bench.w2, "W3": bench.w3, "refine": bench.refine}[w] for w in workloads]
+    )
     if args.scaling and "W1" in workloads:
         stages.append(lambda: bench.sweep("SLIC"))
     if args.scaling and "W3" in workloads:
@@ -159,24 +190,48 @@ def add_arguments(p) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--workload", default=",".join(WORKLOADS), help="comma-separated subset of W1,W2,W3,refine")
     p.add_argument("--quick", action="store_true", help="small sizes: under a minute on a 2-core CPU (CI)")
-    p.add_argument("--peers", action="store_true", help="also time the installed peers (scikit-image, fast-slic, "
-                                                        "OpenCV ximgproc, cuda-slic, pydensecrf2)")
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="also time the installed peers (scikit-image, fast-slic, OpenCV ximgproc, cuda-slic, pydensecrf2)",
+    )
     p.add_argument("--out", default="spl-out/bench", help="folder for bench.json, bench.md and the plots")
-    p.add_argument("--no-scaling", dest="scaling", action="store_false",
-                   help="skip the sweeps over batch size, image size and K")
+    p.add_argument(
+        "--no-scaling", dest="scaling", action="store_false", help="skip the sweeps over batch size, image size and K"
+    )
     p.add_argument("--scaling-only", action="store_true", help="only the sweeps (of W1: SLIC, of W3: ASAM)")
-    p.add_argument("--contention", action="store_true",
-                   help="instead of the workloads: every CPU workload idle, beside a busy torch process, and with one "
-                        "thread beside it, each in a fresh process (spl/apps/bench/contention.py); --quick: two of them")
-    p.add_argument("--merge", nargs="+", metavar="JSON", help="combine the bench.json files of several runs on one "
-                                                               "device into --out (tables, JSON, plots); runs nothing")
-    p.add_argument("--voc", help="PASCAL VOC-style folder (JPEGImages, SegmentationClass) for the photos and the "
-                                 "quality figures (default: $SPL_VOC or the project's shared/data/voc-dev; else "
-                                 "scikit-image samples)")
-    p.add_argument("--voc-val", help="voc-val-dev-style folder for W3's quality figures, on the report half of "
-                                     "benchmarks/splits (default: $SPL_VOC_VAL or the project's shared/data/voc-val-dev)")
-    p.add_argument("--w3-cams", help="folder of IRN-format CAMs of those images for W3's quality (e.g. real CAMs "
-                                     "from shared/tools/real_cams.py; default: simulated by --synth)")
+    p.add_argument(
+        "--contention",
+        action="store_true",
+        help="instead of the workloads: every CPU workload idle, beside a busy torch process, and with one "
+        "thread beside it, each in a fresh process (spl/apps/bench/contention.py); --quick: two of them",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="combine the bench.json files of several runs on one "
+        "device into --out (tables, JSON, plots); runs nothing",
+    )
+    p.add_argument(
+        "--voc",
+        help="PASCAL VOC-style folder (JPEGImages, SegmentationClass) for the photos and the "
+        "quality figures (default: $SPL_VOC or the project's shared/data/voc-dev; else "
+        "scikit-image samples)",
+    )
+    p.add_argument(
+        "--voc-val",
+        help="voc-val-dev-style folder for W3's quality figures, on the report half of "
+        "benchmarks/splits (default: $SPL_VOC_VAL or the project's shared/data/voc-val-dev)",
+    )
+    p.add_argument(
+        "--w3-cams",
+        help="folder of IRN-format CAMs of those images for W3's quality (e.g. real CAMs "
+        "from shared/tools/real_cams.py; default: simulated by --synth)",
+    )
     p.add_argument("--w3-images", type=int, default=60, help="images of W3's quality figures (default 60)")
-    p.add_argument("--synth", help="CAM simulator for the ASAM quality figures (default: $SPL_SYNTH_CAMS or "
-                                   "shared/tools/synth_cams.py beside the VOC folder; else scenes of known shapes)")
+    p.add_argument(
+        "--synth",
+        help="CAM simulator for the ASAM quality figures (default: $SPL_SYNTH_CAMS or "
+        "shared/tools/synth_cams.py beside the VOC folder; else scenes of known shapes)",
+    )

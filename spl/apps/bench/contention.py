@@ -19,6 +19,7 @@ earlier idle figures. Workloads on VOC-size (375x500) photos, K = 1000: ``slic``
 rounds, 21 channels) and ``asam_refine`` (defaults, 20 classes, 3 present), each on one image and on
 a batch of 8.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,14 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-WORKLOADS = ("slic", "superpixel_pool", "consistency_weights", "superpixel_adjacency", "sparse_propagate",
-             "asam_refine")
+WORKLOADS = (
+    "slic",
+    "superpixel_pool",
+    "consistency_weights",
+    "superpixel_adjacency",
+    "sparse_propagate",
+    "asam_refine",
+)
 SETTINGS = ("idle", "busy", "busy, 1 thread")
 SIZE = (375, 500)
 
@@ -90,8 +97,13 @@ def time_workload(name: str, batch: int, threads: Optional[int], voc: Optional[s
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
-    return {"ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "calls": len(times),
-            "threads": torch.get_num_threads()}
+    return {
+        "ms": statistics.median(times),
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "calls": len(times),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _child(name: str, batch: int, threads: Optional[int], voc: Optional[str], budget_s: float) -> dict:
@@ -114,13 +126,16 @@ def run_contention(voc: Optional[str], quick: bool, log: Callable[[str], None] =
     for phase in ("idle", "busy"):
         busy = None
         if phase == "busy":
-            busy = subprocess.Popen([sys.executable, "-m", "spl.apps.bench.contention", "busy"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            busy = subprocess.Popen(
+                [sys.executable, "-m", "spl.apps.bench.contention", "busy"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(3.0)  # until it imports torch and loops
         try:
             for name in workloads:
                 for batch in batches:
-                    for threads in ((None,) if phase == "idle" else (None, 1)):
+                    for threads in (None,) if phase == "idle" else (None, 1):
                         setting = phase if threads is None else "busy, 1 thread"
                         results[(name, batch, setting)] = _child(name, batch, threads, voc, budget)
                         log(f"  contention: {name} B={batch} {setting}: {results[(name, batch, setting)]['ms']:.1f} ms")
@@ -131,27 +146,43 @@ def run_contention(voc: Optional[str], quick: bool, log: Callable[[str], None] =
     for name in workloads:
         for batch in batches:
             r = {s: results[(name, batch, s)] for s in SETTINGS}
-            rows.append({"workload": name, "batch": batch, **{s: r[s] for s in SETTINGS},
-                         "busy_over_one_thread": r["busy"]["ms"] / r["busy, 1 thread"]["ms"]})
-    return {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "co_runner": "python -m spl.apps.bench.contention busy (torch element-wise ops on 40,000 floats, "
-                         "default threads)", "size": list(SIZE), "rows": rows}
+            rows.append(
+                {
+                    "workload": name,
+                    "batch": batch,
+                    **{s: r[s] for s in SETTINGS},
+                    "busy_over_one_thread": r["busy"]["ms"] / r["busy, 1 thread"]["ms"],
+                }
+            )
+    return {
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "co_runner": "python -m spl.apps.bench.contention busy (torch element-wise ops on 40,000 floats, "
+        "default threads)",
+        "size": list(SIZE),
+        "rows": rows,
+    }
 
 
 def contention_table(section: dict) -> List[str]:
-    lines = [f"### CPU contention ({section['cpus']} CPUs; co-runner: {section['co_runner']})", "",
-             "| workload | B | idle, default threads | busy, default threads | busy, 1 thread | busy / 1 thread |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"### CPU contention ({section['cpus']} CPUs; co-runner: {section['co_runner']})",
+        "",
+        "| workload | B | idle, default threads | busy, default threads | busy, 1 thread | busy / 1 thread |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in section["rows"]:
-        lines.append(f"| {r['workload']} | {r['batch']} | {r['idle']['ms']:.1f} ms ({r['idle']['threads']}) | "
-                     f"{r['busy']['ms']:.1f} ms | {r['busy, 1 thread']['ms']:.1f} ms | "
-                     f"{r['busy_over_one_thread']:.2f} |")
+        lines.append(
+            f"| {r['workload']} | {r['batch']} | {r['idle']['ms']:.1f} ms ({r['idle']['threads']}) | "
+            f"{r['busy']['ms']:.1f} ms | {r['busy, 1 thread']['ms']:.1f} ms | "
+            f"{r['busy_over_one_thread']:.2f} |"
+        )
     return lines
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spl.apps.bench.contention",
-                                description="child processes of spl bench --contention")
+    p = argparse.ArgumentParser(
+        prog="python -m spl.apps.bench.contention", description="child processes of spl bench --contention"
+    )
     sub = p.add_subparsers(dest="what", required=True)
     sub.add_parser("busy", help="the co-running busy process (runs until killed)")
     t = sub.add_parser("time", help="time one workload in this process; prints one JSON line")

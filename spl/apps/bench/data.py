@@ -1,4 +1,5 @@
 """The inputs of the workloads: VOC samples or synthetic scenes, photo batches, CAMs, refine data sets."""
+
 from __future__ import annotations
 
 import glob
@@ -11,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 # The source checkout (benchmarks/, and shared/ beside it), three levels above this file.
 SOURCE_ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
 
@@ -21,8 +21,12 @@ SOURCE_ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__fil
 def _shared_data(env: str, name: str) -> Optional[str]:
     """$env, else the project's ``shared/data/<name>`` beside a source checkout (or the cwd), if it holds
     JPEG images."""
-    for d in (os.environ.get(env), os.path.join(SOURCE_ROOT, "..", "shared", "data", name),
-              os.path.join("shared", "data", name), os.path.join("..", "shared", "data", name)):
+    for d in (
+        os.environ.get(env),
+        os.path.join(SOURCE_ROOT, "..", "shared", "data", name),
+        os.path.join("shared", "data", name),
+        os.path.join("..", "shared", "data", name),
+    ):
         if d and glob.glob(os.path.join(d, "JPEGImages", "*.jpg")):
             return os.path.abspath(d)
     return None
@@ -46,9 +50,11 @@ def report_split() -> Optional[str]:
 
 def default_synth(voc: Optional[str]) -> Optional[str]:
     """$SPL_SYNTH_CAMS, else ``shared/tools/synth_cams.py`` beside the VOC sample."""
-    for f in (os.environ.get("SPL_SYNTH_CAMS"),
-              voc and os.path.join(voc, "..", "..", "tools", "synth_cams.py"),
-              voc and os.path.join(voc, "..", "synth_cams.py")):
+    for f in (
+        os.environ.get("SPL_SYNTH_CAMS"),
+        voc and os.path.join(voc, "..", "..", "tools", "synth_cams.py"),
+        voc and os.path.join(voc, "..", "synth_cams.py"),
+    ):
         if f and os.path.isfile(f):
             return os.path.abspath(f)
     return None
@@ -67,8 +73,10 @@ def photo_pool(voc: Optional[str]) -> List[np.ndarray]:
         return [np.array(Image.open(f).convert("RGB")) for f in files]
     from skimage import data
 
-    return [np.ascontiguousarray(im[..., :3]) for im in (data.astronaut(), data.coffee(), data.chelsea(),
-                                                          data.rocket(), data.immunohistochemistry())]
+    return [
+        np.ascontiguousarray(im[..., :3])
+        for im in (data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry())
+    ]
 
 
 def photo_batches(pool: Sequence[np.ndarray], batch: int, size, count: int = 3) -> List[torch.Tensor]:
@@ -77,8 +85,12 @@ def photo_batches(pool: Sequence[np.ndarray], batch: int, size, count: int = 3) 
 
     resized = [np.array(Image.fromarray(p).resize((size[1], size[0]), Image.BILINEAR)) for p in pool]
     rng = np.random.default_rng(0)
-    return [torch.from_numpy(np.stack([resized[i] for i in rng.integers(0, len(resized), batch)]))
-            .permute(0, 3, 1, 2).contiguous() for _ in range(count)]
+    return [
+        torch.from_numpy(np.stack([resized[i] for i in rng.integers(0, len(resized), batch)]))
+        .permute(0, 3, 1, 2)
+        .contiguous()
+        for _ in range(count)
+    ]
 
 
 def segmentation_set(voc: Optional[str], count: int):
@@ -88,14 +100,22 @@ def segmentation_set(voc: Optional[str], count: int):
 
     files = _voc_files(voc)[:count]
     if files:
-        pairs = [(np.array(Image.open(f).convert("RGB")),
-                  np.array(Image.open(f.replace("JPEGImages", "SegmentationClass").replace(".jpg", ".png")))
-                  .astype(np.int64)) for f in files]
+        pairs = [
+            (
+                np.array(Image.open(f).convert("RGB")),
+                np.array(Image.open(f.replace("JPEGImages", "SegmentationClass").replace(".jpg", ".png"))).astype(
+                    np.int64
+                ),
+            )
+            for f in files
+        ]
         return f"{len(pairs)} PASCAL VOC 2012 images ({voc})", pairs
     from ..scenes import scene
 
-    return (f"{count} scenes of known regions from scikit-image samples (no VOC data found)",
-            [scene(seed) for seed in range(count)])
+    return (
+        f"{count} scenes of known regions from scikit-image samples (no VOC data found)",
+        [scene(seed) for seed in range(count)],
+    )
 
 
 def cam_set(voc: Optional[str], synth: Optional[str], count: int, tmp: str):
@@ -148,8 +168,6 @@ def asam_inputs(pool, batch: int, size, n_classes: int = 20, seed: int = 0):
         mask[b, torch.randperm(n_classes, generator=g)[:3]] = True
     cams = F.interpolate(coarse * mask[:, :, None, None], size=size, mode="bilinear", align_corners=False)
     return images, cams.contiguous(), mask
-
-
 
 
 def write_refine_dataset(items, tmp: str, copies: int) -> str:

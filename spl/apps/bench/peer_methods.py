@@ -1,4 +1,5 @@
 """The peers as spl bench runs them: scikit-image, fast-slic, OpenCV ximgproc and cuda-slic SLIC; DenseCRF."""
+
 from __future__ import annotations
 
 import sys
@@ -6,7 +7,6 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
-
 
 # ---------------------------------------------------------------------------------------------- peers
 
@@ -20,7 +20,8 @@ def slic_peers(device: str, n_segments: int, compactness: float, iters: int) -> 
         from skimage.segmentation import slic as sk_slic
 
         peers[f"scikit-image {skimage.__version__} slic"] = lambda im: sk_slic(
-            im, n_segments=n_segments, compactness=compactness, max_num_iter=iters, start_label=0)
+            im, n_segments=n_segments, compactness=compactness, max_num_iter=iters, start_label=0
+        )
     except ImportError:
         peers["scikit-image slic"] = None
     try:
@@ -39,8 +40,7 @@ def slic_peers(device: str, n_segments: int, compactness: float, iters: int) -> 
         def opencv(im):
             lab = cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2LAB)
             step = max(1, int(round((im.shape[0] * im.shape[1] / n_segments) ** 0.5)))
-            s = cv2.ximgproc.createSuperpixelSLIC(lab, algorithm=cv2.ximgproc.SLIC, region_size=step,
-                                                  ruler=compactness)
+            s = cv2.ximgproc.createSuperpixelSLIC(lab, algorithm=cv2.ximgproc.SLIC, region_size=step, ruler=compactness)
             s.iterate(iters)
             s.enforceLabelConnectivity(25)
             return s.getLabels()
@@ -87,8 +87,10 @@ def compare_at_equal_recall(rows: List[dict]) -> None:
             if lo["boundary_recall"] <= br <= hi["boundary_recall"]:
                 span = hi["boundary_recall"] - lo["boundary_recall"]
                 w = (br - lo["boundary_recall"]) / span if span > 0 else 0.0
-                for key, out in (("undersegmentation_error", "spl_ue_at_br"),
-                                 ("achievable_segmentation_accuracy", "spl_asa_at_br")):
+                for key, out in (
+                    ("undersegmentation_error", "spl_ue_at_br"),
+                    ("achievable_segmentation_accuracy", "spl_asa_at_br"),
+                ):
                     r[out] = (1 - w) * lo[key] + w * hi[key]
                 break
 

@@ -1,4 +1,5 @@
 """Scaling: time against batch size, image size and K for SLIC and ASAM, spl vs reference vs peers."""
+
 from __future__ import annotations
 
 from typing import Dict
@@ -33,10 +34,12 @@ class ScalingSweeps:
                 # A GPU run sweeps the GPU peer only: the CPU peers' curves belong to a CPU run.
                 if segment is None or (self.device.startswith("cuda") and name != "cuda-slic"):
                     continue
+
                 def peer(batch, K, name=name):
                     seg = slic_peers(self.device, K, 10.0, 10)[name]
                     host = batch.permute(0, 2, 3, 1).cpu().numpy()
                     return lambda r: [seg(np.ascontiguousarray(im)) for im in host]
+
                 methods.append((name, "cuda" if name == "cuda-slic" else "cpu", peer))
         return methods
 
@@ -57,14 +60,18 @@ class ScalingSweeps:
             labels = ops.slic(images, K)
             return lambda r: reference.asam_refine(images, cams, labels, mask)
 
-        methods = [("spl (SLIC included)", self.device, spl_fn),
-                   ("spl (superpixels given)", self.device, spl_given),
-                   ("spl.reference (superpixels given)", self.device, ref_given)]
+        methods = [
+            ("spl (SLIC included)", self.device, spl_fn),
+            ("spl (superpixels given)", self.device, spl_given),
+            ("spl.reference (superpixels given)", self.device, ref_given),
+        ]
         if self.peers and has_densecrf():
+
             def crf(batch, K):
                 images, cams, mask = (t.cpu().numpy() for t in batch)
                 images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
                 return lambda r: [densecrf(images[i], cams[i], mask[i], 0.15) for i in range(len(images))]
+
             methods.append(("DenseCRF", "cpu", crf))
         return methods
 
@@ -76,8 +83,11 @@ class ScalingSweeps:
             sweeps = {"batch": [1, 2, 4], "size": [128, 192, 256], "K": [50, 100, 200]}
             fixed = {"batch": 2, "size": 128, "K": 100}
         else:
-            sweeps = {"batch": [1, 2, 4, 8, 16, 32, 64], "size": [256, 512, 1024, 2048],
-                      "K": [100, 300, 1000, 3000, 5000]}
+            sweeps = {
+                "batch": [1, 2, 4, 8, 16, 32, 64],
+                "size": [256, 512, 1024, 2048],
+                "K": [100, 300, 1000, 3000, 5000],
+            }
             fixed = {"batch": 8 if self.device.startswith("cuda") else 1, "size": 512, "K": 1000}
         limit = 0.5 if self.quick else 4.0  # seconds per call: a method whose next point would take
         # longer (its last time scaled by the growth in pixels or images) leaves the sweep.
@@ -111,9 +121,22 @@ class ScalingSweeps:
                         active.discard(name)
                         self.skip(f"scaling {op} {name}: failed at {axis} {v} ({type(e).__name__}: {e})")
                         continue
-                    self.scaling.append({"op": op, "axis": axis, "value": v, "method": name, "device": device,
-                                         "batch": p["batch"], "size": p["size"], "K": p["K"], "ms": 1e3 * t.median,
-                                         "ms_min": 1e3 * t.low, "ms_max": 1e3 * t.high, "runs": t.runs})
+                    self.scaling.append(
+                        {
+                            "op": op,
+                            "axis": axis,
+                            "value": v,
+                            "method": name,
+                            "device": device,
+                            "batch": p["batch"],
+                            "size": p["size"],
+                            "K": p["K"],
+                            "ms": 1e3 * t.median,
+                            "ms_min": 1e3 * t.low,
+                            "ms_max": 1e3 * t.high,
+                            "runs": t.runs,
+                        }
+                    )
                     last[name] = t.median
                 del batch
                 if self.device.startswith("cuda"):

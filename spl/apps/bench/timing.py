@@ -1,4 +1,5 @@
 """Timing: medians of synchronised calls within a budget, and the device's copy bandwidth (the floor)."""
+
 from __future__ import annotations
 
 import statistics
@@ -7,7 +8,6 @@ from dataclasses import dataclass
 from typing import Callable, List
 
 import torch
-
 
 # --------------------------------------------------------------------------------------------- timing
 
@@ -29,6 +29,7 @@ def measure(fn: Callable[[int], object], device: str, repeats: int, budget_s: fl
     """Times ``fn(r)`` (r: the call's number, for rotating inputs): one warm-up call, then up to
     ``repeats`` calls, fewer when they would pass ``budget_s`` (at least 3, or 1 for calls slower
     than the budget). Wall-clock time with the device synchronised before and after each call."""
+
     def once(r: int) -> float:
         _sync(device)
         start = time.perf_counter()

@@ -1,4 +1,5 @@
 """The workloads W1 (SLIC), W2 (pooling and the loss), W3 (ASAM) and refine, as methods of Bench."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,6 @@ from .data import asam_inputs, cam_set, photo_batches, photo_pool, report_split,
 from .peer_methods import compare_at_equal_recall, densecrf, slic_peers
 from .sweeps import ScalingSweeps
 from .timing import Timing, _sync, copy_bandwidth, measure
-
 
 WORKLOADS = ("W1", "W2", "W3", "refine")
 
@@ -53,11 +53,30 @@ class Bench(ScalingSweeps):
         self.repeats = 5 if self.quick else 15
         self.bandwidth = copy_bandwidth(self.device)
 
-    def add(self, workload: str, case: str, method: str, device: str, images: int, t: Timing,
-            floor_bytes: Optional[float] = None, **extra) -> dict:
-        row = {"workload": workload, "case": case, "method": method, "device": device, "images": images,
-               "ms": 1e3 * t.median, "ms_min": 1e3 * t.low, "ms_max": 1e3 * t.high, "runs": t.runs,
-               "ms_per_image": 1e3 * t.median / images, **extra}
+    def add(
+        self,
+        workload: str,
+        case: str,
+        method: str,
+        device: str,
+        images: int,
+        t: Timing,
+        floor_bytes: Optional[float] = None,
+        **extra,
+    ) -> dict:
+        row = {
+            "workload": workload,
+            "case": case,
+            "method": method,
+            "device": device,
+            "images": images,
+            "ms": 1e3 * t.median,
+            "ms_min": 1e3 * t.low,
+            "ms_max": 1e3 * t.high,
+            "runs": t.runs,
+            "ms_per_image": 1e3 * t.median / images,
+            **extra,
+        }
         if floor_bytes is not None and device == self.device:
             row["floor_ms"] = 1e3 * floor_bytes / self.bandwidth
             row["floor_fraction"] = row["floor_ms"] / row["ms"]
@@ -113,8 +132,12 @@ class Bench(ScalingSweeps):
         t = measure(lambda r: ops.slic(batches[r % 3], K, compactness, iters), self.device, self.repeats, self.budget)
         base = self.add("W1", case, "spl", self.device, B, t, floor, **quality(spl_segment))
         n_ref = B if self.device.startswith("cuda") else max(1, B // 16)
-        t = measure(lambda r: reference.slic(batches[r % 3][:n_ref], K, compactness, iters), self.device,
-                    self.repeats, self.budget)
+        t = measure(
+            lambda r: reference.slic(batches[r % 3][:n_ref], K, compactness, iters),
+            self.device,
+            self.repeats,
+            self.budget,
+        )
         self.add("W1", case, "spl.reference (float64)", self.device, n_ref, t, floor * n_ref / B)
         if self.peers:
             for name, segment in slic_peers(self.device, K, compactness, iters).items():
@@ -147,6 +170,7 @@ class Bench(ScalingSweeps):
             def segment(rgb):
                 x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).to(self.device)
                 return ops.slic(x, K, c, iters).cpu().numpy()
+
             return segment
 
         methods = [("spl", self.device, spl_at)]
@@ -155,22 +179,35 @@ class Bench(ScalingSweeps):
                 # A GPU run sweeps the GPU peer only: the CPU peers' curves belong to a CPU run (their
                 # labels do not depend on the machine, and scikit-image's sweep takes minutes).
                 if segment is not None and not (self.device.startswith("cuda") and name != "cuda-slic"):
-                    methods.append((name, "cuda" if name == "cuda-slic" else "cpu",
-                                    lambda c, name=name: slic_peers(self.device, K, c, iters)[name]))
+                    methods.append(
+                        (
+                            name,
+                            "cuda" if name == "cuda-slic" else "cpu",
+                            lambda c, name=name: slic_peers(self.device, K, c, iters)[name],
+                        )
+                    )
         for name, device, make in methods:
             for c in grid:
                 try:
                     segment = make(c)
-                    scores = [metrics.superpixel_scores(np.asarray(segment(rgb)), gt, ignore_index=255)
-                              for rgb, gt in qset]
+                    scores = [
+                        metrics.superpixel_scores(np.asarray(segment(rgb)), gt, ignore_index=255) for rgb, gt in qset
+                    ]
                 except Exception as e:  # a peer that breaks is reported, not fatal
                     if name == "spl":
                         raise
                     self.skip(f"W1 quality {name}: failed at compactness {c:g} ({type(e).__name__}: {e})")
                     break
-                self.rows.append({"workload": "W1 quality", "case": case, "method": name, "device": device,
-                                  "compactness": c,
-                                  **{k: float(np.mean([s[k] for s in scores])) for k in scores[0]}})
+                self.rows.append(
+                    {
+                        "workload": "W1 quality",
+                        "case": case,
+                        "method": name,
+                        "device": device,
+                        "compactness": c,
+                        **{k: float(np.mean([s[k] for s in scores])) for k in scores[0]},
+                    }
+                )
         compare_at_equal_recall([r for r in self.rows if r["workload"] == "W1 quality" and r["case"] == case])
 
     # --------------------------------------------------------------------------------------- W2
@@ -202,52 +239,95 @@ class Bench(ScalingSweeps):
                 x = xs[r % 3]
                 x.grad = None
                 unpool(pool(x, labels, K, "mean"), labels).backward(grad)
+
             return run
 
         cases = [
             # histogram pass: target + labels read; write pass: both again, weights and target out.
-            ("consistency_weights", weights(ops.consistency_weights), weights(reference.consistency_weights),
-             P * (8 + 8) + P * (8 + 8 + 4 + 8)),
+            (
+                "consistency_weights",
+                weights(ops.consistency_weights),
+                weights(reference.consistency_weights),
+                P * (8 + 8) + P * (8 + 8 + 4 + 8),
+            ),
             # pool: x read twice (plane scale, sums); unpool: written; backward: gradient read twice and
             # written; the int64 labels read in each of the four passes.
-            ("pool(mean)+unpool fwd+bwd", pool_unpool(ops.superpixel_pool, ops.superpixel_unpool),
-             pool_unpool(reference.superpixel_pool, reference.superpixel_unpool),
-             4 * N * (2 + 1 + 2 + 1) + 8 * P * 4),
+            (
+                "pool(mean)+unpool fwd+bwd",
+                pool_unpool(ops.superpixel_pool, ops.superpixel_unpool),
+                pool_unpool(reference.superpixel_pool, reference.superpixel_unpool),
+                4 * N * (2 + 1 + 2 + 1) + 8 * P * 4,
+            ),
         ]
         for name, ours, ref, floor in cases:
-            base = self.add("W2", f"{name}, {case}", "spl", self.device, B,
-                            measure(ours, self.device, 3 * self.repeats, self.budget), floor)
-            self.add("W2", f"{name}, {case}", "spl.reference", self.device, B,
-                     measure(ref, self.device, self.repeats, self.budget), floor)
+            base = self.add(
+                "W2",
+                f"{name}, {case}",
+                "spl",
+                self.device,
+                B,
+                measure(ours, self.device, 3 * self.repeats, self.budget),
+                floor,
+            )
+            self.add(
+                "W2",
+                f"{name}, {case}",
+                "spl.reference",
+                self.device,
+                B,
+                measure(ref, self.device, self.repeats, self.budget),
+                floor,
+            )
             self._speedups("W2", base)
 
     # --------------------------------------------------------------------------------------- W3
     def w3(self) -> None:
         from ... import asam, ops, reference
-
         from ...asam import ASAM_DEFAULTS, THRESHOLDS
 
         B, (H, W), K = (2, (128, 160), 100) if self.quick else (32, (375, 500), ASAM_DEFAULTS["n_segments"])
-        case = (f"{B} images {H}x{W}, 20 classes (3 present) + background, K={K}, mean field at {len(THRESHOLDS)} "
-                f"thresholds, {ASAM_DEFAULTS['steps']} x {ASAM_DEFAULTS['iters']} rounds")
+        case = (
+            f"{B} images {H}x{W}, 20 classes (3 present) + background, K={K}, mean field at {len(THRESHOLDS)} "
+            f"thresholds, {ASAM_DEFAULTS['steps']} x {ASAM_DEFAULTS['iters']} rounds"
+        )
         print(f"W3 ASAM: {case}", flush=True)
         pool = photo_pool(self.voc)
         data = [tuple(t.to(self.device) for t in asam_inputs(pool, B, (H, W), seed=s)) for s in range(3)]
         labels = [ops.slic(d[0], K) for d in data]
         # CAM read, refined scores written (21 channels), image read.
         floor = B * H * W * (20 * 4 + 21 * 4 + 3)
-        t = measure(lambda r: asam.asam_refine(data[r % 3][0], data[r % 3][1], class_mask=data[r % 3][2],
-                                               n_segments=K), self.device, self.repeats, self.budget)
+        t = measure(
+            lambda r: asam.asam_refine(data[r % 3][0], data[r % 3][1], class_mask=data[r % 3][2], n_segments=K),
+            self.device,
+            self.repeats,
+            self.budget,
+        )
         base = self.add("W3", case, "spl.asam_refine, SLIC included", self.device, B, t, floor)
-        t = measure(lambda r: asam.asam_refine(data[r % 3][0], data[r % 3][1], labels[r % 3],
-                                               class_mask=data[r % 3][2]), self.device, self.repeats, self.budget)
+        t = measure(
+            lambda r: asam.asam_refine(data[r % 3][0], data[r % 3][1], labels[r % 3], class_mask=data[r % 3][2]),
+            self.device,
+            self.repeats,
+            self.budget,
+        )
         given = self.add("W3", case, "spl.asam_refine, superpixels given", self.device, B, t, floor)
         n_ref = B if self.device.startswith("cuda") else max(1, B // 8)
-        t = measure(lambda r: reference.asam_refine(data[r % 3][0][:n_ref], data[r % 3][1][:n_ref],
-                                                    labels[r % 3][:n_ref], data[r % 3][2][:n_ref]),
-                    self.device, self.repeats, self.budget)
-        ref = self.add("W3", case, "spl.reference.asam_refine (torch.sparse), superpixels given", self.device,
-                       n_ref, t, floor * n_ref / B)
+        t = measure(
+            lambda r: reference.asam_refine(
+                data[r % 3][0][:n_ref], data[r % 3][1][:n_ref], labels[r % 3][:n_ref], data[r % 3][2][:n_ref]
+            ),
+            self.device,
+            self.repeats,
+            self.budget,
+        )
+        ref = self.add(
+            "W3",
+            case,
+            "spl.reference.asam_refine (torch.sparse), superpixels given",
+            self.device,
+            n_ref,
+            t,
+            floor * n_ref / B,
+        )
         ref["vs_spl"] = ref["ms_per_image"] / given["ms_per_image"]
         if self.peers:
             if has_densecrf():
@@ -265,9 +345,9 @@ class Bench(ScalingSweeps):
         background threshold is swept over its output; raw CAM, ASAM and, with --peers, PAR and
         DenseCRF (run again at each threshold: it takes t as input). Images: the report half of
         voc-val-dev when it is found (never the tuning half), else the VOC sample or scenes."""
-        from .. import cam_eval, peers
         from ...asam import asam_refine
         from ...metrics import DEFAULT_THRESHOLDS
+        from .. import cam_eval, peers
 
         thresholds = (0.1, 0.15, 0.2) if self.quick else DEFAULT_THRESHOLDS
         with tempfile.TemporaryDirectory() as tmp:
@@ -280,14 +360,19 @@ class Bench(ScalingSweeps):
                 out = fn(image, torch.from_numpy(it.cam)[None].to(self.device))
                 _sync(self.device)
                 return out[0].cpu().numpy()
+
             return run
 
-        methods = [cam_eval.Method("raw CAM", scores=lambda it: it.cam),
-                   cam_eval.Method("ASAM (defaults)", scores=on_device(lambda im, cam: asam_refine(im, cam)))]
+        methods = [
+            cam_eval.Method("raw CAM", scores=lambda it: it.cam),
+            cam_eval.Method("ASAM (defaults)", scores=on_device(lambda im, cam: asam_refine(im, cam))),
+        ]
         if self.peers:
             methods.append(cam_eval.Method("PAR (AFA/ToCo)", scores=on_device(peers.par_refine)))
             if has_densecrf():
-                methods.append(cam_eval.Method("DenseCRF", labels=lambda it, t: peers.densecrf_labels(it.rgb, it.cam, t)))
+                methods.append(
+                    cam_eval.Method("DenseCRF", labels=lambda it, t: peers.densecrf_labels(it.rgb, it.cam, t))
+                )
         for m in methods[1:]:  # warm-up (caches, the device)
             (m.scores or (lambda it: m.labels(it, 0.2)))(items[0])
         results = cam_eval.evaluate(methods, items, thresholds)
@@ -298,8 +383,11 @@ class Bench(ScalingSweeps):
             r["threshold"] = r["best_t"]
             r["thresholds"] = list(thresholds)
             self.rows.append({"workload": "W3 quality", "case": described, "device": self.device, **r})
-            print(f"  {r['method']:16s} mIoU {r['miou']:.2f} ({r['gain']:+.2f}) at t = {r['best_t']:.2f}, "
-                  f"{r['miou_at_raw_t']:.2f} at the raw CAM's t", flush=True)
+            print(
+                f"  {r['method']:16s} mIoU {r['miou']:.2f} ({r['gain']:+.2f}) at t = {r['best_t']:.2f}, "
+                f"{r['miou_at_raw_t']:.2f} at the raw CAM's t",
+                flush=True,
+            )
 
     def _quality_items(self, count: int, tmp: str):
         from .. import cam_eval
@@ -323,8 +411,10 @@ class Bench(ScalingSweeps):
                 half = "report half of " if split is not None else ""
                 return f"{len(items)} PASCAL VOC 2012 val images ({half}voc-val-dev), {source}", items
         described, legacy = cam_set(self.voc, self.synth, count, tmp)
-        items = [cam_eval.Item(name, rgb, truth, np.flatnonzero(present), cam[present])
-                 for name, rgb, truth, cam, present in legacy]
+        items = [
+            cam_eval.Item(name, rgb, truth, np.flatnonzero(present), cam[present])
+            for name, rgb, truth, cam, present in legacy
+        ]
         return described, items
 
     # ----------------------------------------------------------------------------------- refine
@@ -337,36 +427,77 @@ class Bench(ScalingSweeps):
             workers = max(2, min(8, (os.cpu_count() or 2) // 2))
             case = f"{n} images ({described}), batch 8, {workers} workers"
             print(f"refine: {case}", flush=True)
-            common = ["--images", os.path.join(root, "images"), "--cams", os.path.join(root, "cams"), "--gt",
-                      os.path.join(root, "gt"), "--batch-size", "8", "--workers", str(workers), "--quiet",
-                      "--device", "cuda" if self.device.startswith("cuda") else "cpu"]
+            common = [
+                "--images",
+                os.path.join(root, "images"),
+                "--cams",
+                os.path.join(root, "cams"),
+                "--gt",
+                os.path.join(root, "gt"),
+                "--batch-size",
+                "8",
+                "--workers",
+                str(workers),
+                "--quiet",
+                "--device",
+                "cuda" if self.device.startswith("cuda") else "cpu",
+            ]
             first = run_refine_job(common + ["--out", os.path.join(tmp, "out")], tmp)
             again = run_refine_job(common + ["--out", os.path.join(tmp, "out")], tmp)
             with open(os.path.join(tmp, "out", "eval.json")) as f:
                 ev = json.load(f)
             quality = {"miou_before": ev["miou_before"], "miou_after": ev["miou_after"]}
-            base = self.add("refine", case, "spl refine, end to end", self.device, n, Timing(first, first, first, 1),
-                            images_per_s=n / first, **quality)
-            self.add("refine", case, "spl refine, rerun with every output present", self.device, n,
-                     Timing(again, again, again, 1), images_per_s=n / again)
+            base = self.add(
+                "refine",
+                case,
+                "spl refine, end to end",
+                self.device,
+                n,
+                Timing(first, first, first, 1),
+                images_per_s=n / first,
+                **quality,
+            )
+            self.add(
+                "refine",
+                case,
+                "spl refine, rerun with every output present",
+                self.device,
+                n,
+                Timing(again, again, again, 1),
+                images_per_s=n / again,
+            )
             # The same driver with spl.reference's SLIC and ASAM swapped in, on a few images.
             n_ref = min(n, 2 if self.quick else 4)
             with open(os.path.join(tmp, "few.txt"), "w") as f:
-                f.write("\n".join(sorted(os.path.splitext(x)[0] for x in os.listdir(os.path.join(root, "images")))[:n_ref]))
-            ref_s = run_refine_job(common + ["--out", os.path.join(tmp, "out-ref"), "--list", os.path.join(tmp, "few.txt")],
-                                tmp, reference=True)
-            ref = self.add("refine", case, "the same driver on spl.reference ops", self.device, n_ref,
-                           Timing(ref_s, ref_s, ref_s, 1), images_per_s=n_ref / ref_s)
+                f.write(
+                    "\n".join(sorted(os.path.splitext(x)[0] for x in os.listdir(os.path.join(root, "images")))[:n_ref])
+                )
+            ref_s = run_refine_job(
+                common + ["--out", os.path.join(tmp, "out-ref"), "--list", os.path.join(tmp, "few.txt")],
+                tmp,
+                reference=True,
+            )
+            ref = self.add(
+                "refine",
+                case,
+                "the same driver on spl.reference ops",
+                self.device,
+                n_ref,
+                Timing(ref_s, ref_s, ref_s, 1),
+                images_per_s=n_ref / ref_s,
+            )
             ref["vs_spl"] = ref["ms_per_image"] / base["ms_per_image"]
-        self.note("refine", "one run each, wall clock of `python -m spl refine` including start-up, decoding and "
-                            "writing; the reference run is short, so its start-up weighs more")
+        self.note(
+            "refine",
+            "one run each, wall clock of `python -m spl refine` including start-up, decoding and "
+            "writing; the reference run is short, so its start-up weighs more",
+        )
 
     def _speedups(self, workload: str, base: dict) -> None:
         """Each other row of the case: how many times spl's time per image it takes."""
         for r in self.rows:
             if r["workload"] == workload and r["case"] == base["case"] and r is not base and "ms_per_image" in r:
                 r["vs_spl"] = r["ms_per_image"] / base["ms_per_image"]
-
 
 
 def run_refine_job(args: List[str], cwd: str, reference: bool = False) -> float:
