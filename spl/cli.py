@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Optional, Sequence
 
@@ -67,6 +68,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+# The applications' subcommands: name, module in spl.apps (which has add_arguments(parser)), help and
+# description (None: the first paragraph of the module's docstring), the function that runs it.
+_APPLICATIONS = (
+    (
+        "refine",
+        "refine",
+        "refine a data set's CAMs with ASAM; writes VOC-palette masks",
+        "Refines CAMs with ASAM (spl.asam_refine) in batches, one GPU or many (torchrun); resumable, never "
+        "loses work. See spl/apps/refine.py.",
+        _cmd_refine,
+    ),
+    (
+        "eval",
+        "evaluate",
+        "score CAMs (any format) or label PNGs against ground truth; --curve sweeps t",
+        None,
+        _cmd_eval,
+    ),
+    ("train", "train", "train DeepLab-v2 on pseudo-labels with the superpixel-consistency loss", None, _cmd_train),
+    ("bench", "bench", "time every workload against the reference and the peers; JSON and plots", None, _cmd_bench),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spl", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="<command>")
@@ -80,46 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=_cmd_demo)
 
-    from .apps.refine import add_arguments
-
-    p = sub.add_parser(
-        "refine",
-        help="refine a data set's CAMs with ASAM; writes VOC-palette masks",
-        description="Refines CAMs with ASAM (spl.asam_refine) in batches, one GPU or many "
-        "(torchrun); resumable, never loses work. See spl/apps/refine.py.",
-    )
-    add_arguments(p)
-    p.set_defaults(func=_cmd_refine)
-
-    from .apps import evaluate
-
-    p = sub.add_parser(
-        "eval",
-        help="score CAMs (any format) or label PNGs against ground truth; --curve sweeps t",
-        description=evaluate.__doc__.split("\n\n")[0],
-    )
-    evaluate.add_arguments(p)
-    p.set_defaults(func=_cmd_eval)
-
-    from .apps import train
-
-    p = sub.add_parser(
-        "train",
-        help="train DeepLab-v2 on pseudo-labels with the superpixel-consistency loss",
-        description=train.__doc__.split("\n\n")[0],
-    )
-    train.add_arguments(p)
-    p.set_defaults(func=_cmd_train)
-
-    from .apps import bench
-
-    p = sub.add_parser(
-        "bench",
-        help="time every workload against the reference and the peers; JSON and plots",
-        description=bench.__doc__.split("\n\n")[0],
-    )
-    bench.add_arguments(p)
-    p.set_defaults(func=_cmd_bench)
+    for name, module, help, description, handler in _APPLICATIONS:
+        app = importlib.import_module(f".apps.{module}", __package__)
+        p = sub.add_parser(name, help=help, description=description or app.__doc__.split("\n\n")[0])
+        app.add_arguments(p)
+        p.set_defaults(func=handler)
     return parser
 
 

@@ -53,17 +53,12 @@ def cpu_and_cuda():
 def collage(seed: int, size: int = 192, regions: int = 7):
     """An image made of smooth random regions, each filled with a crop of a different scikit-image
     sample photo: natural texture with a known segmentation. Returns (uint8 [H, W, 3], int64 [H, W])."""
-    from skimage import data, filters
+    from skimage import filters
+
+    from spl.apps.scenes import sample_photos
 
     rng = np.random.default_rng(seed)
-    sources = [
-        data.astronaut(),
-        data.coffee(),
-        data.chelsea(),
-        data.rocket(),
-        data.immunohistochemistry(),
-        data.retina(),
-    ]
+    sources = sample_photos(6)  # the first six: the collages the tests were written on
     fields = np.stack([filters.gaussian(rng.standard_normal((size, size)), sigma=size / 10) for _ in range(regions)])
     truth = fields.argmax(0)
     image = np.zeros((size, size, 3), np.uint8)
@@ -81,6 +76,23 @@ def natural_images():
     imgs = [data.astronaut(), data.coffee(), data.chelsea()]
     out = [(transform.resize(im, (128, 160), anti_aliasing=True) * 255).astype(np.uint8) for im in imgs]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+def refine_args(out, *extra, images, cams, workers=0):
+    """spl refine's arguments as the tests run it: on the CPU, 60 superpixels, quiet; extra last.
+    workers=None leaves --workers at its default."""
+    workers = [] if workers is None else ["--workers", str(workers)]
+    args = ["refine", "--images", str(images), "--cams", str(cams), "--out", str(out), "--device", "cpu"]
+    return args + ["--n-segments", "60", "--quiet", *workers, *extra]
+
+
+def train_args(data, out, *extra, labels=None, workers=0):
+    """spl train's arguments as the tests run it: the tiny DeepLab on the CPU, 48-pixel crops, batches of 2,
+    40 superpixels, quiet, on data/images, data/labels (or labels) and data/train.txt; extra last."""
+    args = ["train", "--images", str(data / "images"), "--pseudo-labels", str(labels or data / "labels")]
+    args += ["--list", str(data / "train.txt"), "--out", str(out), "--model", "deeplabv2-tiny", "--crop-size", "48"]
+    args += ["--batch-size", "2", "--lr", "0.02", "--device", "cpu", "--workers", str(workers), "--n-segments", "40"]
+    return args + ["--quiet", *extra]
 
 
 def label_agreement(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -13,7 +13,7 @@ from PIL import Image
 from spl import cli
 from spl.formats import COCO_CLASSES, detect_format, read_cam, voc_palette
 
-from conftest import collage
+from conftest import collage, refine_args
 
 SIZE = (72, 88)  # H, W: not multiples of 4, so stride-4 maps have ceil sizes
 N = 4
@@ -96,23 +96,12 @@ def run(*argv):
 
 
 def refine(root, cams, out, *extra):
-    return run(
-        "refine",
-        "--images",
-        root / "images",
-        "--cams",
-        cams,
-        "--out",
-        out,
-        "--device",
-        "cpu",
-        "--quiet",
-        "--workers",
-        "0",
-        "--n-segments",
-        "60",
-        *extra,
-    )
+    return cli.main(refine_args(out, *map(str, extra), images=root / "images", cams=cams))
+
+
+def evaluate(pred, gt, out, *extra):
+    """spl eval as these tests run it: without worker processes."""
+    return run("eval", "--pred", pred, "--gt", gt, "--out", out, "--workers", "0", *extra)
 
 
 def masks(folder):
@@ -159,50 +148,19 @@ def test_every_format_refines_and_evaluates(voc, tmp_path):
     # spl eval scores the same files without refining; the raw CAM's figure is refine's "before".
     for fmt in ("irn", "amn", "clipes", "irn_strided", "eps", "array"):
         out = tmp_path / f"eval-{fmt}"
-        assert run("eval", "--pred", voc / fmt, "--gt", voc / "gt", "--out", out, "--curve", "--workers", "0") == 0
+        assert evaluate(voc / fmt, voc / "gt", out, "--curve") == 0
         ev = json.loads((out / "eval.json").read_text())
         before = json.loads((tmp_path / fmt / "eval.json").read_text())
         assert ev["cams"] == N + 1 and ev["failed"] == 0
         assert ev["curve"]["CAM"]["miou"] == pytest.approx(before["curve"]["raw"], abs=1e-9 if fmt != "clipes" else 1.0)
         assert (out / "curve.png").stat().st_size > 1000
     # ... and the refined masks (label PNGs) and the saved refined scores.
-    assert (
-        run(
-            "eval",
-            "--pred",
-            tmp_path / "irn",
-            "--gt",
-            voc / "gt",
-            "--out",
-            tmp_path / "ev-png",
-            "--format",
-            "png",
-            "--workers",
-            "0",
-        )
-        == 0
-    )
+    assert evaluate(tmp_path / "irn", voc / "gt", tmp_path / "ev-png", "--format", "png") == 0
     ev = json.loads((tmp_path / "ev-png" / "eval.json").read_text())
     assert ev["label_maps"] == N + 1 and ev["miou"] == pytest.approx(
         json.loads((tmp_path / "irn" / "eval.json").read_text())["miou_after"]
     )
-    assert (
-        run(
-            "eval",
-            "--pred",
-            tmp_path / "irn",
-            "--gt",
-            voc / "gt",
-            "--out",
-            tmp_path / "ev-npy",
-            "--format",
-            "array",
-            "--curve",
-            "--workers",
-            "0",
-        )
-        == 0
-    )
+    assert evaluate(tmp_path / "irn", voc / "gt", tmp_path / "ev-npy", "--format", "array", "--curve") == 0
     ev = json.loads((tmp_path / "ev-npy" / "eval.json").read_text())
     refined = json.loads((tmp_path / "irn" / "eval.json").read_text())
     assert ev["curve"]["CAM"]["miou"] == pytest.approx(refined["curve"]["asam"])
@@ -228,7 +186,7 @@ def test_format_mismatches_name_the_file(voc, tmp_path):
     line = json.loads((tmp_path / "o2" / "errors.jsonl").read_text().splitlines()[0])
     assert "an AMN CAM, background first? use --format amn" in line["error"]
     # spl eval: the same messages, on stderr and in errors.jsonl, exit code 1.
-    assert run("eval", "--pred", bad, "--gt", voc / "gt", "--out", tmp_path / "ev", "--workers", "0") == 1
+    assert evaluate(bad, voc / "gt", tmp_path / "ev") == 1
     assert len((tmp_path / "ev" / "errors.jsonl").read_text().splitlines()) == 4
 
 
@@ -293,23 +251,7 @@ def test_coco_refines_evaluates_and_trains(coco, tmp_path, capsys):
     err = json.loads((tmp_path / "voc" / "errors.jsonl").read_text().splitlines()[0])["error"]
     assert "outside [0, 20)" in err and "--dataset" in err
     # spl eval over 81 classes: the raw CAMs' curve is refine's "before".
-    assert (
-        run(
-            "eval",
-            "--pred",
-            coco / "cams",
-            "--gt",
-            coco / "gt",
-            "--dataset",
-            "coco",
-            "--curve",
-            "--out",
-            tmp_path / "ev",
-            "--workers",
-            "0",
-        )
-        == 0
-    )
+    assert evaluate(coco / "cams", coco / "gt", tmp_path / "ev", "--dataset", "coco", "--curve") == 0
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert ev["num_classes"] == 81 and ev["curve"]["CAM"]["miou"] == pytest.approx(report["curve"]["raw"])
     # spl train on the pseudo-labels (with an ignore band: 255 is ignored), 81 classes.

@@ -20,7 +20,7 @@ from PIL import Image
 
 from spl.formats import voc_palette
 
-from conftest import alive, collage, descendants
+from conftest import alive, collage, descendants, refine_args, train_args
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
 
@@ -98,31 +98,12 @@ def voc(tmp_path_factory):
 
 def test_refine_killed_ten_times_resumes_to_the_same_outputs(voc, tmp_path):
     def command(out):
+        extra = ("--gt", str(voc / "gt"), "--iters", "600", "--batch-size", "2", "--save-scores")
         return [
             sys.executable,
             "-m",
             "spl",
-            "refine",
-            "--images",
-            str(voc / "images"),
-            "--cams",
-            str(voc / "cams"),
-            "--gt",
-            str(voc / "gt"),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--n-segments",
-            "60",
-            "--iters",
-            "600",
-            "--batch-size",
-            "2",
-            "--workers",
-            "2",
-            "--save-scores",
-            "--quiet",
+            *refine_args(out, *extra, images=voc / "images", cams=voc / "cams", workers=2),
         ]
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -157,39 +138,8 @@ def test_train_killed_ten_times_resumes_to_the_same_weights(tmp_path):
     (data / "train.txt").write_text("".join(f"im{i}\n" for i in range(8)))
 
     def command(out):
-        return [
-            sys.executable,
-            "-m",
-            "spl",
-            "train",
-            "--images",
-            str(data / "images"),
-            "--pseudo-labels",
-            str(data / "labels"),
-            "--list",
-            str(data / "train.txt"),
-            "--out",
-            str(out),
-            "--model",
-            "deeplabv2-tiny",
-            "--crop-size",
-            "48",
-            "--batch-size",
-            "2",
-            "--lr",
-            "0.02",
-            "--device",
-            "cpu",
-            "--workers",
-            "2",
-            "--n-segments",
-            "40",
-            "--max-iters",
-            "80",
-            "--checkpoint-every",
-            "3",
-            "--quiet",
-        ]
+        extra = ("--max-iters", "80", "--checkpoint-every", "3")
+        return [sys.executable, "-m", "spl", *train_args(data, out, *extra, workers=2)]
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     timed_run(command(whole))

@@ -15,7 +15,7 @@ from PIL import Image
 from spl import cli
 from spl.formats import read_cam, voc_palette
 
-from conftest import alive, collage, descendants
+from conftest import alive, collage, descendants, refine_args
 
 N_IMAGES = 6
 
@@ -51,24 +51,7 @@ def dataset(tmp_path_factory):
 
 
 def refine(dataset, out, *extra, cams="irn"):
-    args = [
-        "refine",
-        "--images",
-        str(dataset / "images"),
-        "--cams",
-        str(dataset / cams),
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-        "--n-segments",
-        "60",
-        "--quiet",
-        "--workers",
-        "0",
-        *extra,
-    ]
-    return cli.main(args)
+    return cli.main(refine_args(out, *extra, images=dataset / "images", cams=dataset / cams))
 
 
 def outputs(folder):
@@ -128,24 +111,7 @@ def test_list_and_bad_files(dataset, tmp_path, capsys):
     (bad / "list.txt").write_text("img0\nimg1\nimg2\nimg3\n")
     out = tmp_path / "out"
     code = cli.main(
-        [
-            "refine",
-            "--images",
-            str(bad / "images"),
-            "--cams",
-            str(bad / "irn"),
-            "--out",
-            str(out),
-            "--list",
-            str(bad / "list.txt"),
-            "--device",
-            "cpu",
-            "--n-segments",
-            "60",
-            "--quiet",
-            "--workers",
-            "2",
-        ]
+        refine_args(out, "--list", str(bad / "list.txt"), images=bad / "images", cams=bad / "irn", workers=2)
     )
     assert code == 1
     assert sorted(outputs(out)) == ["img0.png"]
@@ -159,27 +125,8 @@ def test_list_and_bad_files(dataset, tmp_path, capsys):
     # A list restricted to one image.
     (bad / "one.txt").write_text("img0\n")
     out2 = tmp_path / "out2"
-    assert (
-        cli.main(
-            [
-                "refine",
-                "--images",
-                str(bad / "images"),
-                "--cams",
-                str(bad / "irn"),
-                "--out",
-                str(out2),
-                "--list",
-                str(bad / "one.txt"),
-                "--device",
-                "cpu",
-                "--n-segments",
-                "60",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    one = refine_args(out2, "--list", str(bad / "one.txt"), images=bad / "images", cams=bad / "irn", workers=None)
+    assert cli.main(one) == 0
     assert sorted(outputs(out2)) == ["img0.png"]
 
 
@@ -202,28 +149,8 @@ def test_rerun_skips_finished_outputs(dataset, tmp_path, capsys):
 
 
 def _command(dataset, out, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "spl",
-        "refine",
-        "--images",
-        str(dataset / "images"),
-        "--cams",
-        str(dataset / "irn"),
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-        "--n-segments",
-        "60",
-        "--quiet",
-        "--workers",
-        "0",
-        "--batch-size",
-        "1",
-        *extra,
-    ]
+    args = refine_args(out, "--batch-size", "1", *extra, images=dataset / "images", cams=dataset / "irn")
+    return [sys.executable, "-m", "spl", *args]
 
 
 def test_killed_job_resumes_to_the_same_outputs(dataset, tmp_path):
@@ -258,33 +185,9 @@ def test_torchrun_two_cpu_processes(dataset, tmp_path):
     assert refine(dataset, single, "--gt", str(dataset / "gt")) == 0
     out = tmp_path / "ranks"
     env = dict(os.environ, SPL_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29517",
-        "-m",
-        "spl",
-        "refine",
-        "--images",
-        str(dataset / "images"),
-        "--cams",
-        str(dataset / "irn"),
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-        "--n-segments",
-        "60",
-        "--quiet",
-        "--workers",
-        "0",
-        "--gt",
-        str(dataset / "gt"),
-    ]
+    args = refine_args(out, "--gt", str(dataset / "gt"), images=dataset / "images", cams=dataset / "irn")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    cmd += ["-m", "spl", *args]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "6 refined, 0 already done, 0 failed (6 images, 2 processes" in result.stdout
@@ -375,26 +278,7 @@ def test_one_bad_item_never_fails_its_batch(dataset, tmp_path, monkeypatch):
 
     monkeypatch.setattr(asam, "asam_refine", flaky)
     out = tmp_path / "out"
-    code = cli.main(
-        [
-            "refine",
-            "--images",
-            str(dataset / "images"),
-            "--cams",
-            str(bad),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--n-segments",
-            "60",
-            "--quiet",
-            "--workers",
-            "0",
-            "--batch-size",
-            "8",
-        ]
-    )
+    code = cli.main(refine_args(out, "--batch-size", "8", images=dataset / "images", cams=bad))
     assert code == 1
     errors = {e["image"]: e for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
     assert set(errors) == {"img1", "img4"}
@@ -423,50 +307,11 @@ def test_a_clean_rerun_clears_earlier_failures(dataset, tmp_path):
         (cams / f"img{i}.npy").write_bytes((dataset / "irn" / f"img{i}.npy").read_bytes())
     (cams / "img3.npy").write_bytes(b"garbage")
     out = tmp_path / "out"
-    assert (
-        cli.main(
-            [
-                "refine",
-                "--images",
-                str(dataset / "images"),
-                "--cams",
-                str(cams),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-                "--n-segments",
-                "60",
-                "--quiet",
-                "--workers",
-                "0",
-            ]
-        )
-        == 1
-    )
+    args = refine_args(out, images=dataset / "images", cams=cams)
+    assert cli.main(args) == 1
     assert "img3" in (out / "errors.jsonl").read_text()
     (cams / "img3.npy").write_bytes((dataset / "irn" / "img3.npy").read_bytes())  # fixed
-    assert (
-        cli.main(
-            [
-                "refine",
-                "--images",
-                str(dataset / "images"),
-                "--cams",
-                str(cams),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-                "--n-segments",
-                "60",
-                "--quiet",
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert cli.main(args) == 0
     assert (out / "errors.jsonl").read_text() == ""
 
 

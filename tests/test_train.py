@@ -13,7 +13,7 @@ from PIL import Image
 from spl import cli
 from spl.apps import models
 
-from conftest import collage
+from conftest import collage, train_args
 
 N_IMAGES = 8
 
@@ -33,35 +33,7 @@ def data(tmp_path_factory):
 
 
 def train(data, out, *extra, labels=None):
-    return cli.main(
-        [
-            "train",
-            "--images",
-            str(data / "images"),
-            "--pseudo-labels",
-            str(labels or data / "labels"),
-            "--list",
-            str(data / "train.txt"),
-            "--out",
-            str(out),
-            "--model",
-            "deeplabv2-tiny",
-            "--crop-size",
-            "48",
-            "--batch-size",
-            "2",
-            "--lr",
-            "0.02",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            "--n-segments",
-            "40",
-            "--quiet",
-            *extra,
-        ]
-    )
+    return cli.main(train_args(data, out, *extra, labels=labels))
 
 
 def losses(out):
@@ -121,41 +93,8 @@ def test_superpixels_from_a_folder(data, tmp_path):
 
 def test_torchrun_two_cpu_processes(data, tmp_path):
     env = dict(os.environ, SPL_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29531",
-        "-m",
-        "spl",
-        "train",
-        "--images",
-        str(data / "images"),
-        "--pseudo-labels",
-        str(data / "labels"),
-        "--list",
-        str(data / "train.txt"),
-        "--out",
-        str(tmp_path),
-        "--model",
-        "deeplabv2-tiny",
-        "--crop-size",
-        "48",
-        "--batch-size",
-        "2",
-        "--max-iters",
-        "4",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--n-segments",
-        "40",
-        "--quiet",
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    cmd += ["-m", "spl", *train_args(data, tmp_path, "--max-iters", "4")]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(losses(tmp_path)) == 4  # rank 0 alone writes the log

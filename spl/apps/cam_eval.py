@@ -20,33 +20,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from ..formats import VOC_CLASSES
 from ..metrics import DEFAULT_THRESHOLDS, ThresholdSweep
 
 __all__ = ["Item", "load_item", "read_ids", "Method", "evaluate", "VOC_CLASSES"]
-
-VOC_CLASSES = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
 
 
 @dataclass

@@ -115,3 +115,29 @@ def distributed():
         backend = "nccl" if torch.cuda.is_available() and os.environ.get("SPL_DIST_BACKEND") != "gloo" else "gloo"
         dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size(), local
+
+
+def add_dataset_arguments(p, *, background: bool) -> None:
+    """--dataset and --num-classes, as spl refine, eval and train take them. background: whether
+    --num-classes counts the background (train: the model's outputs) or only the foreground classes
+    (refine, eval: the CAMs' channels)."""
+    from ..formats import DATASETS
+
+    names = "voc (20 classes + background) or coco (80 + background)"
+    p.add_argument("--dataset", default="voc", choices=sorted(DATASETS), help=f"{names}: class count and names")
+    if background:
+        help = "classes, background included (default: the data set's, 21 for voc, 81 for coco)"
+    else:
+        help = "foreground classes (default: the data set's, 20 for voc, 80 for coco)"
+    p.add_argument("--num-classes", type=int, default=None, help=help)
+
+
+def add_threads_argument(p) -> None:
+    """--threads, as spl refine and train take it (budget_threads applies it)."""
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads of the main process (each worker runs one); default: the CPUs this "
+        "process may use, shared among a torchrun job's processes",
+    )

@@ -33,7 +33,7 @@ from ..formats import (
     to_image_grid,
 )
 from ..metrics import DEFAULT_THRESHOLDS, ConfusionMatrix, ThresholdSweep
-from .common import atomic_write, die_with_parent, prepare_output
+from .common import add_dataset_arguments, atomic_write, die_with_parent, prepare_output
 
 # ---------------------------------------------------------------------------------------------
 # Reports shared with spl refine --gt
@@ -303,13 +303,7 @@ def add_arguments(p) -> None:
     p.add_argument("--gt", required=True, help="folder of ground-truth label PNGs (255 ignored)")
     p.add_argument("--list", help="file of image names, one per line (default: every .npy / .png in --pred)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="prediction format (default: auto, per file)")
-    p.add_argument("--dataset", default="voc", choices=sorted(DATASETS), help="class names and count (default voc)")
-    p.add_argument(
-        "--num-classes",
-        type=int,
-        default=None,
-        help="foreground classes (default: the data set's, 20 for voc, 80 for coco)",
-    )
+    add_dataset_arguments(p, background=False)
     p.add_argument(
         "--bg-threshold",
         type=float,

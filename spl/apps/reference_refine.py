@@ -14,21 +14,12 @@ import torch
 
 from .. import reference
 from ..asam import THRESHOLDS
-from .refine import run_refine
+from .refine import ASAM_OPTIONS, run_refine
 
-# The ASAM options the reference takes (the others configure the kernels' pipeline: hops, edge_sigma, ...).
-REFERENCE_OPTIONS = (
-    "mode",
-    "diffuse_iters",
-    "diffuse_mix",
-    "iters",
-    "steps",
-    "alpha",
-    "weight",
-    "sigma_c",
-    "beta",
-    "core",
-)
+# The ASAM options the reference takes; the others configure the kernels' pipeline (n_segments and
+# compactness are the SLIC call's, below).
+KERNEL_ONLY_OPTIONS = ("n_segments", "compactness", "hops", "edge_sigma")
+REFERENCE_OPTIONS = tuple(name for name in ASAM_OPTIONS if name not in KERNEL_ONLY_OPTIONS)
 
 
 def reference_asam_refine(images, cams, class_mask=None, n_segments=500, compactness=10.0, **options):

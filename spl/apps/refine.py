@@ -46,6 +46,8 @@ from ..formats import (
 from ..metrics import DEFAULT_THRESHOLDS, ConfusionMatrix, ThresholdSweep, confusion_matrix
 from .common import (
     OutputLocked,
+    add_dataset_arguments,
+    add_threads_argument,
     atomic_write,
     budget_threads,
     die_with_parent,
@@ -602,18 +604,7 @@ def add_arguments(p) -> None:
     p.add_argument("--format", default="auto", choices=FORMATS, help="CAM format (default: auto, per file)")
     p.add_argument("--gt", help="folder of ground-truth PNGs: print mIoU before and after, write eval.json")
     p.add_argument("--save-scores", action="store_true", help="also write the refined scores as <name>.npy")
-    p.add_argument(
-        "--dataset",
-        default="voc",
-        choices=sorted(DATASETS),
-        help="voc (20 classes + background) or coco (80 + background): class count and names",
-    )
-    p.add_argument(
-        "--num-classes",
-        type=int,
-        default=None,
-        help="foreground classes (default: the data set's, 20 for voc, 80 for coco)",
-    )
+    add_dataset_arguments(p, background=False)
     p.add_argument(
         "--ignore-band",
         type=float,
@@ -625,13 +616,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (0: in the main one)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="intra-op threads of the main process (each worker runs one); default: the CPUs this "
-        "process may use, shared among a torchrun job's processes",
-    )
+    add_threads_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("ASAM options (spl.asam_refine)")
     p.add_argument(

@@ -6,23 +6,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# scikit-image's sample photos (shipped with it: nothing is downloaded) that scenes are cut from.
+SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "hubble_deep_field")
+
+
+def sample_photos(count: int = len(SAMPLE_PHOTOS)) -> list:
+    """The first count of SAMPLE_PHOTOS, as uint8 arrays [H, W, 3] (or [H, W, 4])."""
+    from skimage import data
+
+    return [getattr(data, name)() for name in SAMPLE_PHOTOS[:count]]
+
 
 def scene(seed: int, size: int = 288, regions: int = 6):
     """(uint8 [size, size, 3], int64 truth [size, size] in 0..regions-1): smooth random regions, each
     filled with a crop of a different scikit-image sample photo."""
-    from skimage import data, filters
+    from skimage import filters
 
     rng = np.random.default_rng(seed)
-    sources = [
-        data.astronaut(),
-        data.coffee(),
-        data.chelsea(),
-        data.rocket(),
-        data.immunohistochemistry(),
-        data.retina(),
-        data.hubble_deep_field(),
-    ]
-    sources = [s for s in sources if min(s.shape[:2]) >= size]
+    sources = [s for s in sample_photos() if min(s.shape[:2]) >= size]
     fields = np.stack([filters.gaussian(rng.standard_normal((size, size)), sigma=size / 8) for _ in range(regions)])
     truth = fields.argmax(0)
     image = np.zeros((size, size, 3), np.uint8)

@@ -32,7 +32,14 @@ from ..formats import DATASETS, IMAGE_EXTENSIONS, class_names, find_file, list_n
 from ..losses import SuperpixelConsistencyLoss
 from ..metrics import ConfusionMatrix
 from . import models
-from .common import atomic_write, budget_threads, die_with_parent, distributed
+from .common import (
+    add_dataset_arguments,
+    add_threads_argument,
+    atomic_write,
+    budget_threads,
+    die_with_parent,
+    distributed,
+)
 
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -445,18 +452,7 @@ def add_arguments(p) -> None:
     p.add_argument("--gt", help="ground-truth folder for --val-list")
     p.add_argument("--model", default="deeplabv2-resnet101", choices=models.MODELS)
     p.add_argument("--backbone-weights", help="ImageNet weights (torchvision ResNet state dict), local file")
-    p.add_argument(
-        "--dataset",
-        default="voc",
-        choices=sorted(DATASETS),
-        help="voc (21 classes with background) or coco (81): the class count and names",
-    )
-    p.add_argument(
-        "--num-classes",
-        type=int,
-        default=None,
-        help="classes, background included (default: the data set's, 21 for voc, 81 for coco)",
-    )
+    add_dataset_arguments(p, background=True)
     p.add_argument("--superpixels", default="auto", help="'auto' (spl.slic on the device) or a folder of maps")
     p.add_argument("--n-segments", type=int, default=300, help="superpixels per crop (auto)")
     p.add_argument("--compactness", type=float, default=10.0)
@@ -470,13 +466,7 @@ def add_arguments(p) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="intra-op threads of the main process (each worker runs one); default: the CPUs this "
-        "process may use, shared among a torchrun job's processes",
-    )
+    add_threads_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
