@@ -15,7 +15,7 @@ import json
 import math
 import os
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -170,45 +170,140 @@ def _collate(items):
     return items
 
 
-def run_eval(args) -> int:
-    prog = "spl eval"
+def _usage_problem(args, prog: str, num_classes: int) -> Optional[str]:
+    """A usage error in the options (exit code 2), found before any file is read, or None."""
     for name in ("pred", "gt"):
         if not os.path.isdir(getattr(args, name)):
-            print(f"{prog}: --{name} {getattr(args, name)} is not a folder", file=sys.stderr)
-            return 2
-    num_classes = args.num_classes if args.num_classes is not None else len(DATASETS[args.dataset]) - 1
+            return f"{prog}: --{name} {getattr(args, name)} is not a folder"
     if num_classes < 1:
-        print(f"{prog}: --num-classes must be at least 1, got {num_classes}", file=sys.stderr)
-        return 2
+        return f"{prog}: --num-classes must be at least 1, got {num_classes}"
     if not (math.isfinite(args.bg_threshold) and args.bg_threshold > 0):
-        print(f"{prog}: --bg-threshold must be a finite number > 0, got {args.bg_threshold}", file=sys.stderr)
-        return 2
+        return f"{prog}: --bg-threshold must be a finite number > 0, got {args.bg_threshold}"
     if args.workers < 0:
-        print(f"{prog}: --workers must be at least 0, got {args.workers}", file=sys.stderr)
-        return 2
+        return f"{prog}: --workers must be at least 0, got {args.workers}"
     if args.out is not None:
-        problem = prepare_output(args.out, prog)
-        if problem is not None:
-            print(problem, file=sys.stderr)
-            return 2
+        return prepare_output(args.out, prog)
+    return None
+
+
+def _names_to_score(args, prog: str) -> Tuple[List[str], Optional[str]]:
+    """The prediction names (from --list or the --pred folder), or a usage error."""
     try:
         names = list_names(args.pred, args.list, (".npy", ".png"))
     except OSError as e:
-        print(f"{prog}: --list {args.list}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return [], f"{prog}: --list {args.list}: {e.strerror or e}"
     if not names:
-        print(
-            f"{prog}: no predictions (.npy / .png) in {args.pred}" + (f" named in {args.list}" if args.list else ""),
-            file=sys.stderr,
+        return [], f"{prog}: no predictions (.npy / .png) in {args.pred}" + (
+            f" named in {args.list}" if args.list else ""
         )
+    return names, None
+
+
+class _Tally:
+    """What the scored images add up to: the confusion at t, the sweep over thresholds (--curve), the
+    failures, and how many CAMs and label maps were scored."""
+
+    def __init__(self, num_classes: int, t: float, thresholds, curve: bool):
+        self.t = t
+        self.at_t = ConfusionMatrix(num_classes + 1)
+        self.sweep = ThresholdSweep(thresholds, num_classes + 1) if curve else None
+        self.errors: List[dict] = []
+        self.scored = self.labelled = 0
+
+    def add(self, item: dict) -> None:
+        """One item of EvalSet: its label map, or its CAM thresholded at t (and swept); a bad one is
+        a failure of that image only."""
+        if item["error"] is not None:
+            self.errors.append({"image": item["name"], "error": item["error"]})
+            return
+        try:
+            if "labels" in item:
+                self.at_t.update(item["labels"], item["gt"])
+                self.labelled += 1
+                return
+            scores, classes = item["scores"], item["classes"]
+            if scores.shape[0]:
+                mask = asam.cam_to_mask(scores[None], self.t)[0]
+            else:
+                mask = torch.zeros(item["gt"].shape, dtype=torch.int64)
+            lut = torch.from_numpy(np.concatenate([[0], classes]).astype(np.int64))
+            self.at_t.update(lut[mask], item["gt"])
+            if self.sweep is not None:
+                self.sweep.update(scores, item["gt"], classes)
+            self.scored += 1
+        except (TypeError, ValueError) as e:
+            self.errors.append({"image": item["name"], "error": f"{type(e).__name__}: {e}"})
+
+
+def _report(prog: str, tally: _Tally, class_names_: List[str], thresholds) -> dict:
+    """Prints the figures (failures, mIoU, per-class IoU, the curve) and returns eval.json's content."""
+    for e in tally.errors[:10]:
+        print(f"{prog}: {e['image']}: {e['error']}", file=sys.stderr)
+    if len(tally.errors) > 10:
+        print(f"{prog}: ... {len(tally.errors) - 10} more failures", file=sys.stderr)
+    scored, labelled, at_t, sweep, n = tally.scored, tally.labelled, tally.at_t, tally.sweep, len(class_names_)
+    evaluated = scored + labelled
+    what = ", ".join(x for x in (f"{scored} CAMs" if scored else "", f"{labelled} label maps" if labelled else "") if x)
+    print(f"{prog}: {evaluated} images ({what or 'none'}), {len(tally.errors)} failed; {n} classes, 255 ignored")
+    report = {
+        "images": evaluated,
+        "cams": scored,
+        "label_maps": labelled,
+        "failed": len(tally.errors),
+        "num_classes": n,
+        "classes": class_names_,
+    }
+
+    def per_class(ious):
+        return {c: None if math.isnan(v) else 100 * v for c, v in zip(class_names_, ious)}
+
+    if evaluated:
+        print(f"{'mIoU at t = ' + str(tally.t) if scored else 'mIoU'}: {100 * at_t.miou():.2f}")
+        for line in class_table(class_names_, {"IoU": at_t.iou().tolist()}):
+            print(line)
+        report["bg_threshold"] = tally.t if scored else None
+        report["miou"] = 100 * at_t.miou()
+        report["iou"] = per_class(at_t.iou().tolist())
+    if sweep is not None and scored:
+        print("\nmIoU against the background threshold:")
+        for line in curve_table({"CAM": sweep}):
+            print(line)
+        report["curve"] = curve_json({"CAM": sweep})
+        best_t, _ = sweep.best()
+        if best_t is not None:
+            report["iou_at_best_t"] = per_class(sweep.iou()[thresholds.index(best_t)].tolist())
+    return report
+
+
+def _write_outputs(args, prog: str, tally: _Tally, report: dict) -> None:
+    """eval.json, errors.jsonl and (with --curve) curve.png in --out, each written atomically."""
+    curve = tally.sweep is not None and tally.scored
+    if args.out is None:
+        if curve:
+            print(f"{prog}: --out DIR also writes eval.json and the plot curve.png")
+        return
+    text = json.dumps(report, indent=1)
+    atomic_write(os.path.join(args.out, "eval.json"), lambda tmp: open(tmp, "w").write(text))
+    lines = "".join(json.dumps(e) + "\n" for e in tally.errors)
+    atomic_write(os.path.join(args.out, "errors.jsonl"), lambda tmp: open(tmp, "w").write(lines))
+    if curve:
+        title = f"{os.path.basename(os.path.normpath(args.pred))}: {tally.scored} images"
+        plot_curves(os.path.join(args.out, "curve.png"), {"CAM": tally.sweep}, title)
+    print(f"{prog}: wrote {args.out}/eval.json" + (" and curve.png" if curve else ""))
+
+
+def run_eval(args) -> int:
+    prog = "spl eval"
+    num_classes = args.num_classes if args.num_classes is not None else len(DATASETS[args.dataset]) - 1
+    names, problem = [], _usage_problem(args, prog, num_classes)
+    if problem is None:
+        names, problem = _names_to_score(args, prog)
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 2
-    n = num_classes + 1
     t = float(args.bg_threshold)
     thresholds = tuple(sorted(set(DEFAULT_THRESHOLDS) | {t}))
-    at_t = ConfusionMatrix(n)
-    sweep = ThresholdSweep(thresholds, n) if args.curve else None
-    errors: List[dict] = []
-    scored = labelled = 0
+    tally = _Tally(num_classes, t, thresholds, args.curve)
     loader = torch.utils.data.DataLoader(
         EvalSet(names, args.pred, args.gt, args.format, num_classes, args.curve),
         batch_size=8,
@@ -218,84 +313,12 @@ def run_eval(args) -> int:
     )
     for batch in loader:
         for item in batch:
-            if item["error"] is not None:
-                errors.append({"image": item["name"], "error": item["error"]})
-                continue
-            try:
-                if "labels" in item:
-                    at_t.update(item["labels"], item["gt"])
-                    labelled += 1
-                else:
-                    scores, classes = item["scores"], item["classes"]
-                    mask = (
-                        asam.cam_to_mask(scores[None], t)[0]
-                        if scores.shape[0]
-                        else torch.zeros(item["gt"].shape, dtype=torch.int64)
-                    )
-                    lut = torch.from_numpy(np.concatenate([[0], classes]).astype(np.int64))
-                    at_t.update(lut[mask], item["gt"])
-                    if sweep is not None:
-                        sweep.update(scores, item["gt"], classes)
-                    scored += 1
-            except (TypeError, ValueError) as e:
-                errors.append({"image": item["name"], "error": f"{type(e).__name__}: {e}"})
-    for e in errors[:10]:
-        print(f"{prog}: {e['image']}: {e['error']}", file=sys.stderr)
-    if len(errors) > 10:
-        print(f"{prog}: ... {len(errors) - 10} more failures", file=sys.stderr)
-    evaluated = scored + labelled
-    names_c = class_names(args.dataset, num_classes)
-    what = ", ".join(x for x in (f"{scored} CAMs" if scored else "", f"{labelled} label maps" if labelled else "") if x)
-    print(f"{prog}: {evaluated} images ({what or 'none'}), {len(errors)} failed; {n} classes, 255 ignored")
-    report = {
-        "images": evaluated,
-        "cams": scored,
-        "label_maps": labelled,
-        "failed": len(errors),
-        "num_classes": n,
-        "classes": names_c,
-    }
-    if evaluated:
-        label = f"mIoU at t = {t}" if scored else "mIoU"
-        print(f"{label}: {100 * at_t.miou():.2f}")
-        for line in class_table(names_c, {"IoU": at_t.iou().tolist()}):
-            print(line)
-        report.update(
-            {
-                "bg_threshold": t if scored else None,
-                "miou": 100 * at_t.miou(),
-                "iou": {c: None if math.isnan(v) else 100 * v for c, v in zip(names_c, at_t.iou().tolist())},
-            }
-        )
-    if sweep is not None and scored:
-        print("\nmIoU against the background threshold:")
-        for line in curve_table({"CAM": sweep}):
-            print(line)
-        report["curve"] = curve_json({"CAM": sweep})
-        best_t, _ = sweep.best()
-        if best_t is not None:
-            report["iou_at_best_t"] = {
-                c: None if math.isnan(v) else 100 * v
-                for c, v in zip(names_c, sweep.iou()[thresholds.index(best_t)].tolist())
-            }
-    if args.out is not None:
-        atomic_write(
-            os.path.join(args.out, "eval.json"), lambda tmp: open(tmp, "w").write(json.dumps(report, indent=1))
-        )
-        lines = "".join(json.dumps(e) + "\n" for e in errors)
-        atomic_write(os.path.join(args.out, "errors.jsonl"), lambda tmp: open(tmp, "w").write(lines))
-        if sweep is not None and scored:
-            plot_curves(
-                os.path.join(args.out, "curve.png"),
-                {"CAM": sweep},
-                f"{os.path.basename(os.path.normpath(args.pred))}: {scored} images",
-            )
-        print(f"{prog}: wrote {args.out}/eval.json" + (" and curve.png" if sweep is not None and scored else ""))
-    elif sweep is not None and scored:
-        print(f"{prog}: --out DIR also writes eval.json and the plot curve.png")
-    if not evaluated:
+            tally.add(item)
+    report = _report(prog, tally, class_names(args.dataset, num_classes), thresholds)
+    _write_outputs(args, prog, tally, report)
+    if tally.scored + tally.labelled == 0:
         return 1
-    return 1 if errors else 0
+    return 1 if tally.errors else 0
 
 
 def add_arguments(p) -> None:

@@ -82,41 +82,83 @@ def write_outputs(report: dict, out: str) -> List[str]:
     return written
 
 
-def run_bench(args) -> int:
+def _checked_inputs(args):
+    """(workloads, device, voc, synth, voc_val) from the options, the data folders found by default
+    where not given; a BenchError (a usage error) names the option that is wrong."""
     from ... import ops
 
-    if args.merge:
-        try:
-            report = merge_reports(args.merge)
-        except BenchError as e:
-            print(f"spl bench: {e}", file=sys.stderr)
-            return 2
-        print("spl bench: wrote " + ", ".join(write_outputs(report, args.out)))
-        return 0
+    workloads = parse_workloads(args.workload)
+    cuda_here = torch.cuda.is_available() and ops.has_cuda_kernels()
+    device = args.device or ("cuda" if cuda_here else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise BenchError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not cuda_here:
+        raise BenchError("--device cuda: no CUDA GPU here, or spl was built without CUDA kernels")
+    if args.contention and device != "cpu":
+        raise BenchError("--contention measures the CPU kernels: use it with --device cpu")
+    if args.scaling_only and not (args.scaling and {"W1", "W3"} & set(workloads)):
+        raise BenchError("--scaling-only needs the sweeps (no --no-scaling) of W1 or W3 in --workload")
+    voc = args.voc if args.voc is not None else default_voc()
+    if args.voc is not None and not _voc_files(args.voc):
+        raise BenchError(f"--voc {args.voc}: no JPEGImages/*.jpg there")
+    synth = args.synth if args.synth is not None else default_synth(voc)
+    if args.synth is not None and not os.path.isfile(args.synth):
+        raise BenchError(f"--synth {args.synth}: no such file")
+    voc_val = args.voc_val if args.voc_val is not None else default_voc_val()
+    if args.voc_val is not None and not _voc_files(args.voc_val):
+        raise BenchError(f"--voc-val {args.voc_val}: no JPEGImages/*.jpg there")
+    if args.w3_cams is not None and not os.path.isdir(args.w3_cams):
+        raise BenchError(f"--w3-cams {args.w3_cams}: not a folder")
+    if synth is None and voc_val is not None:
+        synth = default_synth(voc_val)
+    return workloads, device, voc, synth, voc_val
+
+
+class _ReportFile:
+    """bench.json, written atomically after every stage: a job cut short keeps its figures."""
+
+    def __init__(self, out: str, env: dict, arguments: dict, bench: Bench):
+        self.path = os.path.join(out, "bench.json")
+        self.env, self.arguments, self.bench = env, arguments, bench
+        self.contention: dict = {}
+        self.start = time.perf_counter()
+
+    def save(self, complete: bool) -> dict:
+        bench = self.bench
+        report = {
+            "environment": self.env,
+            "complete": complete,
+            "arguments": self.arguments,
+            "results": bench.rows,
+            "scaling": bench.scaling,
+            "skipped": bench.skipped,
+            "notes": bench.notes,
+            "contention": self.contention,
+            "seconds": time.perf_counter() - self.start,
+        }
+        with open(self.path + ".tmp", "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(self.path + ".tmp", self.path)
+        return report
+
+
+def _stages(args, bench: Bench, workloads) -> list:
+    """The workloads asked for, then the scaling sweeps of W1 (SLIC) and W3 (ASAM)."""
+    run = {"W1": bench.w1, "W2": bench.w2, "W3": bench.w3, "refine": bench.refine}
+    stages = [] if args.scaling_only else [run[w] for w in workloads]
+    if args.scaling and "W1" in workloads:
+        stages.append(lambda: bench.sweep("SLIC"))
+    if args.scaling and "W3" in workloads:
+        stages.append(lambda: bench.sweep("ASAM"))
+    return stages
+
+
+def run_bench(args) -> int:
     try:
-        workloads = parse_workloads(args.workload)
-        device = args.device or ("cuda" if torch.cuda.is_available() and ops.has_cuda_kernels() else "cpu")
-        if device not in ("cpu", "cuda"):
-            raise BenchError(f"--device must be cpu or cuda, got {device!r}")
-        if device == "cuda" and not (torch.cuda.is_available() and ops.has_cuda_kernels()):
-            raise BenchError("--device cuda: no CUDA GPU here, or spl was built without CUDA kernels")
-        if args.contention and device != "cpu":
-            raise BenchError("--contention measures the CPU kernels: use it with --device cpu")
-        if args.scaling_only and not (args.scaling and {"W1", "W3"} & set(workloads)):
-            raise BenchError("--scaling-only needs the sweeps (no --no-scaling) of W1 or W3 in --workload")
-        voc = args.voc if args.voc is not None else default_voc()
-        if args.voc is not None and not _voc_files(args.voc):
-            raise BenchError(f"--voc {args.voc}: no JPEGImages/*.jpg there")
-        synth = args.synth if args.synth is not None else default_synth(voc)
-        if args.synth is not None and not os.path.isfile(args.synth):
-            raise BenchError(f"--synth {args.synth}: no such file")
-        voc_val = args.voc_val if args.voc_val is not None else default_voc_val()
-        if args.voc_val is not None and not _voc_files(args.voc_val):
-            raise BenchError(f"--voc-val {args.voc_val}: no JPEGImages/*.jpg there")
-        if args.w3_cams is not None and not os.path.isdir(args.w3_cams):
-            raise BenchError(f"--w3-cams {args.w3_cams}: not a folder")
-        if synth is None and voc_val is not None:
-            synth = default_synth(voc_val)
+        if args.merge:
+            print("spl bench: wrote " + ", ".join(write_outputs(merge_reports(args.merge), args.out)))
+            return 0
+        workloads, device, voc, synth, voc_val = _checked_inputs(args)
     except BenchError as e:
         print(f"spl bench: {e}", file=sys.stderr)
         return 2
@@ -131,58 +173,19 @@ def run_bench(args) -> int:
         w3_cams=args.w3_cams,
         w3_images=args.w3_images,
     )
-    env = environment(device, bench.bandwidth)
-    start = time.perf_counter()
-    json_path = os.path.join(args.out, "bench.json")
-
-    def save(complete: bool) -> dict:
-        """The report so far, written atomically after every stage: a job cut short keeps its figures."""
-        report = {
-            "environment": env,
-            "complete": complete,
-            "arguments": {
-                "workloads": workloads,
-                "quick": args.quick,
-                "peers": args.peers,
-                "voc": voc,
-                "synth": synth,
-                "scaling": args.scaling,
-            },
-            "results": bench.rows,
-            "scaling": bench.scaling,
-            "skipped": bench.skipped,
-            "notes": bench.notes,
-            "contention": contention,
-            "seconds": time.perf_counter() - start,
-        }
-        with open(json_path + ".tmp", "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(json_path + ".tmp", json_path)
-        return report
-
-    contention: dict = {}
-    bench.progress = lambda: save(complete=False)
+    arguments = {"workloads": workloads, "quick": args.quick, "peers": args.peers, "voc": voc, "synth": synth}
+    report = _ReportFile(args.out, environment(device, bench.bandwidth), dict(arguments, scaling=args.scaling), bench)
+    bench.progress = lambda: report.save(complete=False)
     if args.contention:
         from .contention import run_contention
 
-        contention.update(run_contention(voc, args.quick))
-        written = write_outputs(save(complete=True), args.out)
-        print(f"\nspl bench: {time.perf_counter() - start:.0f} s; wrote " + ", ".join(written))
-        return 0
-    stages = (
-        []
-        if args.scaling_only
-        else [{"W1": bench.w1, "W2": bench.w2, "W3": bench.w3, "refine": bench.refine}[w] for w in workloads]
-    )
-    if args.scaling and "W1" in workloads:
-        stages.append(lambda: bench.sweep("SLIC"))
-    if args.scaling and "W3" in workloads:
-        stages.append(lambda: bench.sweep("ASAM"))
-    for stage in stages:
-        stage()
-        save(complete=False)
-    written = write_outputs(save(complete=True), args.out)
-    print(f"\nspl bench: {time.perf_counter() - start:.0f} s; wrote " + ", ".join(written))
+        report.contention.update(run_contention(voc, args.quick))
+    else:
+        for stage in _stages(args, bench, workloads):
+            stage()
+            report.save(complete=False)
+    written = write_outputs(report.save(complete=True), args.out)
+    print(f"\nspl bench: {time.perf_counter() - report.start:.0f} s; wrote " + ", ".join(written))
     return 0
 
 
