@@ -306,6 +306,7 @@ def asam_refine(
         fn,
         cam,
         features,
+        bg_threshold,
         mode=mode,
         n_segments=n_segments,
         compactness=compactness,
@@ -319,7 +320,6 @@ def asam_refine(
         alpha=alpha,
         weight=weight,
         thresholds=thresholds,
-        bg_threshold=bg_threshold,
         core=core,
         edge_sigma=edge_sigma,
         sigma_f=sigma_f,
@@ -388,75 +388,50 @@ class _Options:
     sigma_f: float
 
 
-def _checked_options(
-    fn,
-    cam,
-    features,
-    *,
-    mode,
-    n_segments,
-    compactness,
-    sigma_c,
-    beta,
-    hops,
-    diffuse_iters,
-    diffuse_mix,
-    iters,
-    steps,
-    alpha,
-    weight,
-    thresholds,
-    bg_threshold,
-    core,
-    edge_sigma,
-    sigma_f,
-) -> _Options:
-    """asam_refine's parameters, each checked against its range (a TypeError or ValueError naming it)."""
-    if mode not in ("meanfield", "diffusion"):
-        raise ValueError(f"{fn}: mode must be 'meanfield' or 'diffusion', got {mode!r}")
-    n_segments = _integer(fn, "n_segments", n_segments, 1, _checks.INT64_MAX)
-    diffuse_iters = _integer(fn, "diffuse_iters", diffuse_iters, 0)
-    iters = _integer(fn, "iters", iters, 0)
-    steps = _integer(fn, "steps", steps, 0)
-    hops = _integer(fn, "hops", hops, 1, 64)
-    diffuse_mix = _number(fn, "diffuse_mix", diffuse_mix, 0.0, 1.0)
-    alpha = _number(fn, "alpha", alpha, 0.0, 1.0)
-    weight = _number(fn, "weight", weight, 0.0)
-    sigma_c = _number(fn, "sigma_c", sigma_c, 0.0, low_open=True)
-    sigma_f = _number(fn, "sigma_f", sigma_f, 0.0, low_open=True)
-    beta = _number(fn, "beta", beta, 0.0)
-    core = _number(fn, "core", core, 0.0, low_open=True)
-    if edge_sigma is not None:
-        edge_sigma = _number(fn, "edge_sigma", edge_sigma, 0.0, low_open=True)
+# asam_refine's numeric options and their ranges, in the order they are checked: integers (low, high),
+# then numbers (low, high, low_open).
+_INTEGER_RANGES = {
+    "n_segments": (1, _checks.INT64_MAX),
+    "diffuse_iters": (0,),
+    "iters": (0,),
+    "steps": (0,),
+    "hops": (1, 64),
+}
+_NUMBER_RANGES = {
+    "diffuse_mix": (0.0, 1.0),
+    "alpha": (0.0, 1.0),
+    "weight": (0.0,),
+    "sigma_c": (0.0, math.inf, True),
+    "sigma_f": (0.0, math.inf, True),
+    "beta": (0.0,),
+    "core": (0.0, math.inf, True),
+}
+
+
+def _checked_options(fn, cam, features, bg_threshold, **given) -> _Options:
+    """asam_refine's options (given: the fields of _Options), each checked against its range (a
+    TypeError or ValueError naming it); bg_threshold, when given, is the one-threshold grid."""
+    o = dict(given)
+    if o["mode"] not in ("meanfield", "diffusion"):
+        raise ValueError(f"{fn}: mode must be 'meanfield' or 'diffusion', got {o['mode']!r}")
+    for name, bounds in _INTEGER_RANGES.items():
+        o[name] = _integer(fn, name, o[name], *bounds)
+    for name, bounds in _NUMBER_RANGES.items():
+        o[name] = _number(fn, name, o[name], *bounds)
+    if o["edge_sigma"] is not None:
+        o["edge_sigma"] = _number(fn, "edge_sigma", o["edge_sigma"], 0.0, low_open=True)
         if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in (cam, features)):
             raise ValueError(
                 f"{fn}: edge_sigma: the edge-aware step is not differentiable; use edge_sigma=None "
                 "(plain unpooling) for gradients, or torch.no_grad()"
             )
-    _number(fn, "compactness", compactness, 0.0, low_open=True)
+    _number(fn, "compactness", o["compactness"], 0.0, low_open=True)  # checked; the op takes it as given
     if bg_threshold is not None:
-        if thresholds is not None:
+        if o["thresholds"] is not None:
             raise ValueError(f"{fn}: give thresholds or bg_threshold, not both")
-        thresholds = (_number(fn, "bg_threshold", bg_threshold, 0.0, low_open=True),)
-    thresholds = _threshold_grid(fn, THRESHOLDS if thresholds is None else thresholds)
-    return _Options(
-        mode,
-        n_segments,
-        compactness,
-        sigma_c,
-        beta,
-        hops,
-        diffuse_iters,
-        diffuse_mix,
-        iters,
-        steps,
-        alpha,
-        weight,
-        thresholds,
-        core,
-        edge_sigma,
-        sigma_f,
-    )
+        o["thresholds"] = (_number(fn, "bg_threshold", bg_threshold, 0.0, low_open=True),)
+    o["thresholds"] = _threshold_grid(fn, THRESHOLDS if o["thresholds"] is None else o["thresholds"])
+    return _Options(**o)
 
 
 @dataclass

@@ -104,9 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=_cmd_demo)
 
-    for name, module, help, description, handler in _APPLICATIONS:
+    for name, module, help_text, description, handler in _APPLICATIONS:
         app = importlib.import_module(f".apps.{module}", __package__)
-        p = sub.add_parser(name, help=help, description=description or app.__doc__.split("\n\n")[0])
+        p = sub.add_parser(name, help=help_text, description=description or app.__doc__.split("\n\n")[0])
         app.add_arguments(p)
         p.set_defaults(func=handler)
     return parser

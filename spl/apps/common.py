@@ -126,10 +126,10 @@ def add_dataset_arguments(p, *, background: bool) -> None:
     names = "voc (20 classes + background) or coco (80 + background)"
     p.add_argument("--dataset", default="voc", choices=sorted(DATASETS), help=f"{names}: class count and names")
     if background:
-        help = "classes, background included (default: the data set's, 21 for voc, 81 for coco)"
+        num_help = "classes, background included (default: the data set's, 21 for voc, 81 for coco)"
     else:
-        help = "foreground classes (default: the data set's, 20 for voc, 80 for coco)"
-    p.add_argument("--num-classes", type=int, default=None, help=help)
+        num_help = "foreground classes (default: the data set's, 20 for voc, 80 for coco)"
+    p.add_argument("--num-classes", type=int, default=None, help=num_help)
 
 
 def add_threads_argument(p) -> None:
